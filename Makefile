@@ -1,0 +1,27 @@
+# The two set-up commands of the README. Each bootstraps .venv when missing (or when pyproject.toml changed)
+# and is quick afterwards.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned: these wheels are on the CI machines' disk (a bare "torch" would fetch a newer CUDA build).
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+## make demo: build the embedded mini-datasets, pretrain the tiny BYOL checkpoint, run every protocol, print tables.
+demo: $(STAMP)
+	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/run_all_benchmarks.sh
+
+## make test: ruff + the whole test suite (what CI runs).
+test: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check .

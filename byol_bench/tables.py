@@ -1,0 +1,161 @@
+"""Model-zoo tables rendered from result records (never edited by hand).
+
+The layout is the seed README's (mmselfsup ``configs/selfsup/byol/README.md``, PROTOCOLS.md B §7): one row per
+checkpoint, a blank cell where a protocol did not run. A row whose records come from tiny (embedded-data) runs is
+marked with a dagger: those numbers check the pipeline, they are not comparable with published ones.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from typing import Any
+
+TINY_MARK = " †"
+TINY_NOTE = "† tiny embedded data: checks the pipeline end to end; not comparable with published numbers."
+
+
+@dataclass(frozen=True)
+class Column:
+    """One metric cell: which record (protocol, dataset) and which metric (or ``details`` key) fills it."""
+
+    header: str
+    protocol: str
+    dataset: str
+    metric: str
+    from_details: bool = False
+
+
+@dataclass(frozen=True)
+class Table:
+    """A seed table: its title, the record whose preset fills the config column, and the metric columns."""
+
+    title: str
+    config_header: str
+    config_source: tuple[str, str]
+    columns: tuple[Column, ...]
+
+
+def _cols(protocol: str, dataset: str, pairs: list[tuple[str, str]]) -> tuple[Column, ...]:
+    return tuple(Column(header, protocol, dataset, metric) for header, metric in pairs)
+
+
+_FEATURES = [(f"Feature{i}", f"feat{i}") for i in range(1, 6)]
+_LOWSHOT = [(f"k={k}", f"k{k}") for k in (1, 2, 4, 8, 16, 32, 64, 96)]
+
+
+def _linear(title: str, dataset: str) -> Table:
+    return Table(title, "Config", ("linear_mhead", dataset),
+                 _cols("linear_mhead", dataset, _FEATURES) + (Column("AvgPool", "linear_avgpool", dataset, "top1"),))
+
+
+def _segmentation(title: str, dataset: str) -> Table:
+    return Table(title, "Config", ("segmentation", dataset), _cols("segmentation", dataset, [("mIOU", "mIoU")]))
+
+
+TABLES: tuple[Table, ...] = (
+    Table("VOC SVM / Low-shot SVM", "Config setting", ("voc07_svm", "voc07"),
+          (Column("Best Layer", "voc07_svm", "voc07", "best_layer", from_details=True),)
+          + _cols("voc07_svm", "voc07", [("SVM", "svm"), *_LOWSHOT])),
+    _linear("ImageNet Linear Evaluation", "imagenet"),
+    _linear("iNaturalist2018 Linear Evaluation", "inat18"),
+    _linear("Places205 Linear Evaluation", "places205"),
+    Table("Semi-Supervised Classification", "Fine-tuned Config", ("semi_sup", "imagenet_1pct"),
+          _cols("semi_sup", "imagenet_1pct", [("Top-1 (%) 1%", "top1"), ("Top-5 (%) 1%", "top5")])
+          + _cols("semi_sup", "imagenet_10pct", [("Top-1 (%) 10%", "top1"), ("Top-5 (%) 10%", "top5")])),
+    Table("Detection: Pascal VOC 2007 + 2012", "Config", ("det_voc", "voc0712"),
+          _cols("det_voc", "voc0712", [("mAP", "AP"), ("AP50", "AP50")])),
+    Table("Detection: COCO2017", "Config", ("det_coco", "coco"),
+          _cols("det_coco", "coco", [("mAP(Box)", "bbox_AP"), ("AP50(Box)", "bbox_AP50"), ("AP75(Box)", "bbox_AP75"),
+                                     ("mAP(Mask)", "segm_AP"), ("AP50(Mask)", "segm_AP50"),
+                                     ("AP75(Mask)", "segm_AP75")])),
+    _segmentation("Segmentation: Pascal VOC 2012 + Aug", "voc12aug"),
+    _segmentation("Segmentation: Cityscapes", "cityscapes"),
+)
+
+
+def _latest_by_key(records: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """Newest record per (checkpoint sha256, protocol, dataset)."""
+    latest: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for record in sorted(records, key=lambda r: r["created"]):
+        latest[(record["checkpoint"]["sha256"], record["protocol"], record["dataset"])] = record
+    return latest
+
+
+def _row_labels(records: list[dict[str, Any]]) -> dict[str, str]:
+    """Checkpoint sha256 -> row label (model name; sha prefix added when two checkpoints share a name)."""
+    names: dict[str, str] = {}
+    for record in sorted(records, key=lambda r: r["created"]):
+        names[record["checkpoint"]["sha256"]] = record["model"]
+    counts: dict[str, int] = {}
+    for name in names.values():
+        counts[name] = counts.get(name, 0) + 1
+    return {sha: (f"{name} ({sha[:8]})" if counts[name] > 1 else name) for sha, name in names.items()}
+
+
+def table_rows(table: Table, records: list[dict[str, Any]]) -> list[list[str]]:
+    """Rows (strings) of ``table``: header row first, then one row per checkpoint, blanks where nothing ran."""
+    latest = _latest_by_key(records)
+    labels = _row_labels(records)
+    tiny = {r["checkpoint"]["sha256"] for r in records if r["tiny"]}
+    rows = [["Model", table.config_header, *(c.header for c in table.columns)]]
+    for sha, label in sorted(labels.items(), key=lambda item: item[1]):
+        config_record = latest.get((sha, *table.config_source))
+        cells = []
+        for column in table.columns:
+            record = latest.get((sha, column.protocol, column.dataset))
+            cells.append(_cell(record, column))
+        rows.append([label + (TINY_MARK if sha in tiny else ""), config_record["preset"] if config_record else "",
+                     *cells])
+    return rows
+
+
+def _cell(record: dict[str, Any] | None, column: Column) -> str:
+    if record is None:
+        return ""
+    source = record["details"] if column.from_details else record["metrics"]
+    value = source.get(column.metric)
+    if value is None:
+        return ""
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def render_markdown(records: list[dict[str, Any]]) -> str:
+    """All seed tables as markdown sections."""
+    parts = ["# Model zoo", ""]
+    for table in TABLES:
+        rows = table_rows(table, records)
+        parts += [f"## {table.title}", "", "| " + " | ".join(rows[0]) + " |",
+                  "|" + "|".join("---" for _ in rows[0]) + "|"]
+        parts += ["| " + " | ".join(row) + " |" for row in rows[1:]]
+        parts.append("")
+    if any(r["tiny"] for r in records):
+        parts += [TINY_NOTE, ""]
+    return "\n".join(parts)
+
+
+def render_csv(records: list[dict[str, Any]]) -> str:
+    """All seed tables in one CSV, with a leading ``table`` column."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    for table in TABLES:
+        rows = table_rows(table, records)
+        writer.writerow(["table", *rows[0]])
+        for row in rows[1:]:
+            writer.writerow([table.title, *row])
+    return buffer.getvalue()
+
+
+def records_frame(records: list[dict[str, Any]]) -> Any:
+    """A pandas DataFrame with one row per (record, metric): the flat export of every result."""
+    import pandas as pd  # imported lazily: only the CSV export needs pandas
+
+    rows = [
+        {"model": r["model"], "protocol": r["protocol"], "dataset": r["dataset"], "preset": r["preset"],
+         "metric": name, "value": value, "checkpoint_sha256": r["checkpoint"]["sha256"], "tiny": r["tiny"],
+         "config_hash": r["config_hash"], "git_commit": r["git_commit"], "created": r["created"]}
+        for r in records for name, value in sorted(r["metrics"].items())
+    ]
+    return pd.DataFrame(rows, columns=["model", "protocol", "dataset", "preset", "metric", "value",
+                                       "checkpoint_sha256", "tiny", "config_hash", "git_commit", "created"])

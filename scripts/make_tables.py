@@ -1,0 +1,36 @@
+#!/usr/bin/env python
+"""Render the model-zoo tables from result records.
+
+    python scripts/make_tables.py --records results/demo/records [--format md|csv] [--out results/demo/model_zoo.md]
+                                  [--all-csv results/demo/all_records.csv]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from byol_bench.checkpoint import atomic_write_text
+from byol_bench.cli import main_guard
+from byol_bench.records import load_records
+from byol_bench.tables import records_frame, render_csv, render_markdown
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--records", required=True, type=Path, help="folder of result records (searched recursively)")
+    parser.add_argument("--format", choices=("md", "csv"), default="md", help="table format printed and written")
+    parser.add_argument("--out", type=Path, help="also write the tables to this file")
+    parser.add_argument("--all-csv", type=Path, help="also write every metric of every record to this CSV")
+    args = parser.parse_args()
+    records = load_records(args.records)
+    text = render_markdown(records) if args.format == "md" else render_csv(records)
+    print(text)
+    if args.out:
+        atomic_write_text(args.out, text)
+    if args.all_csv:
+        atomic_write_text(args.all_csv, records_frame(records).to_csv(index=False))
+
+
+if __name__ == "__main__":
+    main_guard(main)
