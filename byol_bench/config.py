@@ -134,7 +134,7 @@ def _build(cls: type[T], values: dict[str, Any], where: str, prefix: str = "") -
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise ConfigError(
-            f"{where}: unknown key {prefix}{unknown[0]!r} for {cls.__name__}; valid keys: {', '.join(fields)}"
+            f"{where}: unknown key '{prefix}{unknown[0]}' for {cls.__name__}; valid keys: {', '.join(fields)}"
         )
     hints = typing.get_type_hints(cls)
     kwargs = {}

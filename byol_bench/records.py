@@ -56,6 +56,16 @@ class RecordError(ValueError):
     """A result record does not follow the schema; the message names the file and the field."""
 
 
+# Generic checkpoint file names that say nothing about the model: the folder name labels the row instead.
+_GENERIC_STEMS = {"final", "latest", "checkpoint", "model", "last", "best"}
+
+
+def model_label(ckpt_path: str | os.PathLike) -> str:
+    """Row label for a checkpoint: its file stem, or its folder name when the stem is generic (``final.pth``)."""
+    path = Path(ckpt_path)
+    return path.parent.name if path.stem in _GENERIC_STEMS and path.parent.name else path.stem
+
+
 def make_record(*, protocol: str, dataset: str, model: str, preset: str, metrics: dict[str, float],
                 config: dict[str, Any], config_hash: str, checkpoint: dict[str, str], seeds: dict[str, int],
                 batch_size_per_device: int, wall_time_s: float, provenance: dict[str, Any], tiny: bool,

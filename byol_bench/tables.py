@@ -41,6 +41,8 @@ def _cols(protocol: str, dataset: str, pairs: list[tuple[str, str]]) -> tuple[Co
     return tuple(Column(header, protocol, dataset, metric) for header, metric in pairs)
 
 
+# Records say "feat5"; the seed tables say "feature5" (1 = stem, 2-5 = the ResNet stages).
+_FEATURE_LABELS = {f"feat{i}": f"feature{i}" for i in range(1, 6)}
 _FEATURES = [(f"Feature{i}", f"feat{i}") for i in range(1, 6)]
 _LOWSHOT = [(f"k={k}", f"k{k}") for k in (1, 2, 4, 8, 16, 32, 64, 96)]
 
@@ -118,7 +120,9 @@ def _cell(record: dict[str, Any] | None, column: Column) -> str:
     value = source.get(column.metric)
     if value is None:
         return ""
-    return f"{value:.2f}" if isinstance(value, float) else str(value)
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return _FEATURE_LABELS.get(str(value), str(value))
 
 
 def render_markdown(records: list[dict[str, Any]]) -> str:

@@ -1,0 +1,103 @@
+"""The one image-decoding helper every loader uses.
+
+``load_image(path, image_format, min_size)`` decodes to an RGB PIL image (``"pil"``) or a uint8 CHW tensor
+(``"tensor"``, via ``torchvision.io.decode_image``). ``min_size`` turns on JPEG draft decoding in PIL: libjpeg
+scales by 1/2, 1/4 or 1/8 during decoding while keeping both sides >= ``min_size``, which is much faster for
+large photos that a transform will shrink anyway (``scripts/bench_decode.py`` measures it). Draft decoding changes
+pixels slightly, so protocols default to full decoding.
+
+Label maps (segmentation PNGs) are read with :func:`load_label_map`, which keeps palette indices as they are.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from benchmarks.datasets import DatasetError
+
+IMAGE_FORMATS = ("pil", "tensor")
+
+
+def check_image_format(image_format: str) -> str:
+    """Validates an ``image_format`` argument (datasets call it at construction) and returns it."""
+    if image_format not in IMAGE_FORMATS:
+        raise ValueError(f"image_format {image_format!r} is not one of {', '.join(IMAGE_FORMATS)}")
+    return image_format
+
+
+def _load_pil(path: Path, min_size: int | None) -> Image.Image:
+    with Image.open(path) as img:
+        if min_size is not None and img.format == "JPEG":
+            img.draft("RGB", (min_size, min_size))
+        # load() forces the full decode here, so a truncated file fails now and not later inside a transform.
+        img.load()
+        return img.convert("RGB")
+
+
+def _load_tensor(path: Path, min_size: int | None) -> Any:
+    # Imported lazily: the loaders themselves must not need torch to list or validate a dataset.
+    import torch
+    from torchvision.io import ImageReadMode, decode_image
+
+    data = path.read_bytes()
+    # libjpeg only warns on a JPEG cut short (it fills the rest with grey), so check the end-of-image marker.
+    if data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[-64:]:
+        raise OSError("JPEG data ends before its end-of-image marker")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tensor = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+    del min_size  # NOTE: torchvision has no reduced-size JPEG decode; the tensor path always decodes fully.
+    return tensor
+
+
+_DECODERS = {"pil": _load_pil, "tensor": _load_tensor}
+
+
+def load_image(path: str | Path, image_format: str = "pil", min_size: int | None = None) -> Any:
+    """Decodes an image file to RGB.
+
+    Args:
+        path: image file.
+        image_format: ``"pil"`` (RGB ``PIL.Image``) or ``"tensor"`` (uint8 tensor, 3 x H x W).
+        min_size: PIL only: allow JPEG draft decoding down to a short side of at least this many pixels.
+
+    Returns:
+        The decoded image.
+
+    Raises:
+        DatasetError: the file is missing, not an image, corrupt or truncated (the message names the file).
+    """
+    check_image_format(image_format)
+    path = Path(path)
+    try:
+        return _DECODERS[image_format](path, min_size)
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: image file not found") from None
+    except (OSError, SyntaxError, ValueError, RuntimeError, Warning, Image.DecompressionBombError) as exc:
+        raise DatasetError(f"{path}: corrupt or truncated image ({exc})") from exc
+
+
+def load_label_map(path: str | Path) -> np.ndarray:
+    """Reads a single-channel label PNG (palette or grayscale) as uint8 indices (H x W), without colour mapping.
+
+    Raises:
+        DatasetError: missing, unreadable, or not a palette/grayscale image (e.g. an RGB colour rendering).
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            mode, labels = img.mode, np.array(img, dtype=np.uint8)
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: label file not found") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DatasetError(f"{path}: corrupt or truncated label image ({exc})") from exc
+    if mode not in ("P", "L"):
+        raise DatasetError(f"{path}: label map has mode {mode}, expected a palette (P) or index (L) PNG; "
+                           "colour renderings cannot be used as labels")
+    return labels

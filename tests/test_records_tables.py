@@ -1,0 +1,106 @@
+"""Result-record schema, atomic writes, idempotency keys, and the golden model-zoo tables."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from byol_bench.records import (
+    RecordError,
+    find_record,
+    load_records,
+    make_record,
+    model_label,
+    read_record,
+    validate_record,
+    write_record,
+)
+from byol_bench.tables import records_frame, render_csv, render_markdown
+
+GOLDEN = Path(__file__).parent / "golden"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _record(**changes):
+    record = make_record(
+        protocol="voc07_svm", dataset="voc07", model="m", preset="tiny", metrics={"svm": 50.0},
+        config={"a": 1}, config_hash="abcdefabcdef",
+        checkpoint={"path": "m.pth", "sha256": "c" * 64, "format": "torchvision", "arch": "resnet18",
+                    "encoder": "online"},
+        seeds={"seed": 0}, batch_size_per_device=32, wall_time_s=1.0, tiny=True,
+        provenance={"world_size": 1, "git_commit": "x", "versions": {}, "device": "cpu"})
+    record.update(changes)
+    return record
+
+
+def test_golden_records_validate():
+    records = load_records(GOLDEN / "records")
+    assert len(records) == 7
+
+
+@pytest.mark.parametrize("mutate, needle", [
+    (lambda r: r.pop("metrics"), "missing fields ['metrics']"),
+    (lambda r: r.update(extra=1), "unknown fields ['extra']"),
+    (lambda r: r.update(world_size="8"), "'world_size' must be int"),
+    (lambda r: r.update(tiny=1), "'tiny' must be bool"),
+    (lambda r: r["metrics"].update(svm=float("nan")), "metric 'svm' must be a finite number"),
+    (lambda r: r["metrics"].update(svm="86"), "metric 'svm' must be a finite number"),
+    (lambda r: r["checkpoint"].pop("sha256"), "checkpoint is missing ['sha256']"),
+    (lambda r: r.update(schema_version=2), "schema_version 2"),
+])
+def test_schema_violations_are_named(mutate, needle):
+    record = copy.deepcopy(_record())
+    mutate(record)
+    with pytest.raises(RecordError) as err:
+        validate_record(record, "rec.json")
+    assert needle in str(err.value) and "rec.json" in str(err.value)
+
+
+def test_write_find_and_corrupt_record(tmp_path):
+    record = _record()
+    path = write_record(record, tmp_path)
+    assert read_record(path) == record
+    assert find_record(tmp_path, "voc07_svm", "voc07", "c" * 64, "abcdefabcdef") == path
+    assert find_record(tmp_path, "voc07_svm", "voc07", "c" * 64, "000000000000") is None
+    path.write_text("{ truncated")
+    assert find_record(tmp_path, "voc07_svm", "voc07", "c" * 64, "abcdefabcdef") is None
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_model_label():
+    assert model_label("a/b/byol_r50.pth") == "byol_r50"
+    assert model_label("work_dirs/byol_tiny/final.pth") == "byol_tiny"
+
+
+def test_tables_match_golden_files():
+    records = load_records(GOLDEN / "records")
+    assert render_markdown(records) == (GOLDEN / "model_zoo.md").read_text()
+    assert render_csv(records) == (GOLDEN / "model_zoo.csv").read_text()
+
+
+def test_newest_record_wins_and_blanks_stay_blank():
+    md = render_markdown(load_records(GOLDEN / "records"))
+    assert "| random-init_resnet50 † | tiny | feature2 | 12.35 | 5.00 |  |" in md
+    assert "| byol_resnet50_8xb32-accum16-coslr-200e_in1k | svm_voc07_mmselfsup | feature5 | 86.31 | 45.37 |" in md
+
+
+def test_records_frame_has_every_metric():
+    frame = records_frame(load_records(GOLDEN / "records"))
+    assert len(frame) == sum(len(json.loads(p.read_text())["metrics"]) for p in (GOLDEN / "records").glob("*.json"))
+
+
+def test_make_tables_cli(tmp_path):
+    out = subprocess.run([sys.executable, str(REPO / "scripts/make_tables.py"), "--records", str(GOLDEN / "records"),
+                          "--out", str(tmp_path / "zoo.md"), "--all-csv", str(tmp_path / "all.csv")],
+                         capture_output=True, text=True, check=True)
+    assert "## VOC SVM / Low-shot SVM" in out.stdout
+    assert (tmp_path / "zoo.md").read_text() == (GOLDEN / "model_zoo.md").read_text()
+    assert (tmp_path / "all.csv").read_text().startswith("model,protocol,dataset")
+    bad = subprocess.run([sys.executable, str(REPO / "scripts/make_tables.py"), "--records", str(tmp_path / "none")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and bad.stderr.count("\n") == 1
