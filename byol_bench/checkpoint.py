@@ -7,16 +7,19 @@ run code is refused instead of executed. Every error is one line naming the file
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import pickle
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from byol_bench.fileio import atomic_write, atomic_write_json, atomic_write_text
+
+__all__ = ["CheckpointError", "atomic_save", "atomic_write_json", "atomic_write_text", "load_state_dict_strict",
+           "safe_load", "sha256_file"]
 
 
 class CheckpointError(ValueError):
@@ -41,7 +44,7 @@ def safe_load(path: str | os.PathLike) -> Any:
             f"{path}: refused to unpickle (weights_only=True): {first}; only tensors, numbers, strings, lists and "
             "dicts are accepted - re-save the weights with torch.save(model.state_dict(), ...)"
         ) from None
-    except Exception as exc:  # noqa: BLE001 - a truncated or foreign file fails in many ways; all mean "unreadable"
+    except Exception as exc:  # a truncated or foreign file fails in many ways; all mean "unreadable"
         raise CheckpointError(
             f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {_one_line(exc)}); "
             "is the file truncated or of another format?"
@@ -57,34 +60,9 @@ def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _atomic_write(path: Path, write: Any, mode: str) -> Path:
-    """Write through a temp file in the same folder, then rename: readers never see a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as handle:
-            write(handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` atomically (temp file + rename)."""
-    return _atomic_write(Path(path), lambda handle: torch.save(obj, handle), "wb")
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write a text file atomically."""
-    return _atomic_write(Path(path), lambda handle: handle.write(text), "w")
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write JSON (indented, keys sorted, trailing newline) atomically."""
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
+    return atomic_write(Path(path), lambda handle: torch.save(obj, handle), "wb")
 
 
 def load_state_dict_strict(

@@ -208,7 +208,7 @@ def parse_args(cls: type[T], argv: Sequence[str] | None = None, preset_dir: str 
         if arg.startswith("--"):
             name = arg[2:].replace("-", "_")
             name, eq, inline = name.partition("=")
-            if name == "preset":
+            if name == "preset":  # a preset file/name, not a plain field
                 preset, i = (inline, i + 1) if eq else (_next(argv, i, arg), i + 2)
                 continue
             if name not in hints:
@@ -224,6 +224,9 @@ def parse_args(cls: type[T], argv: Sequence[str] | None = None, preset_dir: str 
             i += 1
         else:
             raise ConfigError(f"unexpected argument {arg!r}; use --preset NAME, --field value or key=value")
+    if preset is not None and "preset" in hints:
+        # The preset's name travels with the config (records and run folders are named after it).
+        overrides.insert(0, f"preset={Path(preset).stem}")
     return load_config(cls, preset, overrides, preset_dir=preset_dir)
 
 

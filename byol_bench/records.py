@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from byol_bench.checkpoint import atomic_write_json
+from byol_bench.fileio import atomic_write_json
 
 SCHEMA_VERSION = 1
 

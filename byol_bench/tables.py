@@ -49,7 +49,7 @@ _LOWSHOT = [(f"k={k}", f"k{k}") for k in (1, 2, 4, 8, 16, 32, 64, 96)]
 
 def _linear(title: str, dataset: str) -> Table:
     return Table(title, "Config", ("linear_mhead", dataset),
-                 _cols("linear_mhead", dataset, _FEATURES) + (Column("AvgPool", "linear_avgpool", dataset, "top1"),))
+                 (*_cols("linear_mhead", dataset, _FEATURES), Column("AvgPool", "linear_avgpool", dataset, "top1")))
 
 
 def _segmentation(title: str, dataset: str) -> Table:
@@ -58,14 +58,14 @@ def _segmentation(title: str, dataset: str) -> Table:
 
 TABLES: tuple[Table, ...] = (
     Table("VOC SVM / Low-shot SVM", "Config setting", ("voc07_svm", "voc07"),
-          (Column("Best Layer", "voc07_svm", "voc07", "best_layer", from_details=True),)
-          + _cols("voc07_svm", "voc07", [("SVM", "svm"), *_LOWSHOT])),
+          (Column("Best Layer", "voc07_svm", "voc07", "best_layer", from_details=True),
+           *_cols("voc07_svm", "voc07", [("SVM", "svm"), *_LOWSHOT]))),
     _linear("ImageNet Linear Evaluation", "imagenet"),
     _linear("iNaturalist2018 Linear Evaluation", "inat18"),
     _linear("Places205 Linear Evaluation", "places205"),
     Table("Semi-Supervised Classification", "Fine-tuned Config", ("semi_sup", "imagenet_1pct"),
-          _cols("semi_sup", "imagenet_1pct", [("Top-1 (%) 1%", "top1"), ("Top-5 (%) 1%", "top5")])
-          + _cols("semi_sup", "imagenet_10pct", [("Top-1 (%) 10%", "top1"), ("Top-5 (%) 10%", "top5")])),
+          (*_cols("semi_sup", "imagenet_1pct", [("Top-1 (%) 1%", "top1"), ("Top-5 (%) 1%", "top5")]),
+           *_cols("semi_sup", "imagenet_10pct", [("Top-1 (%) 10%", "top1"), ("Top-5 (%) 10%", "top5")]))),
     Table("Detection: Pascal VOC 2007 + 2012", "Config", ("det_voc", "voc0712"),
           _cols("det_voc", "voc0712", [("mAP", "AP"), ("AP50", "AP50")])),
     Table("Detection: COCO2017", "Config", ("det_coco", "coco"),

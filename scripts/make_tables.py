@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from byol_bench.checkpoint import atomic_write_text
 from byol_bench.cli import main_guard
+from byol_bench.fileio import atomic_write_text
 from byol_bench.records import load_records
 from byol_bench.tables import records_frame, render_csv, render_markdown
 

@@ -54,7 +54,7 @@ def test_missing_and_garbage_files(tmp_path):
     atomic_save({"w": torch.ones(1000)}, tmp_path / "ok.pth")
     data = (tmp_path / "ok.pth").read_bytes()
     (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="cut.pth"):
+    with pytest.raises(CheckpointError, match=r"cut\.pth"):
         safe_load(tmp_path / "cut.pth")
 
 
@@ -74,7 +74,7 @@ def test_strict_load_lists_missing_and_unexpected(tmp_path):
     with pytest.raises(CheckpointError, match=r"missing keys \[fc.bias, fc.weight\]"):
         load_state_dict_strict(model, state, "r18.pth")
     r50 = {k: v for k, v in build_resnet("resnet50").state_dict().items() if not k.startswith("fc.")}
-    with pytest.raises(CheckpointError, match="r50.pth: shape mismatch"):
+    with pytest.raises(CheckpointError, match=r"r50\.pth: shape mismatch"):
         load_state_dict_strict(model, r50, "r50.pth", allowed_missing=("fc.weight", "fc.bias"))
     extra = {**state, "projector.0.weight": torch.zeros(1)}
     with pytest.raises(CheckpointError, match=r"unexpected keys \[projector.0.weight\]"):

@@ -204,6 +204,8 @@ def clip_polygon(poly: np.ndarray, w: float, h: float) -> np.ndarray:
                 out.append(cur)
         return out
 
+    if poly[:, 0].min() >= 0 and poly[:, 1].min() >= 0 and poly[:, 0].max() <= w and poly[:, 1].max() <= h:
+        return poly.astype(np.float64)
     points = list(poly.astype(np.float64))
     for axis, bound, keep_below in ((0, 0.0, False), (0, float(w), True), (1, 0.0, False), (1, float(h), True)):
         if len(points) < 3:
@@ -290,7 +292,8 @@ def polygon_area(poly: np.ndarray) -> float:
 def make_shape(shape: str, p: Placement, h: int, w: int) -> Shape:
     """Rasterises ``shape`` at placement ``p`` on an (h, w) image, without painting it."""
     raw = shape_polygon(shape, p)
-    poly = clip_polygon(raw, w, h)
+    # Rounded to 0.01 px before rasterising, so the polygon written to JSON rasterises to the same mask.
+    poly = np.round(clip_polygon(raw, w, h), 2)
     truncated = bool((raw[:, 0] < 0).any() or (raw[:, 0] > w).any() or (raw[:, 1] < 0).any()
                      or (raw[:, 1] > h).any())
     return Shape(rasterize([poly], h, w), poly, truncated, polygon_area(raw))
@@ -315,13 +318,15 @@ def draw_object(canvas: np.ndarray, style: Style, p: Placement, rng: np.random.G
 
 
 def dilate(mask: np.ndarray, radius: int) -> np.ndarray:
-    """Binary dilation of a bool mask by a (2r+1) square, with shifted ORs (no SciPy needed)."""
-    out = mask.copy()
-    h, w = mask.shape
-    for dy in range(-radius, radius + 1):
-        for dx in range(-radius, radius + 1):
-            out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] |= \
-                mask[max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+    """Binary dilation of a bool mask by a (2r+1) square: separable shifted ORs (no SciPy needed)."""
+    rows = mask.copy()
+    for d in range(1, radius + 1):
+        rows[d:] |= mask[:-d]
+        rows[:-d] |= mask[d:]
+    out = rows.copy()
+    for d in range(1, radius + 1):
+        out[:, d:] |= rows[:, :-d]
+        out[:, :-d] |= rows[:, d:]
     return out
 
 

@@ -1,0 +1,101 @@
+"""Tiny Places205 set: ``places205/data/vision/torralba/deeplearning/images256/<l>/<scene>/*.jpg`` plus
+``places205/trainvalsplit_places205/{train,val}_places205.csv`` (``a/abbey/gsun_<hash>.jpg <label>``).
+
+A scene class is a layout, not an object: sky and ground colours, horizon height, ground texture, and the
+shape and number of structures along the horizon.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.tinydata.draw import (
+    TEXTURES,
+    Placement,
+    Style,
+    draw_object,
+    hsv,
+    paint,
+    rng_for,
+    save_jpeg,
+    texture,
+    to_uint8,
+    write_text,
+)
+
+IMAGE_SUBDIR = "data/vision/torralba/deeplearning/images256"
+# Real Places205 category names (label = index in this sorted list, as in the official csv files).
+SCENES = ("abbey", "airport_terminal", "beach", "bedroom", "canyon",
+          "forest_path", "highway", "mountain", "ocean", "skyscraper")
+TRAIN_PER_CLASS = 60
+VAL_PER_CLASS = 15
+SIZE_RANGE = (72, 96)
+
+
+@dataclass(frozen=True)
+class SceneRecipe:
+    """How one scene class is laid out."""
+
+    sky_hue: float
+    ground: Style
+    horizon: float
+    element: Style
+    elements: tuple[int, int]
+
+
+def recipes() -> list[SceneRecipe]:
+    """One recipe per scene, all different in horizon, textures, element shape and count."""
+    shapes = ("triangle", "square", "circle", "trapezoid", "burst", "diamond", "semicircle", "pentagon",
+              "ellipse", "lshape")
+    out = []
+    for k in range(len(SCENES)):
+        ground_hue = (0.08 + 0.29 * k) % 1.0
+        out.append(SceneRecipe(
+            sky_hue=(0.55 + 0.07 * k) % 1.0,
+            ground=Style("square", TEXTURES[k % len(TEXTURES)], ground_hue, (ground_hue + 0.1) % 1.0, 4.0 + k % 3),
+            horizon=0.3 + 0.4 * ((k * 3) % 10) / 9,
+            element=Style(shapes[k], TEXTURES[(k + 2) % len(TEXTURES)], (0.4 + 0.37 * k) % 1.0, 0.1, 2.0),
+            elements=(1 + k % 3, 2 + k % 3 + k % 4),
+        ))
+    return out
+
+
+def scene_image(recipe: SceneRecipe, rng: np.random.Generator) -> np.ndarray:
+    """Draws one scene image (square, as Places205's 256x256 images), uint8 (s, s, 3)."""
+    size = int(rng.integers(SIZE_RANGE[0], SIZE_RANGE[1] + 1))
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    top = hsv(recipe.sky_hue + rng.uniform(-0.05, 0.05), rng.uniform(0.3, 0.7), rng.uniform(0.6, 1.0))
+    canvas = top * (1 - 0.5 * yy[..., None] / size) + 0.5 * yy[..., None] / size
+    horizon = size * (recipe.horizon + rng.uniform(-0.08, 0.08)) + rng.uniform(-0.2, 0.2) * (xx - size / 2)
+    ground_mask = yy >= horizon
+    whole = Placement(size / 2, size / 2, size / 2, rng.uniform(-0.3, 0.3), 1.0)
+    paint(canvas, ground_mask, texture(recipe.ground, whole, (slice(0, size), slice(0, size)), rng))
+    for _ in range(int(rng.integers(recipe.elements[0], recipe.elements[1] + 1))):
+        cx = rng.uniform(0, size)
+        radius = rng.uniform(0.08, 0.2) * size
+        cy = float(np.clip(size * recipe.horizon, 0, size)) - 0.6 * radius
+        draw_object(canvas, recipe.element, Placement(cx, cy, radius, rng.uniform(-0.2, 0.2), 1.0), rng)
+    return to_uint8(canvas, rng)
+
+
+def make_places205(out: str | Path, seed: int) -> dict[str, int]:
+    """Writes the tiny Places205 under ``out/places205``; returns image counts per split."""
+    root = Path(out) / "places205"
+    scene_recipes = recipes()
+    counts = {}
+    for split, per_class in (("train", TRAIN_PER_CLASS), ("val", VAL_PER_CLASS)):
+        lines = []
+        for label, scene in enumerate(SCENES):
+            for i in range(per_class):
+                rng = rng_for(seed, "places205", split, label, i)
+                digest = hashlib.sha1(f"{seed}/{split}/{scene}/{i}".encode()).hexdigest()[:32]
+                rel = f"{scene[0]}/{scene}/gsun_{digest}.jpg"
+                save_jpeg(root / IMAGE_SUBDIR / rel, scene_image(scene_recipes[label], rng))
+                lines.append(f"{rel} {label}\n")
+        write_text(root / "trainvalsplit_places205" / f"{split}_places205.csv", "".join(lines))
+        counts[split] = len(lines)
+    return counts
