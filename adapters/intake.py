@@ -41,8 +41,8 @@ class ConversionReport:
         encoder: ``online`` or ``target``.
         tensors: number of trunk tensors kept.
         dropped: key group -> tensor count, for everything in the model state that is not the chosen trunk.
-        filled_num_batches_tracked: BN counters created (as 0) because the file had none (pre-0.4.1 PyTorch,
-            detectron2/Caffe2 exports); they are not used by BN in train or eval mode with a set momentum.
+        filled_num_batches_tracked: BN counters created (as 0) because the file lacked them (pre-0.4.1 PyTorch,
+            Caffe2-era detectron2 files); BN only reads them when its momentum is None, never in a ResNet.
         sha256: of the file; empty for an in-memory checkpoint.
     """
 
@@ -302,16 +302,15 @@ def _all_finite(value: torch.Tensor) -> bool:
 
 
 def _fill_num_batches_tracked(trunk: dict[str, torch.Tensor]) -> int:
-    """Create every BN's ``num_batches_tracked`` when the file has none at all; a partial set is left for the
-    strict check to report."""
-    counters = [key for key in trunk if key.endswith(".num_batches_tracked")]
-    if counters:
-        return 0
-    created = [key.removesuffix(".running_mean") + ".num_batches_tracked" for key in trunk
+    """Add a zero ``num_batches_tracked`` for each BN that lacks one (pre-0.4.1 PyTorch files, Caffe2-era
+    detectron2 files). torch's own BatchNorm loader does the same for state dicts without version metadata;
+    doing it here makes every exported file complete and puts the count in the report."""
+    missing = [key.removesuffix("running_mean") + "num_batches_tracked" for key in trunk
                if key.endswith(".running_mean")]
-    for key in created:
+    missing = [key for key in missing if key not in trunk]
+    for key in missing:
         trunk[key] = torch.tensor(0, dtype=torch.long)
-    return len(created)
+    return len(missing)
 
 
 def to_torchvision(
