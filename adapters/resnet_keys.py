@@ -21,6 +21,7 @@ detectron2 names (PROTOCOLS.md B §5.0)::
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -181,7 +182,10 @@ def verify_trunk(state_dict: Mapping[str, Any], source: str, arch: str | None = 
     arch = arch or infer_arch(state_dict, source)
     with torch.device("meta"):
         model = build_resnet(arch)
-    load_state_dict_strict(
-        model, {key: value.to("meta") for key, value in state_dict.items()}, source, allowed_missing=FC_KEYS
-    )
+    with warnings.catch_warnings():
+        # A copy into meta tensors is a no-op by design here; torch warns about it for BN buffers it fills in.
+        warnings.filterwarnings("ignore", message=".*meta parameter in the current model.*")
+        load_state_dict_strict(
+            model, {key: value.to("meta") for key, value in state_dict.items()}, source, allowed_missing=FC_KEYS
+        )
     return arch

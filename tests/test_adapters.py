@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,11 +29,12 @@ from adapters.__main__ import main
 from adapters.resnet_keys import format_detectron2, format_torchvision, parse_detectron2, parse_torchvision
 from byol_bench.backbone import build_resnet
 from byol_bench.checkpoint import CheckpointError, sha256_file
+from byol_bench.cli import main_guard
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _trunk(arch: str, seed: int) -> dict[str, torch.Tensor]:
+def random_trunk(arch: str, seed: int) -> dict[str, torch.Tensor]:
     """A random ResNet trunk (no fc) whose BN statistics and counters are random too, so nothing is left at a
     default value that a buggy conversion could reproduce by accident."""
     torch.manual_seed(seed)
@@ -73,12 +72,12 @@ def _assert_same(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tens
 
 @pytest.fixture(scope="module")
 def online() -> dict[str, torch.Tensor]:
-    return _trunk("resnet18", seed=1)
+    return random_trunk("resnet18", seed=1)
 
 
 @pytest.fixture(scope="module")
 def target() -> dict[str, torch.Tensor]:
-    return _trunk("resnet18", seed=2)
+    return random_trunk("resnet18", seed=2)
 
 
 def _sequential(trunk: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -224,29 +223,29 @@ def test_key_spelling_round_trips(arch: str) -> None:
 
 def test_detectron2_names_follow_the_reference_rules(online: dict) -> None:
     """PROTOCOLS.md B §5.0 examples, and numpy values with every BN buffer kept."""
-    payload = to_detectron2(_trunk("resnet50", seed=3))
+    payload = to_detectron2(random_trunk("resnet50", seed=3))
     names = payload["model"]
     assert payload["matching_heuristics"] is True and isinstance(payload["__author__"], str)
     for name in ("stem.conv1.weight", "stem.conv1.norm.running_mean", "res4.2.conv2.norm.weight",
                  "res2.0.shortcut.weight", "res5.0.shortcut.norm.num_batches_tracked", "res5.2.conv3.weight"):
         assert isinstance(names[name], np.ndarray), name
     assert not any(name.startswith(("layer", "conv1", "bn1", "fc")) for name in names)
-    _assert_same(from_detectron2(payload), _trunk("resnet50", seed=3))
+    _assert_same(from_detectron2(payload), random_trunk("resnet50", seed=3))
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
-@pytest.mark.parametrize("to", list(EXPORTS))
-def test_export_round_trip_is_tensor_exact(arch: str, to: str, tmp_path: Path) -> None:
-    trunk = _trunk(arch, seed=4)
+def test_export_round_trip_is_tensor_exact(arch: str, tmp_path: Path) -> None:
+    """Our checkpoint -> every export format -> auto-detected intake -> the same tensors (dtypes included)."""
+    trunk = random_trunk(arch, seed=4)
     source = tmp_path / "byol.pth"
     torch.save({"format": "byol-bench", "online": {"backbone": trunk, "projector": _head("mlp")}}, source)
     state, report = to_torchvision(read_checkpoint(source), source=str(source))
-    out = tmp_path / ("export.pkl" if to == "detectron2" else "export.pth")
-    written = write_export(state, report, out, to)
-    assert written[0] == out
-    model, back = load_backbone(out)
-    assert back.arch == arch and back.sha256 == sha256_file(out)
-    _assert_same({k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}, trunk)
+    for to in EXPORTS:
+        out = tmp_path / ("export.pkl" if to == "detectron2" else f"{to}.pth")
+        assert write_export(state, report, out, to)[0] == out
+        model, back = load_backbone(out)
+        assert back.arch == arch and back.sha256 == sha256_file(out), to
+        _assert_same({k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}, trunk)
 
 
 def test_mm_export_layout(online: dict, tmp_path: Path) -> None:
@@ -261,7 +260,7 @@ def test_mm_export_layout(online: dict, tmp_path: Path) -> None:
 
 def test_detectron2_export_writes_config_fragment(tmp_path: Path) -> None:
     out = tmp_path / "r50.pkl"
-    state, report = to_torchvision(_trunk("resnet50", seed=5))
+    state, report = to_torchvision(random_trunk("resnet50", seed=5))
     config_path = write_export(state, report, out, "detectron2")[1]
     assert config_path == tmp_path / "r50.yaml"
     config = yaml.safe_load(config_path.read_text())
@@ -328,8 +327,7 @@ def test_missing_stage_shape_mismatch_nan_and_arch_mismatch(online: dict) -> Non
     with pytest.raises(CheckpointError, match=r"cifar\.pth: shape mismatch for conv1\.weight"):
         to_torchvision(wrong_shape, source="cifar.pth")
     nan = {**online, "layer3.1.bn2.running_var": torch.full((256,), float("nan"))}
-    with pytest.raises(CheckpointError, match=r"diverged\.pth: state_dict\.backbone\.layer3\.1\.bn2\.running_var "
-                                              "contains NaN"):
+    with pytest.raises(CheckpointError, match=r"diverged\.pth: backbone\.layer3\.1\.bn2\.running_var contains NaN"):
         to_torchvision({"state_dict": _prefixed("backbone.", nan)}, source="diverged.pth")
     inf = {**online, "fc.weight": torch.randn(2, 2), "layer1.0.conv1.weight": torch.full((64, 64, 3, 3), np.inf)}
     with pytest.raises(CheckpointError, match=r"layer1\.0\.conv1\.weight contains NaN or Inf"):
@@ -390,20 +388,20 @@ def test_cli_inspect_and_convert(online: dict, target: dict, tmp_path: Path, cap
     main(["inspect", str(path)])
     shown = capsys.readouterr().out
     assert "format   moco:" in shown and "arch     resnet18" in shown and sha256_file(path) in shown
-    assert "in file: online, target" in shown and "module.encoder_k 122" in shown
+    assert "in file: online, target" in shown and "module.encoder_k 125" in shown
     main(["convert", str(path), str(tmp_path / "target.pkl"), "--to", "detectron2", "--encoder", "target"])
     assert "wrote" in capsys.readouterr().out and (tmp_path / "target.yaml").is_file()
     _assert_same(from_detectron2(read_checkpoint(tmp_path / "target.pkl")), target)
 
 
-def test_cli_error_is_one_line_with_exit_code_2(tmp_path: Path) -> None:
+def test_cli_error_is_one_line_with_exit_code_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     text = tmp_path / "notes.pth"
     text.write_text("not weights")
-    result = subprocess.run([sys.executable, "-m", "adapters", "inspect", str(text)], cwd=REPO,
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2
-    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
-    assert "notes.pth" in result.stderr
+    with pytest.raises(SystemExit) as exited:
+        main_guard(lambda: main(["inspect", str(text)]))
+    assert exited.value.code == 2
+    stderr = capsys.readouterr().err
+    assert stderr.startswith("error: ") and stderr.count("\n") == 1 and "notes.pth" in stderr
 
 
 def test_every_format_is_documented() -> None:

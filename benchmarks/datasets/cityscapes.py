@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from benchmarks.datasets import DatasetError
-from benchmarks.datasets.images import check_image_format, load_image, load_label_map
+from benchmarks.datasets.images import check_image_format, image_size, load_image, load_label_map
 
 IGNORE_INDEX = 255
 SPLITS = ("train", "val")
@@ -162,6 +162,10 @@ class Cityscapes:
                 raise DatasetError(f"{label_path}: trainId {int(labels[bad][0])} out of range "
                                    f"(0..{len(TRAIN_CLASSES) - 1} or {IGNORE_INDEX})")
             target = labels
+        size = image_size(image)
+        if size != (target.shape[1], target.shape[0]):
+            raise DatasetError(f"{label_path}: label map is {target.shape[1]}x{target.shape[0]} but "
+                               f"{image_path} is {size[0]}x{size[1]}")
         if self.transform is not None:
             return self.transform(image, target)
         return image, target

@@ -8,7 +8,7 @@ shape and number of structures along the horizon.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -68,18 +68,22 @@ def scene_image(recipe: SceneRecipe, rng: np.random.Generator) -> np.ndarray:
     """Draws one scene image (square, as Places205's 256x256 images), uint8 (s, s, 3)."""
     size = int(rng.integers(SIZE_RANGE[0], SIZE_RANGE[1] + 1))
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    top = hsv(recipe.sky_hue + rng.uniform(-0.05, 0.05), rng.uniform(0.3, 0.7), rng.uniform(0.6, 1.0))
+    # Weather and time of day: a quarter of the skies ignore the scene's sky colour altogether.
+    sky_hue = recipe.sky_hue + rng.uniform(-0.1, 0.1) if rng.random() < 0.75 else rng.random()
+    top = hsv(sky_hue, rng.uniform(0.1, 0.7), rng.uniform(0.45, 1.0))
     canvas = top * (1 - 0.5 * yy[..., None] / size) + 0.5 * yy[..., None] / size
-    horizon = size * (recipe.horizon + rng.uniform(-0.08, 0.08)) + rng.uniform(-0.2, 0.2) * (xx - size / 2)
-    ground_mask = yy >= horizon
-    whole = Placement(size / 2, size / 2, size / 2, rng.uniform(-0.3, 0.3), 1.0)
-    paint(canvas, ground_mask, texture(recipe.ground, whole, (slice(0, size), slice(0, size)), rng))
+    horizon_frac = recipe.horizon + rng.uniform(-0.15, 0.15)
+    horizon = size * horizon_frac + rng.uniform(-0.3, 0.3) * (xx - size / 2)
+    shift = rng.uniform(-0.12, 0.12)
+    ground = replace(recipe.ground, hue=(recipe.ground.hue + shift) % 1.0, hue2=(recipe.ground.hue2 + shift) % 1.0)
+    whole = Placement(size / 2, size / 2, size / 2, rng.uniform(-0.5, 0.5), 1.0)
+    paint(canvas, yy >= horizon, texture(ground, whole, (slice(0, size), slice(0, size)), rng))
     for _ in range(int(rng.integers(recipe.elements[0], recipe.elements[1] + 1))):
         cx = rng.uniform(0, size)
         radius = rng.uniform(0.08, 0.2) * size
-        cy = float(np.clip(size * recipe.horizon, 0, size)) - 0.6 * radius
-        draw_object(canvas, recipe.element, Placement(cx, cy, radius, rng.uniform(-0.2, 0.2), 1.0), rng)
-    return to_uint8(canvas, rng)
+        cy = float(np.clip(size * horizon_frac, 0, size)) - 0.6 * radius
+        draw_object(canvas, recipe.element, Placement(cx, cy, radius, rng.uniform(-0.3, 0.3), 1.0), rng)
+    return to_uint8(canvas, rng, noise=0.05)
 
 
 def make_places205(out: str | Path, seed: int) -> dict[str, int]:

@@ -1,0 +1,368 @@
+"""BYOL pretraining: the mmselfsup v0.5.0 recipe (PROTOCOLS.md A.2, B §1), resumable, torchrun-native.
+
+Canonical commands (docs/PRETRAIN.md has multi-node torchrun and SLURM/srun)::
+
+    python -m pretrain --preset tiny data_root=data/tiny out_dir=work_dirs/pretrain/tiny           # 1 CPU process
+    torchrun --nproc_per_node 8 -m pretrain --preset byol_resnet50_8xb32-accum16-coslr-200e_in1k \\
+        data_root=data out_dir=work_dirs/pretrain/byol_r50_200e                                   # 8 GPUs, 1 node
+
+Fixed recipe (Grill et al. 2020, arXiv 2006.07733; mmselfsup ``byol_resnet50_8xb32-accum16-coslr-200e_in1k``):
+ResNet-50 + projector/predictor MLPs 4096 -> 256; loss = Σ over both directions of 2 − 2 cos(p, sg(z)); two
+asymmetric views (blur 1.0/0.1, solarize 0/0.2); LARS lr 0.3 x B/256, momentum 0.9, wd 1e-6 with norm parameters
+and biases excluded; 10 warm-up epochs then cosine; target EMA 0.99 -> 1 after every optimizer step; 32 images per
+GPU x 8 GPUs x 16 accumulation = 4096 per step; SyncBN; 200 epochs.
+
+A run folder holds ``config.yaml``, ``resolved.json``, ``provenance.json``, ``log.jsonl``, ``latest.pth`` (every
+``ckpt_every_steps``), ``final.pth`` + ``<name>.pth`` (the same file), ``loss_curve.png`` and ``records/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from byol_bench import dist
+from byol_bench.backbone import build_resnet
+from byol_bench.checkpoint import CheckpointError, atomic_save, load_state_dict_strict, safe_load, sha256_file
+from byol_bench.config import config_hash, to_dict
+from byol_bench.records import find_record, make_record, read_record, write_record
+from byol_bench.runlog import RunLog, write_run_files
+from pretrain.augment import BatchAugmenter, eval_transform
+from pretrain.config import PretrainConfig, Resolved, resolve
+from pretrain.data import EpochBatchSampler, TwoViewDataset, iterate_batches, make_loader, open_split
+from pretrain.knn import knn_monitor
+from pretrain.lars import LARS, param_groups
+from pretrain.model import BYOL, mmselfsup_loss
+from pretrain.schedules import lr_schedule, momentum_schedule
+
+CHECKPOINT_FORMAT = "byol-bench"
+CHECKPOINT_VERSION = 1
+# Resolved values a resumed run must share with the run that wrote the checkpoint.
+RESUME_INVARIANTS = ("world_size", "global_batch_size", "iters_per_epoch", "total_steps")
+
+
+class NonFiniteLossError(ValueError):
+    """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
+
+
+def run(cfg: PretrainConfig) -> dict[str, float]:
+    """Pretrain (or continue pretraining) BYOL as ``cfg`` says; return the final metrics.
+
+    Returns:
+        ``step``, ``loss`` (the last logged window) and, when the run is complete and ``cfg.knn``, ``knn_top1``,
+        ``knn_top5`` (and ``knn_top1_random_init`` if asked).
+    """
+    started = time.time()
+    info = dist.init_distributed(cfg.device)
+    device = info.device
+    out_dir = Path(cfg.out_dir)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shapes (mmselfsup sets it too)
+
+    # ================================================================ data
+    train_set = TwoViewDataset(open_split(cfg, "train"), cfg.image_size, (cfg.crop_scale_min, 1.0))
+    res = resolve(cfg, info.world_size, len(train_set), device)
+    sampler = EpochBatchSampler(len(train_set), cfg.batch_size_per_device, info.rank, info.world_size, cfg.seed)
+    loader = make_loader(train_set, sampler, cfg.num_workers, pin_memory=device.type == "cuda")
+    augmenter = BatchAugmenter(device, res.channels_last)
+
+    # ================================================================ networks
+    torch.manual_seed(cfg.seed)  # same initialisation on every rank; DDP checks it by broadcasting from rank 0
+    byol = BYOL(build_resnet(cfg.arch), cfg.projector_hidden_dim, cfg.projector_out_dim)
+    if cfg.sync_bn and device.type == "cuda":
+        byol = dist.maybe_sync_bn(byol)  # NOTE: SyncBN needs CUDA; CPU processes keep per-process statistics
+    byol = byol.to(device, memory_format=torch.channels_last if res.channels_last else torch.preserve_format)
+    ddp = None
+    if info.world_size > 1:
+        ddp = DistributedDataParallel(byol, device_ids=[device.index] if device.type == "cuda" else None,
+                                      broadcast_buffers=False)  # mmselfsup's setting; SyncBN keeps stats equal
+    model: nn.Module = ddp or byol
+    if cfg.compile:
+        model = torch.compile(model)
+
+    # ================================================================ loss
+    # The symmetrised BYOL loss lives in BYOL.forward (pretrain/model.py); it is in [0, 8] and mmselfsup logs the
+    # same quantity minus 4.
+
+    # ================================================================ optimizer
+    optimizer = LARS(param_groups(byol, cfg.weight_decay), lr=res.lr, momentum=cfg.lars_momentum,
+                     weight_decay=cfg.weight_decay, eta=cfg.lars_eta)
+
+    # ================================================================ schedules
+    lrs = lr_schedule(peak_lr=res.lr, total_steps=res.total_steps, accum_steps=cfg.accum_steps,
+                      iters_per_epoch=res.iters_per_epoch, epochs=cfg.epochs, warmup_iters=res.warmup_iters,
+                      warmup_ratio=cfg.warmup_ratio, min_lr=cfg.min_lr, cosine=cfg.lr_cosine)
+    momentums = momentum_schedule(base=cfg.target_momentum, end=cfg.target_momentum_end,
+                                  total_steps=res.total_steps)
+
+    # ================================================================ resume
+    # Everything is checked before the run folder is written to, so a mismatched resume changes nothing there.
+    resume_path = find_resume_checkpoint(cfg, out_dir)
+    start_step = 0 if resume_path is None else load_checkpoint(resume_path, cfg, res, byol, optimizer)
+    provenance = write_run_files(out_dir, cfg, res.to_dict())
+    log = RunLog(out_dir)
+    if resume_path is not None:
+        log.log(event="resume", checkpoint=str(resume_path), step=start_step)
+    stop_step = res.total_steps
+    if cfg.stop_after_steps > 0:
+        stop_step = min(res.total_steps, start_step + cfg.stop_after_steps)
+
+    # ================================================================ loop
+    batches = iterate_batches(loader, sampler, start_step * cfg.accum_steps)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=res.precision == "bf16")
+    bar = tqdm(total=res.total_steps, initial=start_step, desc="byol", dynamic_ncols=True,
+               disable=not info.is_main or os.environ.get("BYOL_BENCH_NO_PROGRESS") == "1")
+    window_losses: list[torch.Tensor] = []  # per optimizer step since the last log line, on the device
+    previous_loss: torch.Tensor | None = None
+    last_ckpt = resume_path
+    step, loss_value, throughput = start_step, math.nan, math.nan
+    loop_started = tick = time.perf_counter()
+    tick_step = start_step
+    while step < stop_step:
+        window_loss = torch.zeros((), device=device)
+        for micro in range(cfg.accum_steps):
+            epoch, batch = next(batches)
+            view1, view2 = augmenter(batch)
+            sync = ddp is not None and micro == cfg.accum_steps - 1
+            with contextlib.nullcontext() if ddp is None or sync else ddp.no_sync():
+                with autocast:
+                    loss = model(view1, view2)
+                (loss / cfg.accum_steps).backward()
+            window_loss += loss.detach()
+        for group in optimizer.param_groups:
+            group["lr"] = float(lrs[step])
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        byol.update_target(float(momentums[step]))  # after the step, once per optimizer step (A.2)
+        step_loss = window_loss / cfg.accum_steps
+        window_losses.append(step_loss)
+        step += 1
+        # The previous step's loss is computed by now, so checking it does not stall the device queue.
+        if previous_loss is not None:
+            check_finite(previous_loss, step - 1, last_ckpt)
+        previous_loss = step_loss
+        if step % cfg.log_every_steps == 0 or step == stop_step:
+            check_finite(step_loss, step, last_ckpt)
+            loss_value = float(dist.all_reduce_mean(torch.stack(window_losses).mean()))
+            now = time.perf_counter()
+            throughput = (step - tick_step) * res.global_batch_size / (now - tick)
+            eta_s = (res.total_steps - step) * (now - loop_started) / (step - start_step)
+            stats = {"loss": loss_value, "loss_mmselfsup": mmselfsup_loss(loss_value), "lr": float(lrs[step - 1]),
+                     "momentum": float(momentums[step - 1]), "img_per_s": throughput, "eta_s": eta_s}
+            log.log(step=step, epoch=epoch, **stats)
+            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{stats['lr']:.3g}", m=f"{stats['momentum']:.5f}",
+                            img_s=f"{throughput:.1f}", refresh=False)
+            window_losses, tick, tick_step = [], now, step
+        bar.update(1)
+
+        # ============================================================ checkpoint
+        if step == res.total_steps or step == stop_step or step % cfg.ckpt_every_steps == 0:
+            check_finite(step_loss, step, last_ckpt)  # never save past a non-finite loss
+            name = "final.pth" if step == res.total_steps else "latest.pth"
+            last_ckpt = save_checkpoint(out_dir / name, cfg, res, byol, optimizer, step, lrs, momentums)
+    bar.close()
+    dist.barrier()
+    metrics: dict[str, float] = {"step": float(step), "loss": loss_value}
+    if step < res.total_steps:
+        return metrics  # stopped early on purpose (stop_after_steps): no monitor, no record
+
+    final = out_dir / "final.pth"
+    if info.is_main:
+        link_named_checkpoint(final, out_dir / f"{cfg.name}.pth")
+        plot_loss_curve(out_dir / "log.jsonl", out_dir / "loss_curve.png")
+    dist.barrier()
+
+    # ================================================================ kNN monitor
+    sha = sha256_file(final)
+    existing = find_record(out_dir / "records", "pretrain", cfg.dataset, sha, config_hash(cfg))
+    if existing is not None:  # rerun of a finished run: the checkpoint and config are the same
+        return {**metrics, **read_record(existing)["metrics"]}
+    knn: dict[str, float] = {}
+    if cfg.knn:
+        knn = run_knn_monitor(cfg, res, byol.online.backbone, augmenter)
+        metrics.update(knn)
+        log.log(event="knn", **knn)
+
+    # ================================================================ record
+    if info.is_main:
+        record = make_record(
+            protocol="pretrain", dataset=cfg.dataset, model=cfg.name, preset=cfg.name,
+            metrics={k: v for k, v in metrics.items() if k != "step" and math.isfinite(v)},
+            config=to_dict(cfg), config_hash=config_hash(cfg),
+            checkpoint={"path": str(final), "sha256": sha, "format": CHECKPOINT_FORMAT, "arch": cfg.arch,
+                        "encoder": "online"},
+            seeds={"seed": cfg.seed}, batch_size_per_device=cfg.batch_size_per_device,
+            wall_time_s=time.time() - started, provenance=provenance, tiny=cfg.tiny,
+            details={"resolved": res.to_dict(), "img_per_s_last_window": throughput,
+                     "knn": {"k": cfg.knn_k, "temperature": cfg.knn_temperature, "weighting": "exp(cos/T)",
+                             "features": "global-pooled online backbone, eval mode, centre crop"},
+                     "steps_this_invocation": step - start_step, "loss_range": "[0, 8]; mmselfsup logs loss - 4"})
+        write_record(record, out_dir / "records")
+    return metrics
+
+
+# -------------------------------------------------------------------- helpers -----------------------------------
+
+
+def check_finite(loss: torch.Tensor, step: int, last_ckpt: Path | None) -> None:
+    """Stop with a one-line message when ``loss`` is NaN/inf on any process; nothing after it is saved.
+
+    Every process calls this at the same steps (the sum over processes is non-finite if any term is), so all of
+    them stop together instead of leaving the others waiting in a collective.
+    """
+    total = dist.all_reduce_sum(loss.detach().float())
+    if torch.isfinite(total).item():
+        return
+    keep = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
+    raise NonFiniteLossError(
+        f"non-finite loss ({total.item()}) at optimizer step {step}; stopped, {keep}. Lower base_lr or check the "
+        "data, then continue with --resume auto")
+
+
+def checkpoint_state(cfg: PretrainConfig, res: Resolved, byol: BYOL, optimizer: LARS, step: int,
+                     lrs: np.ndarray, momentums: np.ndarray) -> dict[str, Any]:
+    """The checkpoint dict (plan.md "Our checkpoint format"); only tensors, numbers, strings, lists and dicts."""
+    def cpu(module: nn.Module) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu() for k, v in module.state_dict().items()}
+
+    iteration = step * cfg.accum_steps
+    return {
+        "format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, "arch": cfg.arch,
+        "online": {"backbone": cpu(byol.online.backbone), "projector": cpu(byol.online.projector),
+                   "predictor": cpu(byol.predictor)},
+        "target": {"backbone": cpu(byol.target.backbone), "projector": cpu(byol.target.projector)},
+        "optimizer": optimizer.state_dict(),
+        "step": step, "iteration": iteration, "epoch": iteration // res.iters_per_epoch,
+        "schedules": {"lr": torch.from_numpy(lrs), "momentum": torch.from_numpy(momentums)},
+        "rng": {"torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        "config": to_dict(cfg), "config_hash": config_hash(cfg), "resolved": res.to_dict(),
+    }
+
+
+def save_checkpoint(path: Path, cfg: PretrainConfig, res: Resolved, byol: BYOL, optimizer: LARS, step: int,
+                    lrs: np.ndarray, momentums: np.ndarray) -> Path:
+    """Write the checkpoint atomically on rank 0; every rank returns the path."""
+    if dist.is_main():
+        atomic_save(checkpoint_state(cfg, res, byol, optimizer, step, lrs, momentums), path)
+    return path
+
+
+def find_resume_checkpoint(cfg: PretrainConfig, out_dir: Path) -> Path | None:
+    """The checkpoint to continue from, per ``cfg.resume`` (``auto`` | ``none`` | a path).
+
+    Raises:
+        ValueError: ``resume=none`` but ``out_dir`` already holds checkpoints (they would be overwritten).
+        CheckpointError: an explicit path that does not exist.
+    """
+    existing = [p for p in (out_dir / "final.pth", out_dir / "latest.pth") if p.is_file()]
+    if cfg.resume == "auto":
+        return existing[0] if existing else None  # final.pth is the newest whenever it exists
+    if cfg.resume == "none":
+        if existing:
+            raise ValueError(f"{out_dir}: holds checkpoints ({', '.join(p.name for p in existing)}); continue "
+                             "with resume=auto or choose another out_dir")
+        return None
+    path = Path(cfg.resume)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found; resume takes auto, none or a .pth path")
+    return path
+
+
+def load_checkpoint(path: Path, cfg: PretrainConfig, res: Resolved, byol: BYOL, optimizer: LARS) -> int:
+    """Restore networks, optimizer and RNG from ``path``; return the optimizer step to continue from.
+
+    Raises:
+        CheckpointError: not a byol-bench checkpoint, or written by a different config or world size.
+    """
+    ckpt = safe_load(path)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a byol-bench pretraining checkpoint; resume needs one written by "
+                              "python -m pretrain")
+    if ckpt["config_hash"] != config_hash(cfg):
+        raise CheckpointError(f"{path}: written with config {ckpt['config_hash']}, this run is {config_hash(cfg)}; "
+                              "resume with the same preset and overrides, or choose another out_dir")
+    changed = [k for k in RESUME_INVARIANTS if ckpt["resolved"][k] != getattr(res, k)]
+    if changed:
+        raise CheckpointError(f"{path}: {', '.join(changed)} differ from this run "
+                              f"({[(ckpt['resolved'][k], getattr(res, k)) for k in changed]}); resume with the "
+                              "same number of processes")
+    load_state_dict_strict(byol.online.backbone, ckpt["online"]["backbone"], path)
+    load_state_dict_strict(byol.online.projector, ckpt["online"]["projector"], path)
+    load_state_dict_strict(byol.predictor, ckpt["online"]["predictor"], path)
+    load_state_dict_strict(byol.target.backbone, ckpt["target"]["backbone"], path)
+    load_state_dict_strict(byol.target.projector, ckpt["target"]["projector"], path)
+    optimizer.load_state_dict(ckpt["optimizer"])
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    if torch.cuda.is_available() and ckpt["rng"]["cuda"]:
+        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+    return int(ckpt["step"])
+
+
+def link_named_checkpoint(final: Path, named: Path) -> None:
+    """Make ``<name>.pth`` the same file as ``final.pth`` (hard link; a copy where links are unsupported)."""
+    tmp = named.with_name(f".{named.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(final, tmp)
+    except OSError:
+        import shutil
+
+        shutil.copyfile(final, tmp)
+    os.replace(tmp, named)
+
+
+def plot_loss_curve(log_path: Path, png_path: Path) -> None:
+    """Loss (and lr) against optimizer step, from the JSON-lines log."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if "loss" in r and "step" in r]
+    if not rows:
+        return
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([r["step"] for r in rows], [float(r["loss"]) for r in rows], label="loss (2 views, ∈ [0, 8])")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("BYOL loss")
+    lr_ax = ax.twinx()
+    lr_ax.plot([r["step"] for r in rows], [r["lr"] for r in rows], color="tab:orange", alpha=0.6, label="lr")
+    lr_ax.set_ylabel("learning rate")
+    fig.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+
+
+def run_knn_monitor(cfg: PretrainConfig, res: Resolved, backbone: nn.Module,
+                    augmenter: BatchAugmenter) -> dict[str, float]:
+    """kNN top-1/top-5 of the online backbone (and optionally of a random-init one) on the val split."""
+    transform = eval_transform(cfg.image_size)
+    bank_set, val_set = open_split(cfg, "train", transform), open_split(cfg, "val", transform)
+    kwargs = {"k": cfg.knn_k, "temperature": cfg.knn_temperature, "max_train_images": cfg.knn_max_train_images,
+              "batch_size": cfg.knn_batch_size, "num_workers": cfg.num_workers, "precision": res.precision}
+    scores = knn_monitor(backbone, bank_set, val_set, augmenter, **kwargs)
+    out = {"knn_top1": scores["top1"], "knn_top5": scores["top5"]}
+    if cfg.knn_random_init_baseline:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)  # the online backbone's own step-0 weights
+            random_init = build_resnet(cfg.arch)
+        random_init.fc = nn.Identity()
+        memory_format = torch.channels_last if res.channels_last else torch.preserve_format
+        baseline = knn_monitor(random_init.to(device=augmenter.device, memory_format=memory_format), bank_set,
+                               val_set, augmenter, **kwargs)
+        out.update(knn_top1_random_init=baseline["top1"], knn_top5_random_init=baseline["top5"])
+    return out

@@ -1,0 +1,93 @@
+"""BYOL networks and loss: analytic invariants (STYLE.md 11)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from byol_bench.backbone import build_resnet
+from pretrain.model import BYOL, MLPHead, mmselfsup_loss, regression_loss
+
+
+@pytest.fixture(scope="module")
+def byol() -> BYOL:
+    torch.manual_seed(0)
+    return BYOL(build_resnet("resnet18"), hidden_dim=64, out_dim=16)
+
+
+def test_loss_is_symmetric_and_bounded() -> None:
+    torch.manual_seed(0)
+    p1, p2, z1, z2 = (torch.randn(8, 16) for _ in range(4))
+    forward = regression_loss(p1, z2) + regression_loss(p2, z1)
+    swapped = regression_loss(p2, z1) + regression_loss(p1, z2)
+    assert torch.equal(forward, swapped)
+    assert 0 <= forward <= 8
+    # Extremes: identical directions give 0, opposite directions give 2 per term -> 4 for the pair... and 8 overall.
+    assert regression_loss(p1, 3 * p1).item() == pytest.approx(0, abs=1e-6)
+    assert (regression_loss(p1, -p1) + regression_loss(p2, -p2)).item() == pytest.approx(8, abs=1e-6)
+    # mmselfsup logs 2 * sum(-mean cos) = our value - 4.
+    cos = nn.functional.cosine_similarity
+    mm_value = 2 * (-cos(p1, z2).mean() - cos(p2, z1).mean())
+    assert mmselfsup_loss(forward.item()) == pytest.approx(mm_value.item(), abs=1e-5)
+
+
+def test_loss_stops_gradient_through_target() -> None:
+    p, z = torch.randn(4, 8, requires_grad=True), torch.randn(4, 8, requires_grad=True)
+    regression_loss(p, z).backward()
+    assert p.grad is not None and z.grad is None
+
+
+def test_forward_is_symmetrised_sum(byol: BYOL) -> None:
+    torch.manual_seed(1)
+    v1, v2 = torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)
+    state = {k: v.clone() for k, v in byol.state_dict().items()}
+    loss = byol(v1, v2)
+    byol.load_state_dict(state)  # undo the BN running-stat updates so the swapped call sees the same state
+    swapped = byol(v2, v1)
+    byol.load_state_dict(state)
+    assert loss.item() == pytest.approx(swapped.item(), abs=1e-5)
+    assert 0 <= loss.item() <= 8
+
+
+def test_target_starts_equal_and_gets_no_gradients(byol: BYOL) -> None:
+    online, target = byol.online.state_dict(), byol.target.state_dict()
+    assert online.keys() == target.keys()
+    assert all(torch.equal(online[k], target[k]) for k in online)
+    assert not any(p.requires_grad for p in byol.target.parameters())
+    byol(torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)).backward()
+    assert all(p.grad is None for p in byol.target.parameters())
+    assert all(p.grad is not None for p in byol.online.parameters())
+    assert all(p.grad is not None for p in byol.predictor.parameters())
+    byol.zero_grad(set_to_none=True)
+
+
+def test_ema_momentum_one_is_identity_and_formula_holds() -> None:
+    torch.manual_seed(0)
+    model = BYOL(build_resnet("resnet18"), hidden_dim=32, out_dim=8)
+    with torch.no_grad():
+        for p in model.online.parameters():
+            p.add_(torch.randn_like(p))
+    before = {k: v.clone() for k, v in model.target.state_dict().items()}
+    model.update_target(1.0)
+    assert all(torch.equal(before[k], v) for k, v in model.target.state_dict().items())
+    model.update_target(0.75)
+    online = dict(model.online.named_parameters())
+    for name, param in model.target.named_parameters():
+        torch.testing.assert_close(param, 0.75 * before[name] + 0.25 * online[name], rtol=1e-6, atol=1e-6)
+    # Buffers (BN running statistics) are never averaged.
+    for name, buf in model.target.named_buffers():
+        assert torch.equal(buf, before[name])
+
+
+def test_heads_match_the_recipe(byol: BYOL) -> None:
+    for head in (byol.online.projector, byol.predictor):
+        assert isinstance(head, MLPHead)
+        first, bn, relu, last = head
+        assert first.bias is not None and last.bias is None
+        assert isinstance(bn, nn.BatchNorm1d) and isinstance(relu, nn.ReLU)
+    assert byol.online.projector[0].in_features == 512  # ResNet-18 pooled width
+    assert byol.predictor[0].in_features == byol.predictor[3].out_features == 16
+    keys = set(byol.online.backbone.state_dict())
+    assert "conv1.weight" in keys and "layer4.1.bn2.running_var" in keys
+    assert not any(k.startswith("fc.") for k in keys)

@@ -1,0 +1,198 @@
+"""The tiny-data generator: deterministic, small, learnable, and its annotations are exactly what it drew."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools import mask as mask_utils
+from sklearn.linear_model import RidgeClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from benchmarks.datasets.cityscapes import ID_TO_TRAIN_ID
+from benchmarks.datasets.imagenet import ImageFolderList
+from benchmarks.datasets.images import load_label_map
+from benchmarks.datasets.inat18 import INat18
+from benchmarks.datasets.places205 import Places205
+from benchmarks.datasets.voc_det import parse_voc_xml
+from benchmarks.datasets.voc_seg import VOCAugSegmentation
+from benchmarks.tinydata import MARKER, ensure_tiny_data, make_tiny_data
+from benchmarks.tinydata import cityscapes as tiny_cityscapes
+from benchmarks.tinydata import coco as tiny_coco
+from benchmarks.tinydata.draw import (
+    SHAPES,
+    Placement,
+    Style,
+    draw_object,
+    make_styles,
+    mask_box,
+    rasterize,
+    rng_for,
+    save_jpeg,
+)
+
+# pycocotools 2.0.x calls np.array(copy=False) internally under numpy 2; harmless, and not ours to fix.
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("tiny")
+    make_tiny_data(out, seed=0)
+    return out
+
+
+def _digests(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_generation_is_deterministic_and_independent_of_workers(root: Path, tmp_path: Path) -> None:
+    again = tmp_path / "again"
+    make_tiny_data(again, seed=0, workers=1)
+    first, second = _digests(root), _digests(again)
+    assert first.keys() == second.keys()
+    assert [k for k in first if first[k] != second[k]] == []
+
+
+def test_other_seed_gives_other_data(root: Path, tmp_path: Path) -> None:
+    make_tiny_data(tmp_path, seed=1, only=["cityscapes"])
+    a = (root / "cityscapes" / "gtFine" / "val" / "frankfurt" / "frankfurt_000000_000019_gtFine_labelIds.png")
+    b = tmp_path / a.relative_to(root)
+    assert a.read_bytes() != b.read_bytes()
+
+
+def test_size_budget_and_marker(root: Path) -> None:
+    files = [p for p in root.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) < 50e6
+    marker = json.loads((root / MARKER).read_text())
+    assert marker["seed"] == 0 and set(marker["counts"]) == {"imagenet", "voc2007", "voc2012", "inat18",
+                                                              "places205", "coco", "cityscapes"}
+    assert marker["counts"]["imagenet"] == {"train": 1100, "val": 250}
+
+
+def test_marker_guards_and_reuse(tmp_path: Path) -> None:
+    foreign = tmp_path / "real_data"
+    foreign.mkdir()
+    (foreign / "something").write_text("x")
+    with pytest.raises(ValueError, match="refusing to write tiny data into a non-empty folder"):
+        make_tiny_data(foreign)
+    with pytest.raises(ValueError, match="unknown tiny dataset.*valid names: voc2007, imagenet"):
+        make_tiny_data(tmp_path / "new", only=["mnist"])
+    out = ensure_tiny_data(tmp_path / "cache", only=["cityscapes"])
+    label = next((out / "cityscapes").rglob("*_labelIds.png"))
+    stamp = label.stat().st_mtime_ns
+    ensure_tiny_data(out, only=["cityscapes"])  # already there: nothing is rewritten
+    assert label.stat().st_mtime_ns == stamp
+    ensure_tiny_data(out, seed=3, only=["cityscapes"])  # another seed: regenerated
+    assert json.loads((out / MARKER).read_text())["seed"] == 3
+
+
+def _features(dataset: object) -> tuple[np.ndarray, np.ndarray]:
+    """8x8 downsampled RGB pixels + per-channel 8-bin histograms: a deliberately weak representation."""
+    xs, ys = [], []
+    for i in range(len(dataset)):  # type: ignore[arg-type]
+        image, label = dataset[i]  # type: ignore[index]
+        small = np.asarray(image.resize((8, 8), Image.Resampling.BILINEAR), dtype=np.float32).ravel() / 255
+        pixels = np.asarray(image)
+        hist = np.concatenate([np.histogram(pixels[..., c], bins=8, range=(0, 256))[0] for c in range(3)])
+        xs.append(np.concatenate([small, hist / pixels[..., 0].size]))
+        ys.append(label)
+    return np.array(xs), np.array(ys)
+
+
+@pytest.mark.parametrize("name", ["imagenet", "inat18", "places205"])
+def test_a_simple_model_clearly_beats_chance(root: Path, name: str) -> None:
+    make = {
+        "imagenet": lambda split: ImageFolderList(root / "imagenet", split),
+        "inat18": lambda split: INat18(root / "inat18", split),
+        "places205": lambda split: Places205(root / "places205", split, num_classes=None),
+    }[name]
+    x_train, y_train = _features(make("train"))
+    x_val, y_val = _features(make("val"))
+    clf = make_pipeline(StandardScaler(), RidgeClassifier(alpha=100.0)).fit(x_train, y_train)
+    accuracy = float((clf.predict(x_val) == y_val).mean())
+    chance = 1 / len(np.unique(y_train))
+    assert accuracy > 3 * chance, f"{name}: {accuracy:.2f} vs chance {chance:.2f}"
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_painted_pixels_are_exactly_the_mask_and_polygon(shape: str) -> None:
+    rng = rng_for(0, "test", shape)
+    canvas = np.full((60, 80, 3), -1.0, dtype=np.float32)  # outside [0, 1]: every painted pixel changes
+    style = Style(shape, "checker", 0.3, 0.7, 3.0)
+    drawn = draw_object(canvas, style, Placement(75.0, 30.0, 22.0, 0.3, 1.1), rng)  # crosses the right edge
+    changed = (canvas != -1.0).any(axis=2)
+    np.testing.assert_array_equal(changed, drawn.mask)
+    np.testing.assert_array_equal(rasterize([drawn.polygon], 60, 80), drawn.mask)
+    assert drawn.truncated and drawn.polygon[:, 0].max() <= 80
+    x0, y0, x1, y1 = mask_box(drawn.mask)
+    rows, cols = np.nonzero(drawn.mask)
+    assert (x0, y0, x1, y1) == (cols.min(), rows.min(), cols.max(), rows.max())
+
+
+def test_styles_are_distinct() -> None:
+    styles = make_styles(20)
+    assert len({(s.shape, s.texture) for s in styles}) == 20
+
+
+def test_coco_files_hold_exactly_what_was_drawn(root: Path, tmp_path: Path) -> None:
+    doc = json.loads((root / "coco" / "annotations" / "instances_val2017.json").read_text())
+    styles = make_styles(len(tiny_coco.CATEGORIES), hue_offset=0.3)
+    by_image: dict[int, list[dict]] = {}
+    for ann in doc["annotations"]:
+        by_image.setdefault(ann["image_id"], []).append(ann)
+    for info in doc["images"][:12]:
+        rgb, anns = tiny_coco.draw_image(styles, rng_for(0, "coco", info["id"]))
+        stored = [{k: v for k, v in a.items() if k not in ("id", "image_id")} for a in by_image.get(info["id"], [])]
+        assert stored == anns
+        redrawn = tmp_path / "redrawn.jpg"
+        save_jpeg(redrawn, rgb)
+        assert redrawn.read_bytes() == (root / "coco" / "val2017" / info["file_name"]).read_bytes()
+    crowds = [a for a in doc["annotations"] if a["iscrowd"]]
+    assert crowds and all(isinstance(a["segmentation"]["counts"], list) for a in crowds)
+    for a in crowds:
+        h, w = a["segmentation"]["size"]
+        decoded = mask_utils.decode(mask_utils.frPyObjects(a["segmentation"], h, w))
+        assert tiny_coco.uncompressed_rle(decoded.astype(bool)) == a["segmentation"]
+
+
+def test_cityscapes_files_hold_exactly_what_was_drawn(root: Path) -> None:
+    gt = root / "cityscapes" / "gtFine" / "train" / "aachen"
+    for seq in range(3):
+        ids = tiny_cityscapes.draw_label_map(rng_for(0, "cityscapes", "aachen", seq))
+        stem = f"aachen_{seq:06d}_000019_gtFine"
+        np.testing.assert_array_equal(load_label_map(gt / f"{stem}_labelIds.png"), ids)
+        np.testing.assert_array_equal(load_label_map(gt / f"{stem}_labelTrainIds.png"), ID_TO_TRAIN_ID[ids])
+        assert {1, 3}.issubset(set(np.unique(ids).tolist()))  # void ids present: the mapping is exercised
+
+
+def test_voc_boxes_are_tight_and_flags_consistent(root: Path) -> None:
+    voc12 = root / "VOCdevkit" / "VOC2012"
+    for _, label_path in VOCAugSegmentation(voc12, "train").samples:
+        target = load_label_map(label_path)
+        ann = parse_voc_xml(voc12 / "Annotations" / f"{label_path.stem}.xml")
+        for box, label, difficult in zip(ann.boxes.astype(int), ann.labels, ann.difficult, strict=True):
+            x0, y0, x1, y1 = box
+            crop = target[y0:y1, x0:x1] == (255 if difficult else label + 1)
+            if difficult:
+                assert crop.any()
+                continue
+            rows, cols = np.nonzero(crop)
+            # The void border takes at most the outermost pixel ring of the object.
+            assert rows.min() <= 1 and cols.min() <= 1
+            assert rows.max() >= crop.shape[0] - 2 and cols.max() >= crop.shape[1] - 2
+    voc07 = root / "VOCdevkit" / "VOC2007" / "Annotations"
+    n_truncated = 0
+    for xml in sorted(voc07.glob("*.xml")):
+        ann = parse_voc_xml(xml)
+        for box, truncated in zip(ann.boxes, ann.truncated, strict=True):
+            if truncated:  # a truncated object reaches the image border
+                n_truncated += 1
+                assert box[0] == 0 or box[1] == 0 or box[2] == ann.width or box[3] == ann.height
+    assert n_truncated >= 20
