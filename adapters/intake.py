@@ -245,7 +245,7 @@ def _describe(ckpt: Any) -> str:
     """Top-level keys and sample parameter names, for an error about an unrecognised file."""
     if not isinstance(ckpt, Mapping):
         return f"the file holds a {type(ckpt).__name__}, not a dict"
-    state = _wrapped_state(ckpt) or {}
+    state = _wrapped_state(ckpt)
     params = [key for key, value in state.items() if isinstance(value, (torch.Tensor, np.ndarray))][:6]
     return f"top-level keys {list(ckpt)[:10]}, sample parameter names {params}"
 

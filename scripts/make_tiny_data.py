@@ -13,7 +13,6 @@ import argparse
 import time
 from pathlib import Path
 
-
 from benchmarks.tinydata import FAMILIES, make_tiny_data
 from byol_bench.cli import main_guard
 

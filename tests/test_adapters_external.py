@@ -79,6 +79,7 @@ def test_mmseg_resnet_loads_our_export_and_matches(tmp_path: Path, monkeypatch: 
                    init_cfg=dict(type="Pretrained", checkpoint=str(out)))
     plain.init_weights()
     plain.eval()  # mmseg's ResNet.train() returns None, so no chaining
+    assert torch.equal(plain.layer4[2].bn3.running_var, load_backbone(out)[0].layer4[2].bn3.running_var)
     with torch.no_grad():
         theirs = plain(images)
     diffs = _max_abs_diff(list(theirs), ours)

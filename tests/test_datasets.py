@@ -24,7 +24,7 @@ from benchmarks.datasets.voc import VOC_CLASSES
 from benchmarks.datasets.voc_cls import VOCClassification, load_voc07_cls_labels
 from benchmarks.datasets.voc_det import VOCDetection, parse_voc_xml
 from benchmarks.datasets.voc_seg import VOCAugSegmentation
-from benchmarks.tinydata import make_tiny_data
+from benchmarks.tinydata import ensure_tiny_data
 from benchmarks.tinydata import imagenet as tiny_imagenet
 
 # pycocotools 2.0.x calls np.array(copy=False) internally under numpy 2; harmless, and not ours to fix.
@@ -32,9 +32,9 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:Depreca
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("tiny")
-    make_tiny_data(out, seed=0)
-    return out
+    # One generation per pytest session: every test module asking for this path reuses it (tests that
+    # corrupt files work on copies).
+    return ensure_tiny_data(tmp_path_factory.getbasetemp() / "tiny-data-seed0", seed=0)
 
 
 def _copy(src: Path, dst: Path) -> Path:
@@ -73,7 +73,7 @@ def test_imagenet_transform_and_tensor_decoding(root: Path) -> None:
 
 def test_imagenet_bad_inputs(root: Path, tmp_path: Path) -> None:
     inet = _copy(root / "imagenet", tmp_path / "imagenet")
-    with pytest.raises(DatasetError, match="nope.txt: list file not found"):
+    with pytest.raises(DatasetError, match=r"nope.txt: list file not found"):
         ImageFolderList(inet, "train", list_file="meta/nope.txt")
 
     bad_list = inet / "meta" / "bad.txt"
@@ -81,33 +81,33 @@ def test_imagenet_bad_inputs(root: Path, tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match=r"bad.txt:2: label 10 out of range \[0, 10\)"):
         ImageFolderList(inet, "train", list_file=bad_list)
     bad_list.write_text("n01440764/n01440764_1.JPEG zero\n")
-    with pytest.raises(DatasetError, match="bad.txt:1: label 'zero' is not an integer"):
+    with pytest.raises(DatasetError, match=r"bad.txt:1: label 'zero' is not an integer"):
         ImageFolderList(inet, "train", list_file=bad_list)
     bad_list.write_text("n01440764/n01440764_1.JPEG 3\n")
-    with pytest.raises(DatasetError, match="has label 3, but its folder n01440764 is class 0"):
+    with pytest.raises(DatasetError, match=r"has label 3, but its folder n01440764 is class 0"):
         ImageFolderList(inet, "train", list_file=bad_list)
 
     bad_list.write_text("n01440764/n01440764_1.JPEG 0\nn01440764/missing.JPEG 0\n")
     with pytest.raises(DatasetError, match=r"1 listed images do not exist .*missing.JPEG"):
         ImageFolderList(inet, "train", list_file=bad_list, verify_files=True)
     lazy = ImageFolderList(inet, "train", list_file=bad_list)
-    with pytest.raises(DatasetError, match="bad.txt: names n01440764/missing.JPEG, which does not exist"):
+    with pytest.raises(DatasetError, match=r"bad.txt: names n01440764/missing.JPEG, which does not exist"):
         lazy[1]
 
     victim = inet / "train" / "n01440764" / "n01440764_1.JPEG"
     data = victim.read_bytes()
     victim.write_bytes(data[: len(data) // 2])
-    with pytest.raises(DatasetError, match="n01440764_1.JPEG: corrupt or truncated image"):
+    with pytest.raises(DatasetError, match=r"n01440764_1.JPEG: corrupt or truncated image"):
         ImageFolderList(inet, "train")[0]
     victim.write_bytes(b"not an image at all")
-    with pytest.raises(DatasetError, match="n01440764_1.JPEG: corrupt or truncated image"):
+    with pytest.raises(DatasetError, match=r"n01440764_1.JPEG: corrupt or truncated image"):
         load_image(victim)
 
     shutil.rmtree(inet / "val" / "n01518878")
     with pytest.raises(DatasetError, match=r"class folders differ .*missing \['n01518878'\]"):
         ImageFolderList(inet, "val")
     shutil.rmtree(inet / "val")
-    with pytest.raises(DatasetError, match="val: folder not found"):
+    with pytest.raises(DatasetError, match=r"val: folder not found"):
         ImageFolderList(inet, "val")
 
 
@@ -116,21 +116,21 @@ def test_truncated_jpeg_is_caught_by_tensor_decoder(root: Path, tmp_path: Path) 
     src = next((root / "imagenet" / "val" / "n01440764").iterdir())
     cut = tmp_path / "cut.JPEG"
     cut.write_bytes(src.read_bytes()[:-400])
-    with pytest.raises(DatasetError, match="cut.JPEG: corrupt or truncated image"):
+    with pytest.raises(DatasetError, match=r"cut.JPEG: corrupt or truncated image"):
         load_image(cut, "tensor")
-    with pytest.raises(DatasetError, match="cut.JPEG: corrupt or truncated image"):
+    with pytest.raises(DatasetError, match=r"cut.JPEG: corrupt or truncated image"):
         load_image(cut, "pil")
 
 
 def test_read_image_list_rejects_malformed_lines(tmp_path: Path) -> None:
     lst = tmp_path / "l.txt"
     lst.write_text("a/b.jpg 1\n\nonlypath\n")
-    with pytest.raises(DatasetError, match="l.txt:3: expected 'relative/path label'"):
+    with pytest.raises(DatasetError, match=r"l.txt:3: expected 'relative/path label'"):
         read_image_list(lst)
     lst.write_text("a/b c.jpg 1\n")  # spaces inside a path: split at the last whitespace, as mmselfsup does
     assert read_image_list(lst) == [("a/b c.jpg", 1)]
     lst.write_text("\n")
-    with pytest.raises(DatasetError, match="l.txt: list is empty"):
+    with pytest.raises(DatasetError, match=r"l.txt: list is empty"):
         read_image_list(lst)
 
 
@@ -178,12 +178,12 @@ def test_voc07_cls_bad_inputs(root: Path, tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match=r"cat_test.txt:1: expected '<image id> <1\|-1\|0>'"):
         load_voc07_cls_labels(voc, "test")
     cat.write_text("\n".join(lines[1:]) + "\n")
-    with pytest.raises(DatasetError, match="cat_test.txt: image ids differ from .*test.txt"):
+    with pytest.raises(DatasetError, match=r"cat_test.txt: image ids differ from .*test.txt"):
         load_voc07_cls_labels(voc, "test")
     cat.unlink()
-    with pytest.raises(DatasetError, match="cat_test.txt: class list not found"):
+    with pytest.raises(DatasetError, match=r"cat_test.txt: class list not found"):
         load_voc07_cls_labels(voc, "test")
-    with pytest.raises(DatasetError, match="not a VOC2007 devkit folder"):
+    with pytest.raises(DatasetError, match=r"not a VOC2007 devkit folder"):
         load_voc07_cls_labels(tmp_path / "nowhere", "test")
 
 
@@ -219,16 +219,16 @@ def test_voc_detection_bad_inputs(root: Path, tmp_path: Path) -> None:
     assert evaluation.num_skipped_empty == 0 and len(evaluation.annotations[0].labels) == 0
 
     xml.write_text(text.replace("<name>", "<name>unicorn", 1))
-    with pytest.raises(DatasetError, match=f"{first}.xml: object 0 has unknown class 'unicorn"):
+    with pytest.raises(DatasetError, match=rf"{first}.xml: object 0 has unknown class 'unicorn"):
         VOCDetection(voc, "2007", "test")
     xml.write_text(text.replace("<xmax>", "<xmax>9", 1))
-    with pytest.raises(DatasetError, match=f"{first}.xml: object 0 .* is outside the"):
+    with pytest.raises(DatasetError, match=rf"{first}.xml: object 0 .* is outside the"):
         VOCDetection(voc, "2007", "test")
     xml.write_text(text[:50])
-    with pytest.raises(DatasetError, match=f"{first}.xml: malformed XML"):
+    with pytest.raises(DatasetError, match=rf"{first}.xml: malformed XML"):
         VOCDetection(voc, "2007", "test")
     xml.unlink()
-    with pytest.raises(DatasetError, match=f"{first}.xml: annotation file not found"):
+    with pytest.raises(DatasetError, match=rf"{first}.xml: annotation file not found"):
         VOCDetection(voc, "2007", "test")
 
 
@@ -270,16 +270,16 @@ def test_voc_segmentation_bad_inputs(root: Path, tmp_path: Path) -> None:
     labels = load_label_map(png)
     labels[0, 0] = 42
     Image.fromarray(labels).save(png)
-    with pytest.raises(DatasetError, match=f"{first}.png: label value 42 out of range"):
+    with pytest.raises(DatasetError, match=rf"{first}.png: label value 42 out of range"):
         VOCAugSegmentation(voc, "val")[0]
     Image.fromarray(np.zeros((*labels.shape, 3), dtype=np.uint8)).save(png)
-    with pytest.raises(DatasetError, match=f"{first}.png: label map has mode RGB"):
+    with pytest.raises(DatasetError, match=rf"{first}.png: label map has mode RGB"):
         VOCAugSegmentation(voc, "val")[0]
     png.unlink()
-    with pytest.raises(DatasetError, match=f"val.txt: names {first}, but .*{first}.png does not exist"):
+    with pytest.raises(DatasetError, match=rf"val.txt: names {first}, but .*{first}.png does not exist"):
         VOCAugSegmentation(voc, "val")
     (voc / "ImageSets" / "Segmentation" / "aug.txt").unlink()
-    with pytest.raises(DatasetError, match="aug.txt: image-set list not found"):
+    with pytest.raises(DatasetError, match=r"aug.txt: image-set list not found"):
         VOCAugSegmentation(voc, "aug")
 
 
@@ -331,7 +331,7 @@ def test_coco_bad_inputs(root: Path, tmp_path: Path) -> None:
     path = tmp_path / "instances.json"
     broken = {k: v for k, v in doc.items() if k != "categories"}
     path.write_text(json.dumps(broken))
-    with pytest.raises(DatasetError, match="instances.json: missing key 'categories'"):
+    with pytest.raises(DatasetError, match=r"instances.json: missing key 'categories'"):
         load_coco_json(path)
     broken = json.loads(json.dumps(doc))
     del broken["annotations"][3]["bbox"]
@@ -341,10 +341,10 @@ def test_coco_bad_inputs(root: Path, tmp_path: Path) -> None:
     broken = json.loads(json.dumps(doc))
     broken["annotations"][0]["category_id"] = 999
     path.write_text(json.dumps(broken))
-    with pytest.raises(DatasetError, match="unknown category_id 999 .label out of range"):
+    with pytest.raises(DatasetError, match=r"unknown category_id 999 .label out of range"):
         load_coco_json(path)
     path.write_text("{not json")
-    with pytest.raises(DatasetError, match="instances.json: not valid JSON"):
+    with pytest.raises(DatasetError, match=r"instances.json: not valid JSON"):
         load_coco_json(path)
 
 
@@ -363,7 +363,7 @@ def test_cityscapes_mapping_matches_official_table() -> None:
     assert TRAIN_CLASSES == ("road", "sidewalk", "building", "wall", "fence", "pole", "traffic light",
                              "traffic sign", "vegetation", "terrain", "sky", "person", "rider", "car", "truck",
                              "bus", "train", "motorcycle", "bicycle")
-    with pytest.raises(DatasetError, match="x.png: label id 40 out of range"):
+    with pytest.raises(DatasetError, match=r"x.png: label id 40 out of range"):
         label_ids_to_train_ids(np.array([[7, 40]], dtype=np.uint8), "x.png")
 
 
@@ -387,13 +387,13 @@ def test_cityscapes_bad_inputs(root: Path, tmp_path: Path) -> None:
     ids = load_label_map(label)
     ids[0, 0] = 77
     Image.fromarray(ids).save(label)
-    with pytest.raises(DatasetError, match=f"{label.name}: label id 77 out of range"):
+    with pytest.raises(DatasetError, match=rf"{label.name}: label id 77 out of range"):
         Cityscapes(cs, "val")[0]
     label.unlink()
-    with pytest.raises(DatasetError, match=f"{label.name}: label file for .* not found"):
+    with pytest.raises(DatasetError, match=rf"{label.name}: label file for .* not found"):
         Cityscapes(cs, "val")
     shutil.rmtree(cs / "gtFine")
-    with pytest.raises(DatasetError, match="gtFine/train: folder not found"):
+    with pytest.raises(DatasetError, match=r"gtFine/train: folder not found"):
         Cityscapes(cs, "train")
 
 
@@ -414,11 +414,11 @@ def test_inat18_reads_json(root: Path, tmp_path: Path) -> None:
     bad.mkdir()
     doc["annotations"][5]["category_id"] = 12
     (bad / "val2018.json").write_text(json.dumps(doc))
-    with pytest.raises(DatasetError, match="val2018.json: annotation for image .* unknown category_id 12"):
+    with pytest.raises(DatasetError, match=r"val2018.json: annotation for image .* unknown category_id 12"):
         INat18(bad, "val")
     del doc["images"]
     (bad / "val2018.json").write_text(json.dumps(doc))
-    with pytest.raises(DatasetError, match="val2018.json: missing key 'images'"):
+    with pytest.raises(DatasetError, match=r"val2018.json: missing key 'images'"):
         INat18(bad, "val")
 
 
@@ -432,7 +432,7 @@ def test_places205_reads_csv_lists(root: Path, tmp_path: Path) -> None:
     csv = places / "trainvalsplit_places205" / "val_places205.csv"
     csv.write_text(csv.read_text() + "z/zoo/gsun_missing.jpg 3\n")
     ds = Places205(places, "val", num_classes=None)
-    with pytest.raises(DatasetError, match="val_places205.csv: names z/zoo/gsun_missing.jpg, which does not"):
+    with pytest.raises(DatasetError, match=r"val_places205.csv: names z/zoo/gsun_missing.jpg, which does not"):
         ds[len(ds) - 1]
     csv.write_text("a/abbey/x.jpg 10\n")
     with pytest.raises(DatasetError, match=r"val_places205.csv:1: label 10 out of range \[0, 10\)"):

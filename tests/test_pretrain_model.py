@@ -23,7 +23,7 @@ def test_loss_is_symmetric_and_bounded() -> None:
     swapped = regression_loss(p2, z1) + regression_loss(p1, z2)
     assert torch.equal(forward, swapped)
     assert 0 <= forward <= 8
-    # Extremes: identical directions give 0, opposite directions give 2 per term -> 4 for the pair... and 8 overall.
+    # Extremes: aligned vectors give 0 per term, opposite ones 4 per term, so 8 for the pair.
     assert regression_loss(p1, 3 * p1).item() == pytest.approx(0, abs=1e-6)
     assert (regression_loss(p1, -p1) + regression_loss(p2, -p2)).item() == pytest.approx(8, abs=1e-6)
     # mmselfsup logs 2 * sum(-mean cos) = our value - 4.

@@ -1,0 +1,145 @@
+"""The training loop end to end on CPU: exact resume, checkpoint format, non-finite stop, config checks, CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from byol_bench.backbone import build_resnet
+from byol_bench.checkpoint import CheckpointError, safe_load
+from byol_bench.records import load_records
+from pretrain import model as model_module
+from pretrain.config import PretrainConfig
+from pretrain.train import NonFiniteLossError, run
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSES = ("n0001", "n0002", "n0003", "n0004")
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 4-class ImageNet-layout folder: 12 train and 3 val JPEGs per class, 40x36 pixels."""
+    root = tmp_path_factory.mktemp("pretrain_data")
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 12), ("val", 3)):
+        for label, wnid in enumerate(CLASSES):
+            folder = root / "imagenet" / split / wnid
+            folder.mkdir(parents=True)
+            for i in range(count):
+                colours = rng.integers(0, 256, size=(3, 3, 3)).astype(np.uint8)
+                colours[..., label % 3] = 255  # a class-dependent channel, so the kNN has something to find
+                Image.fromarray(colours).resize((40, 36)).save(folder / f"{wnid}_{i}.JPEG", quality=90)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def no_progress_bars(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BYOL_BENCH_NO_PROGRESS", "1")
+
+
+def small_config(data_root: Path, out_dir: Path, **overrides: object) -> PretrainConfig:
+    """ResNet-18 at 32 px, batch 8 x accum 2: 6 data iterations per epoch, 6 optimizer steps over 2 epochs."""
+    values = {"name": "byol_test", "tiny": True, "arch": "resnet18", "data_root": str(data_root),
+              "train_list": "", "val_list": "", "image_size": 32, "num_workers": 0, "batch_size_per_device": 8,
+              "accum_steps": 2, "epochs": 2, "warmup_epochs": 1.0, "projector_hidden_dim": 64,
+              "projector_out_dim": 16, "base_lr": 2.0, "weight_decay": 1e-4, "ckpt_every_steps": 100,
+              "log_every_steps": 1, "knn": False, "out_dir": str(out_dir), "device": "cpu"}
+    values.update(overrides)
+    return PretrainConfig(**values)
+
+
+def tensors_of(ckpt: dict) -> dict[str, torch.Tensor]:
+    """Every tensor of the networks and of the optimizer state, flattened to name -> tensor."""
+    out = {}
+    for net in ("online", "target"):
+        for part, state in ckpt[net].items():
+            out.update({f"{net}.{part}.{k}": v for k, v in state.items()})
+    for index, state in ckpt["optimizer"]["state"].items():
+        out[f"optimizer.{index}"] = state["momentum_buffer"]
+    return out
+
+
+def test_interrupted_and_resumed_run_ends_tensor_equal(data_root: Path, tmp_path: Path) -> None:
+    straight = run(small_config(data_root, tmp_path / "straight", knn=True, knn_k=3))
+    # Interrupt after 2 optimizer steps (mid-epoch 0) and after 4 (mid-epoch 1), resuming each time.
+    resumed_dir = tmp_path / "resumed"
+    assert run(small_config(data_root, resumed_dir, stop_after_steps=2))["step"] == 2
+    assert safe_load(resumed_dir / "latest.pth")["step"] == 2
+    assert run(small_config(data_root, resumed_dir, stop_after_steps=2, resume="auto"))["step"] == 4
+    resumed = run(small_config(data_root, resumed_dir, resume="auto"))
+    assert straight["step"] == resumed["step"] == 6
+    a = tensors_of(safe_load(tmp_path / "straight" / "final.pth"))
+    b = tensors_of(safe_load(resumed_dir / "final.pth"))
+    assert a.keys() == b.keys() and len(a) > 200
+    unequal = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not unequal, unequal[:5]
+    # The logged per-step losses agree as well.
+    def losses(folder: Path) -> dict[int, float]:
+        rows = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+        return {r["step"]: r["loss"] for r in rows if "loss" in r}
+    assert losses(tmp_path / "straight") == losses(resumed_dir)
+    assert "knn_top1" in straight and 0 <= straight["knn_top1"] <= 100
+
+
+def test_checkpoint_format_and_run_folder(data_root: Path, tmp_path: Path) -> None:
+    run(small_config(data_root, tmp_path, epochs=1, accum_steps=1, knn=True, knn_k=3))
+    ckpt = safe_load(tmp_path / "final.pth")  # weights_only=True
+    assert ckpt["format"] == "byol-bench" and ckpt["format_version"] == 1 and ckpt["arch"] == "resnet18"
+    assert set(ckpt["online"]) == {"backbone", "projector", "predictor"}
+    assert set(ckpt["target"]) == {"backbone", "projector"}
+    expected = {k for k in build_resnet("resnet18").state_dict() if not k.startswith("fc.")}
+    assert set(ckpt["online"]["backbone"]) == set(ckpt["target"]["backbone"]) == expected
+    assert ckpt["step"] == 6 and ckpt["epoch"] == 1
+    assert ckpt["config"]["arch"] == "resnet18" and ckpt["resolved"]["total_steps"] == 6
+    assert ckpt["schedules"]["lr"].shape == (6,) and ckpt["rng"]["torch"].dtype == torch.uint8
+    assert (tmp_path / "byol_test.pth").samefile(tmp_path / "final.pth")
+    for name in ("config.yaml", "resolved.json", "provenance.json", "log.jsonl", "loss_curve.png"):
+        assert (tmp_path / name).is_file(), name
+    (record,) = load_records(tmp_path / "records")
+    assert record["protocol"] == "pretrain" and record["dataset"] == "imagenet" and record["tiny"]
+    assert record["checkpoint"]["encoder"] == "online" and "knn_top1" in record["metrics"]
+    # A rerun of the finished run trains nothing and reuses its record.
+    again = run(small_config(data_root, tmp_path, epochs=1, accum_steps=1, knn=True, knn_k=3))
+    assert again["knn_top1"] == record["metrics"]["knn_top1"]
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data_root: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = {"n": 0}
+    forward = model_module.BYOL.forward
+
+    def poisoned(self: model_module.BYOL, view1: torch.Tensor, view2: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        loss = forward(self, view1, view2)
+        return loss * float("nan") if calls["n"] > 4 else loss  # the 3rd optimizer step (accum 2) is NaN
+
+    monkeypatch.setattr(model_module.BYOL, "forward", poisoned)
+    with pytest.raises(NonFiniteLossError, match=r"step 3.*latest\.pth"):
+        run(small_config(data_root, tmp_path, ckpt_every_steps=1))
+    last = safe_load(tmp_path / "latest.pth")
+    assert last["step"] == 2
+    assert all(torch.isfinite(t).all() for t in tensors_of(last).values())
+    assert not (tmp_path / "final.pth").exists()
+
+
+def test_resume_checks_config_and_refuses_to_overwrite(data_root: Path, tmp_path: Path) -> None:
+    run(small_config(data_root, tmp_path, stop_after_steps=1))
+    with pytest.raises(CheckpointError, match="written with config"):
+        run(small_config(data_root, tmp_path, base_lr=1.0))
+    with pytest.raises(ValueError, match="holds checkpoints"):
+        run(small_config(data_root, tmp_path, resume="none"))
+
+
+def test_cli_reports_bad_keys_in_one_line() -> None:
+    result = subprocess.run([sys.executable, "-m", "pretrain", "--preset", "tiny", "no_such_key=1"], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and "no_such_key" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
