@@ -43,7 +43,7 @@ done
 if [[ -z "$CKPT" ]]; then  # ---------------------------------------------------------------- the demo
   DATA_ROOT=${DATA_ROOT:-data/tiny}
   OUT=${OUT:-results/demo}
-  if [[ ! -f "$DATA_ROOT/.complete" && -f scripts/make_tiny_data.py ]]; then
+  if [[ ! -f "$DATA_ROOT/TINY_DATA.json" && -f scripts/make_tiny_data.py ]]; then
     echo "== generating the embedded mini-datasets in $DATA_ROOT"
     "$PY" scripts/make_tiny_data.py --out "$DATA_ROOT"
   fi

@@ -24,17 +24,15 @@ from benchmarks.datasets.voc import VOC_CLASSES
 from benchmarks.datasets.voc_cls import VOCClassification, load_voc07_cls_labels
 from benchmarks.datasets.voc_det import VOCDetection, parse_voc_xml
 from benchmarks.datasets.voc_seg import VOCAugSegmentation
-from benchmarks.tinydata import ensure_tiny_data
 from benchmarks.tinydata import imagenet as tiny_imagenet
 
 # pycocotools 2.0.x calls np.array(copy=False) internally under numpy 2; harmless, and not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # One generation per pytest session: every test module asking for this path reuses it (tests that
-    # corrupt files work on copies).
-    return ensure_tiny_data(tmp_path_factory.getbasetemp() / "tiny-data-seed0", seed=0)
+def root(tiny_data: Path) -> Path:
+    # The session's one generation (tests/conftest.py); tests that corrupt files work on copies.
+    return tiny_data
 
 
 def _copy(src: Path, dst: Path) -> Path:
@@ -57,6 +55,9 @@ def test_imagenet_folder_and_list_forms_agree(root: Path) -> None:
             assert path.split("/")[0] == folder.classes[label]
     image, label = ImageFolderList(root / "imagenet", "val")[3]
     assert image.mode == "RGB" and min(image.size) >= tiny_imagenet.SIZE_RANGE[0] and label == 0
+    # JPEG draft decoding: libjpeg scales by 1/2 here (64-96 px -> 32-48 px), never below min_size.
+    small, _ = ImageFolderList(root / "imagenet", "val", min_size=30)[3]
+    assert small.mode == "RGB" and min(small.size) >= 30 and small.size[0] <= (image.size[0] + 1) // 2
 
 
 def test_imagenet_transform_and_tensor_decoding(root: Path) -> None:

@@ -66,48 +66,57 @@ def tensors_of(ckpt: dict) -> dict[str, torch.Tensor]:
     return out
 
 
-def test_interrupted_and_resumed_run_ends_tensor_equal(data_root: Path, tmp_path: Path) -> None:
-    straight = run(small_config(data_root, tmp_path / "straight", knn=True, knn_k=3))
-    # Interrupt after 2 optimizer steps (mid-epoch 0) and after 4 (mid-epoch 1), resuming each time.
-    resumed_dir = tmp_path / "resumed"
-    assert run(small_config(data_root, resumed_dir, stop_after_steps=2))["step"] == 2
-    assert safe_load(resumed_dir / "latest.pth")["step"] == 2
-    assert run(small_config(data_root, resumed_dir, stop_after_steps=2, resume="auto"))["step"] == 4
-    resumed = run(small_config(data_root, resumed_dir, resume="auto"))
-    assert straight["step"] == resumed["step"] == 6
-    a = tensors_of(safe_load(tmp_path / "straight" / "final.pth"))
-    b = tensors_of(safe_load(resumed_dir / "final.pth"))
+@pytest.fixture(scope="module")
+def straight(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, float]]:
+    """One uninterrupted run (with the kNN monitor), shared by the tests below."""
+    out_dir = tmp_path_factory.mktemp("straight")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("BYOL_BENCH_NO_PROGRESS", "1")
+        metrics = run(small_config(data_root, out_dir, knn=True, knn_k=3))
+    return out_dir, metrics
+
+
+def test_interrupted_and_resumed_run_ends_tensor_equal(data_root: Path, straight: tuple, tmp_path: Path) -> None:
+    straight_dir, straight_metrics = straight
+    # Interrupt after 2 optimizer steps (mid-epoch 0), then resume across the epoch boundary to the end.
+    assert run(small_config(data_root, tmp_path, stop_after_steps=2))["step"] == 2
+    assert safe_load(tmp_path / "latest.pth")["step"] == 2
+    resumed = run(small_config(data_root, tmp_path, resume="auto"))
+    assert straight_metrics["step"] == resumed["step"] == 6
+    a = tensors_of(safe_load(straight_dir / "final.pth"))
+    b = tensors_of(safe_load(tmp_path / "final.pth"))
     assert a.keys() == b.keys() and len(a) > 200
     unequal = [k for k in a if not torch.equal(a[k], b[k])]
     assert not unequal, unequal[:5]
-    # The logged per-step losses agree as well.
+
     def losses(folder: Path) -> dict[int, float]:
         rows = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
         return {r["step"]: r["loss"] for r in rows if "loss" in r}
-    assert losses(tmp_path / "straight") == losses(resumed_dir)
-    assert "knn_top1" in straight and 0 <= straight["knn_top1"] <= 100
+
+    assert losses(straight_dir) == losses(tmp_path)  # the logged per-step losses agree as well
 
 
-def test_checkpoint_format_and_run_folder(data_root: Path, tmp_path: Path) -> None:
-    run(small_config(data_root, tmp_path, epochs=1, accum_steps=1, knn=True, knn_k=3))
-    ckpt = safe_load(tmp_path / "final.pth")  # weights_only=True
+def test_checkpoint_format_and_run_folder(data_root: Path, straight: tuple) -> None:
+    out_dir, metrics = straight
+    ckpt = safe_load(out_dir / "final.pth")  # weights_only=True
     assert ckpt["format"] == "byol-bench" and ckpt["format_version"] == 1 and ckpt["arch"] == "resnet18"
     assert set(ckpt["online"]) == {"backbone", "projector", "predictor"}
     assert set(ckpt["target"]) == {"backbone", "projector"}
     expected = {k for k in build_resnet("resnet18").state_dict() if not k.startswith("fc.")}
     assert set(ckpt["online"]["backbone"]) == set(ckpt["target"]["backbone"]) == expected
-    assert ckpt["step"] == 6 and ckpt["epoch"] == 1
+    assert ckpt["step"] == 6 and ckpt["iteration"] == 12 and ckpt["epoch"] == 2
     assert ckpt["config"]["arch"] == "resnet18" and ckpt["resolved"]["total_steps"] == 6
     assert ckpt["schedules"]["lr"].shape == (6,) and ckpt["rng"]["torch"].dtype == torch.uint8
-    assert (tmp_path / "byol_test.pth").samefile(tmp_path / "final.pth")
+    assert (out_dir / "byol_test.pth").samefile(out_dir / "final.pth")
     for name in ("config.yaml", "resolved.json", "provenance.json", "log.jsonl", "loss_curve.png"):
-        assert (tmp_path / name).is_file(), name
-    (record,) = load_records(tmp_path / "records")
+        assert (out_dir / name).is_file(), name
+    (record,) = load_records(out_dir / "records")
     assert record["protocol"] == "pretrain" and record["dataset"] == "imagenet" and record["tiny"]
-    assert record["checkpoint"]["encoder"] == "online" and "knn_top1" in record["metrics"]
+    assert record["checkpoint"]["encoder"] == "online"
+    assert record["metrics"]["knn_top1"] == metrics["knn_top1"] and 0 <= metrics["knn_top1"] <= 100
     # A rerun of the finished run trains nothing and reuses its record.
-    again = run(small_config(data_root, tmp_path, epochs=1, accum_steps=1, knn=True, knn_k=3))
-    assert again["knn_top1"] == record["metrics"]["knn_top1"]
+    again = run(small_config(data_root, out_dir, knn=True, knn_k=3))
+    assert again["knn_top1"] == record["metrics"]["knn_top1"] and again["step"] == 6
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data_root: Path, tmp_path: Path,

@@ -41,10 +41,9 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:Depreca
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # One generation per pytest session: every test module asking for this path reuses it (tests that
-    # corrupt files work on copies).
-    return ensure_tiny_data(tmp_path_factory.getbasetemp() / "tiny-data-seed0", seed=0)
+def root(tiny_data: Path) -> Path:
+    # The session's one generation (tests/conftest.py); tests that corrupt files work on copies.
+    return tiny_data
 
 
 def _digests(root: Path) -> dict[str, str]:

@@ -81,8 +81,11 @@ def make_tiny_data(out: str | Path, seed: int = 0, only: list[str] | None = None
             for folder in folders:
                 shutil.rmtree(out / folder, ignore_errors=True)
     for name in names:
+        counts.pop(name, None)
         for folder in FAMILIES[name][1]:
             shutil.rmtree(out / folder, ignore_errors=True)
+    # Written before and after generating, so an interrupted run never leaves a marker claiming lost folders.
+    _write_marker(marker, seed, counts)
     ordered = [name for name in FAMILIES if name in names]
     if workers <= 1 or len(ordered) == 1:
         counts.update({name: FAMILIES[name][0](out, seed) for name in ordered})
@@ -92,9 +95,13 @@ def make_tiny_data(out: str | Path, seed: int = 0, only: list[str] | None = None
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
             futures = {name: pool.submit(FAMILIES[name][0], out, seed) for name in ordered}
             counts.update({name: future.result() for name, future in futures.items()})
+    _write_marker(marker, seed, counts)
+    return counts
+
+
+def _write_marker(marker: Path, seed: int, counts: dict[str, dict[str, int]]) -> None:
     marker.write_text(json.dumps({"version": GENERATOR_VERSION, "seed": seed,
                                   "counts": dict(sorted(counts.items()))}, indent=1) + "\n")
-    return counts
 
 
 def ensure_tiny_data(out: str | Path, seed: int = 0, only: list[str] | None = None) -> Path:

@@ -363,6 +363,23 @@ def to_uint8(canvas: np.ndarray, rng: np.random.Generator, noise: float = 0.03) 
     return (np.clip(noisy, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
 
 
+def object_image(style: Style, rng: np.random.Generator, size_range: tuple[int, int],
+                 distractors: tuple[Style, ...] = ()) -> np.ndarray:
+    """A classification image: one instance of ``style`` on a random background, uint8 (h, w, 3).
+
+    Width and height are drawn independently from ``size_range`` (so aspect ratios vary). With probability 0.4
+    a small instance of a random ``distractors`` style is drawn first, partly hidden behind the main object, as
+    clutter in real photos.
+    """
+    w, h = (int(v) for v in rng.integers(size_range[0], size_range[1] + 1, size=2))
+    canvas = background(h, w, rng)
+    if distractors and rng.random() < 0.4:
+        other = distractors[int(rng.integers(len(distractors)))]
+        draw_object(canvas, other, random_placement(h, w, rng, (0.1, 0.2), inside=False), rng)
+    draw_object(canvas, style, random_placement(h, w, rng, (0.25, 0.45)), rng)
+    return to_uint8(canvas, rng)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Deterministic writers (no timestamps, fixed quality; parents created)
 # --------------------------------------------------------------------------------------------------------------
@@ -387,20 +404,3 @@ def write_text(path: Path, text: str) -> None:
     """Writes UTF-8 text with '\\n' line ends, creating parent folders."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8", newline="\n")
-
-
-def object_image(style: Style, rng: np.random.Generator, size_range: tuple[int, int],
-                 distractors: tuple[Style, ...] = ()) -> np.ndarray:
-    """A classification image: one instance of ``style`` on a random background, uint8 (h, w, 3).
-
-    Width and height are drawn independently from ``size_range`` (so aspect ratios vary). With probability 0.4
-    a small instance of a random ``distractors`` style is drawn first, partly hidden behind the main object, as
-    clutter in real photos.
-    """
-    w, h = (int(v) for v in rng.integers(size_range[0], size_range[1] + 1, size=2))
-    canvas = background(h, w, rng)
-    if distractors and rng.random() < 0.4:
-        other = distractors[int(rng.integers(len(distractors)))]
-        draw_object(canvas, other, random_placement(h, w, rng, (0.1, 0.2), inside=False), rng)
-    draw_object(canvas, style, random_placement(h, w, rng, (0.25, 0.45)), rng)
-    return to_uint8(canvas, rng)

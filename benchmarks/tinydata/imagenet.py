@@ -20,9 +20,9 @@ def make_imagenet(out: Path, seed: int) -> dict[str, int]:
     root = out / "imagenet"
     styles = make_styles(len(WNIDS))
     counts = {}
+    # Val files are numbered across classes in a shuffled order, as ILSVRC2012_val_* files are.
+    val_numbers = rng_for(seed, "imagenet", "val-order").permutation(len(WNIDS) * VAL_PER_CLASS) + 1
     for split, per_class in (("train", TRAIN_PER_CLASS), ("val", VAL_PER_CLASS)):
-        # Val files are numbered across classes in a shuffled order, as ILSVRC2012_val_* files are.
-        val_numbers = rng_for(seed, "imagenet", "val-order").permutation(len(WNIDS) * per_class) + 1
         samples = []
         for label, wnid in enumerate(WNIDS):
             for i in range(per_class):
