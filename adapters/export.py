@@ -26,12 +26,9 @@ import yaml
 
 from adapters.intake import ConversionReport, to_torchvision
 from adapters.resnet_keys import format_detectron2, infer_arch, parse_torchvision, verify_trunk
+from byol_bench.backbone import IMAGENET_MEAN, IMAGENET_STD
 from byol_bench.checkpoint import atomic_save
 from byol_bench.fileio import atomic_write, atomic_write_text
-
-# PROTOCOLS.md A.1: RGB input normalised by the ImageNet mean/std; detectron2 wants them in 0-255 pixel units.
-IMAGENET_MEAN_RGB: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD_RGB: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 _IN_MEMORY = "<state dict to export>"
 
@@ -63,8 +60,9 @@ def detectron2_config(arch: str, weights: Path) -> str:
     fragment = {
         "MODEL": {
             "WEIGHTS": str(weights.resolve()),
-            "PIXEL_MEAN": [round(255 * value, 3) for value in IMAGENET_MEAN_RGB],
-            "PIXEL_STD": [round(255 * value, 3) for value in IMAGENET_STD_RGB],
+            # RGB input with the ImageNet statistics (A.1); detectron2 wants them in 0-255 pixel units.
+            "PIXEL_MEAN": [round(255 * value, 3) for value in IMAGENET_MEAN],
+            "PIXEL_STD": [round(255 * value, 3) for value in IMAGENET_STD],
             "RESNETS": resnets,
         },
         "INPUT": {"FORMAT": "RGB"},

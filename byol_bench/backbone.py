@@ -12,6 +12,11 @@ import torch
 import torchvision
 from torch import nn
 
+# Every backbone here takes RGB input normalised with the ImageNet statistics (PROTOCOLS.md A.1; mmselfsup
+# v0.5.0's BGR decoding is a bug we never reproduce).
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
 FEATURE_NAMES: tuple[str, ...] = ("feat1", "feat2", "feat3", "feat4", "feat5")
 
 # (kernel, stride, padding) per feature, mmselfsup `MultiPooling(pool_type='specified')` POOL_PARAMS.
