@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 import torchvision.transforms as T
 import torchvision.transforms.functional as TF
 from PIL import Image
@@ -115,7 +114,8 @@ def two_views(image: Image.Image, seed: int, size: int, scale: tuple[float, floa
     """Both views of one image from its own seed: uint8 crops ``view1``/``view2`` and ``params1``/``params2``."""
     image = image.convert("RGB")
     with torch.random.fork_rng(devices=[]):  # never disturb the caller's RNG stream
-        torch.manual_seed(seed)
+        # Seed only the CPU generator: torch.manual_seed also queues CUDA seeding, which costs milliseconds.
+        torch.default_generator.manual_seed(seed)
         params = [draw_view(image, spec, scale) for spec in specs]
     out: dict[str, Any] = {}
     for index, view_params in enumerate(params, start=1):
@@ -129,12 +129,12 @@ def two_views(image: Image.Image, seed: int, size: int, scale: tuple[float, floa
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
     """(N, 3, H, W) -> (N, 1, H, W) luma."""
-    return LUMA[0] * x[:, 0:1] + LUMA[1] * x[:, 1:2] + LUMA[2] * x[:, 2:3]
+    return (x * x.new_tensor(LUMA).view(1, 3, 1, 1)).sum(dim=1, keepdim=True)
 
 
 def _blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    f = factor.view(-1, 1, 1, 1)
-    return (f * x + (1 - f) * other).clamp_(0, 1)
+    """``factor * x + (1 - factor) * other`` clamped to [0, 1] (torchvision's ``_blend``), as one lerp."""
+    return torch.lerp(other, x, factor.view(-1, 1, 1, 1)).clamp_(0, 1)
 
 
 def adjust_brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -154,16 +154,20 @@ def adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 
 def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """Rotate the HSV hue by ``shift`` turns, keeping saturation and value (torchvision ``adjust_hue``)."""
-    r, g, b = x.unbind(1)
-    maxc, minc = x.amax(dim=1), x.amin(dim=1)
-    chroma = maxc - minc
-    safe = torch.where(chroma > 0, chroma, torch.ones_like(chroma))
-    hue = torch.where(maxc == r, (g - b) / safe, torch.where(maxc == g, (b - r) / safe + 2, (r - g) / safe + 4))
-    hue = torch.remainder(hue / 6 + shift.view(-1, 1, 1), 1.0)
+    r, g, b = x.unbind(1)  # contiguous planes: elementwise ops on them vectorise better than reductions over dim 1
+    maxc = torch.maximum(torch.maximum(r, g), b)
+    chroma = maxc - torch.minimum(torch.minimum(r, g), b)
+    inv = 1 / torch.where(chroma > 0, chroma, 1.0)
+    # Hue in sixths of a turn; where two channels tie for the maximum both formulas give the same value.
+    sixths = torch.where(maxc == r, (g - b) * inv, torch.where(maxc == g, (b - r) * inv + 2, (r - g) * inv + 4))
+    sixths = torch.remainder(sixths + 6 * shift.view(-1, 1, 1), 6.0)
     # HSV -> RGB without branches: channel n in (R, G, B) = V - C * clamp(min(k, 4 - k), 0, 1), k = (n + 6h) mod 6.
-    n = torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    k = torch.remainder(n + 6 * hue.unsqueeze(1), 6.0)
-    return maxc.unsqueeze(1) - chroma.unsqueeze(1) * torch.minimum(k, 4 - k).clamp_(0, 1)
+    channels = []
+    for n in (5.0, 3.0, 1.0):
+        k = sixths + n
+        k = torch.where(k >= 6, k - 6, k)
+        channels.append(maxc - chroma * torch.minimum(k, 4 - k).clamp_(0, 1))
+    return torch.stack(channels, dim=1)
 
 
 def grayscale(x: torch.Tensor) -> torch.Tensor:
@@ -171,18 +175,33 @@ def grayscale(x: torch.Tensor) -> torch.Tensor:
     return _gray(x).expand(-1, 3, -1, -1).contiguous()
 
 
+def blur_matrices(sigma: torch.Tensor, size: int, radius: int) -> torch.Tensor:
+    """(N, size, size) banded matrices B such that ``B @ column`` is a 1-D Gaussian blur of each column.
+
+    Tap ``k`` of row ``i`` reads pixel ``clamp(i + k - radius, 0, size - 1)``: edge pixels are repeated, as PIL
+    does, so the weights of taps beyond the border fold onto the edge pixel.
+    """
+    offsets = torch.arange(-radius, radius + 1, device=sigma.device, dtype=sigma.dtype)
+    weights = torch.exp(-offsets.square() / (2 * sigma.view(-1, 1).square()))
+    weights = weights / weights.sum(dim=1, keepdim=True)  # (N, K)
+    rows = torch.arange(size, device=sigma.device)
+    cols = (rows.view(-1, 1) + offsets.long().view(1, -1)).clamp_(0, size - 1)  # (size, K)
+    out = torch.zeros(sigma.shape[0], size, size, device=sigma.device, dtype=sigma.dtype)
+    index = cols.unsqueeze(0).expand(sigma.shape[0], -1, -1)
+    return out.scatter_add_(2, index, weights.unsqueeze(1).expand(-1, size, -1).contiguous())
+
+
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, radius: int) -> torch.Tensor:
-    """Separable Gaussian blur with one σ per image (σ in output pixels), edges extended as PIL does."""
-    n, channels, height, width = x.shape
-    offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
-    kernel = torch.exp(-offsets.square() / (2 * sigma.to(x.dtype).view(-1, 1).square()))
-    kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(channels, dim=0)  # (n*C, K)
-    y = x.reshape(1, n * channels, height, width)
-    y = F.conv2d(F.pad(y, (0, 0, radius, radius), mode="replicate"), kernel.view(-1, 1, 2 * radius + 1, 1),
-                 groups=n * channels)
-    y = F.conv2d(F.pad(y, (radius, radius, 0, 0), mode="replicate"), kernel.view(-1, 1, 1, 2 * radius + 1),
-                 groups=n * channels)
-    return y.view(n, channels, height, width)
+    """Separable Gaussian blur with one σ per image (σ in output pixels), edges extended as PIL does.
+
+    Written as two batched matrix products ``B_h @ X @ B_wᵀ`` (one kernel per image cannot share a convolution
+    weight): as fast as a grouped convolution on CPU and faster on GPU.
+    """
+    height, width = x.shape[-2:]
+    sigma = sigma.to(device=x.device, dtype=x.dtype)
+    vertical = blur_matrices(sigma, height, radius).unsqueeze(1)
+    horizontal = vertical if width == height else blur_matrices(sigma, width, radius).unsqueeze(1)
+    return vertical @ x @ horizontal.transpose(-1, -2)
 
 
 def solarize(x: torch.Tensor) -> torch.Tensor:
@@ -196,14 +215,14 @@ _JITTER_FNS = {"brightness": adjust_brightness, "contrast": adjust_contrast, "sa
 
 def _apply_rows(x: torch.Tensor, rows: torch.Tensor, fn: Callable[..., torch.Tensor],
                 *args: torch.Tensor) -> torch.Tensor:
-    """``x[rows] = fn(x[rows], *args[rows])``; ``rows`` is a CPU index tensor, so no device sync is needed."""
+    """``x[rows] = fn(x[rows], *args[rows])`` in place; ``rows`` is a CPU index tensor, so no device sync."""
     if rows.numel() == 0:
         return x
     args = tuple(a[rows].to(x.device, non_blocking=True) for a in args)
     if rows.numel() == x.shape[0]:
         return fn(x, *args)
     index = rows.to(x.device, non_blocking=True)
-    return x.index_copy(0, index, fn(x.index_select(0, index), *args))
+    return x.index_copy_(0, index, fn(x.index_select(0, index), *args))
 
 
 def photometric(images: torch.Tensor, params: dict[str, torch.Tensor], spec: PhotometricSpec,
@@ -231,7 +250,7 @@ def photometric(images: torch.Tensor, params: dict[str, torch.Tensor], spec: Pho
     x = _apply_rows(x, torch.nonzero(sigma > 0).squeeze(1),
                     lambda v, s: gaussian_blur(v, s, spec.blur_radius), sigma)
     x = _apply_rows(x, torch.nonzero(params["solarize"]).squeeze(1), solarize)
-    return (x - mean) / std
+    return x.sub_(mean).div_(std)
 
 
 class BatchAugmenter:

@@ -23,6 +23,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -130,37 +131,26 @@ def run(cfg: PretrainConfig) -> dict[str, float]:
     loop_started = tick = time.perf_counter()
     tick_step = start_step
     while step < stop_step:
-        window_loss = torch.zeros((), device=device)
-        for micro in range(cfg.accum_steps):
-            epoch, batch = next(batches)
-            view1, view2 = augmenter(batch)
-            sync = ddp is not None and micro == cfg.accum_steps - 1
-            with contextlib.nullcontext() if ddp is None or sync else ddp.no_sync():
-                with autocast:
-                    loss = model(view1, view2)
-                (loss / cfg.accum_steps).backward()
-            window_loss += loss.detach()
-        for group in optimizer.param_groups:
-            group["lr"] = float(lrs[step])
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        byol.update_target(float(momentums[step]))  # after the step, once per optimizer step (A.2)
-        step_loss = window_loss / cfg.accum_steps
+        step_loss = train_step(model, byol, ddp, optimizer, lambda: augmenter(next(batches)[1]),
+                               accum_steps=cfg.accum_steps, lr=float(lrs[step]), momentum=float(momentums[step]),
+                               autocast=autocast)
         window_losses.append(step_loss)
         step += 1
-        # The previous step's loss is computed by now, so checking it does not stall the device queue.
+        # The previous step's loss is computed by now, so checking it does not stall the device queue. The check
+        # is local: if one process stops, torchrun stops the others.
         if previous_loss is not None:
             check_finite(previous_loss, step - 1, last_ckpt)
         previous_loss = step_loss
         if step % cfg.log_every_steps == 0 or step == stop_step:
-            check_finite(step_loss, step, last_ckpt)
-            loss_value = float(dist.all_reduce_mean(torch.stack(window_losses).mean()))
+            mean_loss = dist.all_reduce_mean(torch.stack(window_losses).mean())
+            check_finite(mean_loss, step, last_ckpt)
+            loss_value = float(mean_loss)
             now = time.perf_counter()
             throughput = (step - tick_step) * res.global_batch_size / (now - tick)
             eta_s = (res.total_steps - step) * (now - loop_started) / (step - start_step)
             stats = {"loss": loss_value, "loss_mmselfsup": mmselfsup_loss(loss_value), "lr": float(lrs[step - 1]),
                      "momentum": float(momentums[step - 1]), "img_per_s": throughput, "eta_s": eta_s}
-            log.log(step=step, epoch=epoch, **stats)
+            log.log(step=step, epoch=(step * cfg.accum_steps - 1) // res.iters_per_epoch, **stats)
             bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{stats['lr']:.3g}", m=f"{stats['momentum']:.5f}",
                             img_s=f"{throughput:.1f}", refresh=False)
             window_losses, tick, tick_step = [], now, step
@@ -168,7 +158,10 @@ def run(cfg: PretrainConfig) -> dict[str, float]:
 
         # ============================================================ checkpoint
         if step == res.total_steps or step == stop_step or step % cfg.ckpt_every_steps == 0:
-            check_finite(step_loss, step, last_ckpt)  # never save past a non-finite loss
+            # Never save past a non-finite loss on any process, nor weights that a bad gradient already spoiled.
+            check_finite(dist.all_reduce_sum(step_loss), step, last_ckpt)
+            check_finite(torch.stack(torch._foreach_norm(list(byol.parameters()))).sum(), step, last_ckpt,
+                         what="weight norm")
             name = "final.pth" if step == res.total_steps else "latest.pth"
             last_ckpt = save_checkpoint(out_dir / name, cfg, res, byol, optimizer, step, lrs, momentums)
     bar.close()
@@ -204,7 +197,8 @@ def run(cfg: PretrainConfig) -> dict[str, float]:
                         "encoder": "online"},
             seeds={"seed": cfg.seed}, batch_size_per_device=cfg.batch_size_per_device,
             wall_time_s=time.time() - started, provenance=provenance, tiny=cfg.tiny,
-            details={"resolved": res.to_dict(), "img_per_s_last_window": throughput,
+            details={"resolved": res.to_dict(),
+                     "img_per_s_last_window": throughput if math.isfinite(throughput) else None,
                      "knn": {"k": cfg.knn_k, "temperature": cfg.knn_temperature, "weighting": "exp(cos/T)",
                              "features": "global-pooled online backbone, eval mode, centre crop"},
                      "steps_this_invocation": step - start_step, "loss_range": "[0, 8]; mmselfsup logs loss - 4"})
@@ -215,19 +209,50 @@ def run(cfg: PretrainConfig) -> dict[str, float]:
 # -------------------------------------------------------------------- helpers -----------------------------------
 
 
-def check_finite(loss: torch.Tensor, step: int, last_ckpt: Path | None) -> None:
-    """Stop with a one-line message when ``loss`` is NaN/inf on any process; nothing after it is saved.
+def train_step(model: nn.Module, byol: BYOL, ddp: DistributedDataParallel | None, optimizer: LARS,
+               next_views: Callable[[], tuple[torch.Tensor, torch.Tensor]], *, accum_steps: int, lr: float,
+               momentum: float, autocast: torch.autocast) -> torch.Tensor:
+    """One optimizer step: ``accum_steps`` forward/backward passes, the LARS step, then the target EMA update.
 
-    Every process calls this at the same steps (the sum over processes is non-finite if any term is), so all of
-    them stop together instead of leaving the others waiting in a collective.
+    Args:
+        model: what to call for the loss (``byol``, its DDP wrapper, or a compiled version of either).
+        byol: the unwrapped networks (for the EMA update).
+        ddp: the DDP wrapper when distributed (gradients are all-reduced on the last pass only), else None.
+        optimizer: LARS over the online network and the predictor.
+        next_views: returns the next two augmented view batches, on the device.
+        accum_steps: data iterations per optimizer step.
+        lr: learning rate of this step.
+        momentum: target EMA momentum of this step.
+        autocast: the precision context (disabled for fp32).
+
+    Returns:
+        The step's mean loss (a 0-dim tensor on the device; reading it waits for the device).
     """
-    total = dist.all_reduce_sum(loss.detach().float())
-    if torch.isfinite(total).item():
+    window_loss = None
+    for micro in range(accum_steps):
+        view1, view2 = next_views()
+        last = micro == accum_steps - 1
+        with contextlib.nullcontext() if ddp is None or last else ddp.no_sync():
+            with autocast:
+                loss = model(view1, view2)
+            (loss / accum_steps).backward()
+        window_loss = loss.detach() if window_loss is None else window_loss + loss.detach()
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    byol.update_target(momentum)  # after the step, once per optimizer step (A.2)
+    return window_loss / accum_steps
+
+
+def check_finite(value: torch.Tensor, step: int, last_ckpt: Path | None, what: str = "loss") -> None:
+    """Stop with a one-line message when ``value`` is NaN/inf; nothing after the last good checkpoint is saved."""
+    if torch.isfinite(value).item():
         return
     keep = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
     raise NonFiniteLossError(
-        f"non-finite loss ({total.item()}) at optimizer step {step}; stopped, {keep}. Lower base_lr or check the "
-        "data, then continue with --resume auto")
+        f"non-finite {what} ({value.item()}) at optimizer step {step}; stopped, {keep}. Lower base_lr or check "
+        "the data, then continue with --resume auto")
 
 
 def checkpoint_state(cfg: PretrainConfig, res: Resolved, byol: BYOL, optimizer: LARS, step: int,

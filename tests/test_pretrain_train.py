@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -152,3 +153,21 @@ def test_cli_reports_bad_keys_in_one_line() -> None:
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and "no_such_key" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_torchrun_two_cpu_processes(data_root: Path, tmp_path: Path) -> None:
+    """DDP path: gradient accumulation with no_sync, rank-0 checkpoints, the kNN features gathered over ranks."""
+    cfg = small_config(data_root, tmp_path, batch_size_per_device=4, knn=True, knn_k=3)
+    overrides = [f"{k}={v}" for k, v in vars(cfg).items() if k not in ("train_list", "val_list")]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             "-m", "pretrain", "train_list=", "val_list=", *overrides],
+                            cwd=REPO, env={**env, "BYOL_BENCH_NO_PROGRESS": "1"}, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads(result.stdout.strip().splitlines()[-1])
+    assert metrics["step"] == 6 and 0 <= metrics["knn_top1"] <= 100
+    ckpt = safe_load(tmp_path / "final.pth")
+    assert ckpt["resolved"]["world_size"] == 2 and ckpt["resolved"]["global_batch_size"] == 16
+    (record,) = load_records(tmp_path / "records")
+    assert record["world_size"] == 2
