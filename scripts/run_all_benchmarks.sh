@@ -19,7 +19,7 @@ PROTOCOLS=(${RUN_ALL_PROTOCOLS:-voc07_svm linear_mhead linear_avgpool semi_sup d
 MODULE_PREFIX=${RUN_ALL_MODULE_PREFIX:-benchmarks.}
 # Full-scale preset per protocol (self-describing names, configs/<protocol>/<preset>.yaml).
 declare -A FULL_PRESET=(
-  [voc07_svm]=svm_voc07_mmselfsup
+  [voc07_svm]=voc07_svm_mmselfsup
 )
 
 usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; }

@@ -1,0 +1,326 @@
+"""Batched exact solver for the VOC07 linear SVMs, and the protocol math around it (PROTOCOLS.md A.3, B §2).
+
+The classifier is the one scikit-learn's ``LinearSVC(C, class_weight={1: 2, -1: 1}, loss="squared_hinge",
+penalty="l2", intercept_scaling=1)`` fits (liblinear, dual coordinate descent):
+
+    min_{w, b}  1/2 (||w||^2 + b^2) + C * sum_i c_i * max(0, 1 - y_i (w . x_i + b))^2,   c_i = 2 if y_i = +1 else 1
+
+The bias is regularised because liblinear treats it as one more feature of constant value ``intercept_scaling``.
+The objective is strictly convex, so the optimum is unique and any exact method reaches the same classifier;
+``tests/test_svm_solver.py`` checks that against scikit-learn.
+
+How this solver gets its speed (the reference fits 20 classes x 19 costs x 4 folds = 1,520 separate SVMs):
+
+* **Sample space.** Every weight vector is w = sum_i beta_i x_i (representer theorem), so the problem only needs
+  the kernel K = X X^T + 1 (the +1 is the regularised bias). K is computed once per layer and shared by every
+  class, cost, CV fold (a fold is a row mask) and low-shot subset (a sub-block).
+* **Newton on the active set** (Chapelle 2007, "Training a support vector machine in the primal"; Keerthi &
+  DeCoste 2005, "A modified finite Newton method"): with A = {i : y_i f_i < 1} fixed the loss is quadratic and
+  its minimiser solves (K_AA + diag(1 / (2 C c_i))) beta_A = y_A. Iterate with an exact line search along the
+  piecewise-quadratic objective; this terminates after a handful of steps.
+* **Batched linear algebra.** The Newton systems of all problems are solved together: small active sets by
+  batched Cholesky, large ones by preconditioned CG whose matrix products are one GEMM over all columns. The CG
+  preconditioner is a Nystrom approximation (top eigenpairs of K, shared) plus the exact diagonal, applied with
+  the Woodbury identity per column.
+* **Warm starts** along the cost path (ascending costs) for the full-data SVM.
+
+Everything runs in float64 (as the reference casts the features to float64), on CPU or GPU.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from sklearn.model_selection import StratifiedKFold
+
+from byol_bench.metrics import average_precision, voc_area_ap
+
+# --------------------------------------------------------------------------------------------------------------
+# Cost grids (order matters: ties in the CV score go to the first cost in grid order).
+# --------------------------------------------------------------------------------------------------------------
+COST_GRIDS: dict[str, tuple[float, ...]] = {
+    # mmselfsup v0.5.0: tools/benchmarks/classification/svm_voc07/eval_svm_full.sh passes "1.0,10.0,100.0" and
+    # svm_helper.parse_cost_list appends 0.5**n for n in range(4, 20): 19 costs.
+    "mmselfsup": (1.0, 10.0, 100.0, *(0.5**n for n in range(4, 20))),
+    # VISSL: configs/config/benchmark/linear_image_classification/voc07/eval_resnet_8gpu_transfer_voc07_svm.yaml,
+    # SVM.costs.costs_list.
+    "vissl": (0.01, 0.1, 1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 50.0, 100.0, 1000.0),
+    # Goyal et al. 2019, facebookresearch/fair_self_supervision_benchmark GETTING_STARTED.md (train_svm_kfold.py
+    # --costs_list "0.0000001,0.000001,0.00001,0.0001,0.001,0.01,0.1,1.0,10.0,100.0").
+    "goyal": (1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0),
+}
+# LinearSVC(class_weight={1: 2, -1: 1}) in every reference script.
+POSITIVE_WEIGHT = 2.0
+NEGATIVE_WEIGHT = 1.0
+LOWSHOT_KS: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 96)
+LOWSHOT_NEGATIVES_PER_POSITIVE = 19
+
+
+def parse_costs(spec: str) -> tuple[float, ...]:
+    """Turn ``"mmselfsup"``, ``"vissl"``, ``"goyal"`` or ``"0.1,1,10"`` into a tuple of costs (grid order kept)."""
+    if spec in COST_GRIDS:
+        return COST_GRIDS[spec]
+    try:
+        costs = tuple(float(c) for c in spec.split(",") if c.strip())
+    except ValueError:
+        raise ValueError(f"cost grid {spec!r} is neither a grid name ({', '.join(COST_GRIDS)}) nor a comma-"
+                         "separated list of numbers; fix --costs / costs=") from None
+    if not costs or any(not (c > 0 and math.isfinite(c)) for c in costs):
+        raise ValueError(f"cost grid {spec!r} must hold positive finite numbers; fix --costs / costs=")
+    if len(set(costs)) != len(costs):
+        raise ValueError(f"cost grid {spec!r} repeats a value; fix --costs / costs=")
+    return costs
+
+
+def l2_normalize(features: np.ndarray | torch.Tensor, device: str | torch.device = "cpu") -> torch.Tensor:
+    """Cast to float64 and L2-normalise each row as the reference does: x / (||x|| + 1e-5)."""
+    x = torch.as_tensor(features).to(device=device, dtype=torch.float64)
+    return x / (torch.linalg.vector_norm(x, dim=1, keepdim=True) + 1e-5)
+
+
+def linear_kernel(a: torch.Tensor, b: torch.Tensor, bias: float = 1.0) -> torch.Tensor:
+    """``a @ b.T + bias**2``: the kernel of the features augmented by the constant bias feature."""
+    return torch.addmm(torch.full((a.shape[0], b.shape[0]), bias * bias, dtype=a.dtype, device=a.device), a, b.T)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The batched solver.
+# --------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SolverOptions:
+    """Knobs of :func:`solve_kernel_svms`; the defaults reach scikit-learn's optimum to ~1e-9 relative."""
+
+    tol: float = 1e-10  # stop when ||grad|| <= tol * ||grad at w=0|| for every problem
+    max_newton_iters: int = 60  # Newton steps per problem (typically 3-8 with warm starts)
+    direct_max_active: int = 800  # active sets up to this size are solved by Cholesky, larger ones by PCG
+    nystrom_rank: int = 64  # eigenpairs of K in the CG preconditioner
+    max_cg_iters: int = 2000  # per Newton step; a safety net, CG stops on its residual first
+    direct_batch_elements: int = 1 << 24  # float64 entries per batched Cholesky chunk (128 MiB)
+
+
+@dataclass
+class KernelSvmSolution:
+    """Result of :func:`solve_kernel_svms` for a batch of problems."""
+
+    beta: torch.Tensor  # (B, m, P) sample-space coefficients: w = sum_i beta_i x_i, b = bias * sum_i beta_i
+    scores: torch.Tensor  # (B, m, P) decision values on the m rows (held-out rows included)
+    newton_iters: int  # Newton steps taken by the slowest problem
+    max_rel_grad: float  # max over problems of ||grad|| / ||grad(0)|| at the returned point
+
+
+def solve_kernel_svms(kernel: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
+                      beta0: torch.Tensor | None = None, options: SolverOptions = SolverOptions()
+                      ) -> KernelSvmSolution:
+    """Solve B x P squared-hinge SVMs that share, per batch item, one kernel matrix.
+
+    Problem (b, p) is ``min_w 1/2 ||w||^2 + sum_i weights[b,i,p] * max(0, 1 - labels[b,i,p] * f_i)^2`` with
+    f = K beta. ``weights`` carry C times the class weight; a zero weight removes the row from the problem
+    (held-out fold rows), its score is still returned.
+
+    Args:
+        kernel: (B, m, m) symmetric PSD kernel(s), float64.
+        labels: (B, m, P) targets in {-1, +1}.
+        weights: (B, m, P) non-negative per-row loss weights.
+        beta0: optional (B, m, P) warm start (e.g. the solution at the previous cost).
+        options: tolerances and batching limits.
+
+    Returns:
+        The coefficients, the decision values on all m rows, and convergence figures.
+    """
+    if kernel.ndim != 3 or kernel.shape[1] != kernel.shape[2]:
+        raise ValueError(f"kernel must be (B, m, m), got {tuple(kernel.shape)}")
+    if labels.shape != weights.shape or labels.shape[:2] != kernel.shape[:2]:
+        raise ValueError(f"labels {tuple(labels.shape)} / weights {tuple(weights.shape)} must be (B, m, P) for a "
+                         f"kernel of shape {tuple(kernel.shape)}")
+    if bool((weights < 0).any()):
+        raise ValueError("weights must be non-negative (C times the class weight, 0 for unused rows)")
+    in_problem = weights > 0
+    beta = torch.zeros_like(weights) if beta0 is None else beta0 * in_problem
+    scores = kernel @ beta
+    weighted_targets = weights * labels
+    grad0 = 2 * _k_norm(kernel, weighted_targets)
+    eigvecs, eigvals = _top_eigenpairs(kernel, options.nystrom_rank)
+    residual_diag = (kernel.diagonal(dim1=1, dim2=2) - (eigvecs**2 * eigvals[:, None, :]).sum(2)).clamp_min(0)
+
+    rel = torch.ones_like(grad0)
+    iters = 0
+    for iters in range(options.max_newton_iters + 1):
+        # Only problems that have not converged are worked on; the others keep their beta and scores.
+        cols = torch.nonzero((rel > options.tol).any(0)).flatten()
+        if cols.numel() == 0:
+            break
+        y, w, b, f = (t.index_select(2, cols) for t in (labels, weights, beta, scores))
+        active = (y * f < 1) & (w > 0)
+        loss_weights = w * active
+        grad_preimage = b + 2 * loss_weights * (f - y)  # grad_w = X~^T grad_preimage
+        norm0 = grad0.index_select(1, cols)
+        rel_cols = torch.where(norm0 > 0, _k_norm(kernel, grad_preimage) / norm0.clamp_min(1e-300), 0.0)
+        rel[:, cols] = rel_cols
+        live = rel_cols > options.tol
+        if iters == options.max_newton_iters or not bool(live.any()):
+            break
+        newton_point = _newton_points(kernel, y, loss_weights, active, b, live, eigvecs, eigvals,
+                                      residual_diag, rel_cols, options)
+        step = (newton_point - b) * live[:, None, :]
+        k_step = kernel @ step
+        t = _exact_line_search(b, step, k_step, f, y, w)
+        b = b + t[:, None, :] * step
+        f = f + t[:, None, :] * k_step
+        beta[:, :, cols] = b
+        scores[:, :, cols] = f
+    return KernelSvmSolution(beta=beta, scores=scores, newton_iters=iters, max_rel_grad=float(rel.max()))
+
+
+def _k_norm(kernel: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """sqrt(v^T K v) per (batch, column): the norm of the feature-space vector X~^T v."""
+    return (v * (kernel @ v)).sum(1).clamp_min(0).sqrt()
+
+
+def _top_eigenpairs(kernel: torch.Tensor, rank: int, power_iters: int = 3, oversample: int = 10
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Approximate top eigenpairs of each kernel (randomised subspace iteration, seeded: reproducible)."""
+    batch, m, _ = kernel.shape
+    rank = min(rank, m)
+    if m <= 2 * (rank + oversample):
+        vals, vecs = torch.linalg.eigh(kernel)
+        return vecs[:, :, -rank:], vals[:, -rank:].clamp_min(1e-12)
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(batch, m, rank + oversample, generator=gen, dtype=kernel.dtype).to(kernel.device)
+    for _ in range(power_iters):
+        q, _ = torch.linalg.qr(kernel @ q)
+    vals, vecs = torch.linalg.eigh(q.mT @ kernel @ q)
+    return (q @ vecs)[:, :, -rank:], vals[:, -rank:].clamp_min(1e-12)
+
+
+def _newton_points(kernel: torch.Tensor, y: torch.Tensor, loss_weights: torch.Tensor, active: torch.Tensor,
+                   beta: torch.Tensor, live: torch.Tensor, eigvecs: torch.Tensor, eigvals: torch.Tensor,
+                   residual_diag: torch.Tensor, rel: torch.Tensor, options: SolverOptions) -> torch.Tensor:
+    """Minimiser of each problem's quadratic model on its active set: (K_AA + E_A) beta_A = y_A, 0 elsewhere."""
+    ridge = torch.where(active, 0.5 / loss_weights.clamp_min(1e-300), 1.0)  # E = 1 / (2 C c_i) on A
+    out = torch.zeros_like(beta)
+    n_active = active.sum(1)
+    direct = live & (n_active <= options.direct_max_active)
+    if bool(direct.any()):
+        _solve_direct(kernel, y, ridge, active, direct, out, options.direct_batch_elements)
+    iterative = live & ~direct
+    if bool(iterative.any()):
+        # CG must be accurate enough that the step is a true Newton step near the end (finite termination).
+        rtol = (1e-2 * rel).clamp(1e-13, 1e-4)
+        _solve_pcg(kernel, y, ridge, active & iterative[:, None, :], beta, eigvecs, eigvals, residual_diag,
+                   rtol, iterative, out, options.max_cg_iters)
+    return out
+
+
+def _solve_direct(kernel: torch.Tensor, y: torch.Tensor, ridge: torch.Tensor, active: torch.Tensor,
+                  which: torch.Tensor, out: torch.Tensor, chunk_elements: int) -> None:
+    """Batched Cholesky solves of the active-set systems of the problems flagged in ``which`` (B, P)."""
+    b_idx, p_idx = torch.nonzero(which, as_tuple=True)
+    sizes = active[b_idx, :, p_idx].sum(1)
+    order = torch.argsort(sizes)
+    b_idx, p_idx, sizes = b_idx[order], p_idx[order], sizes[order]
+    start = 0
+    while start < len(sizes):
+        # Problems sorted by active-set size; grow the chunk while the padded batch stays under budget.
+        stop = start + 1
+        while stop < len(sizes) and (stop + 1 - start) * int(sizes[stop]) ** 2 <= chunk_elements:
+            stop += 1
+        bb, pp, ss = b_idx[start:stop], p_idx[start:stop], sizes[start:stop]
+        start = stop
+        size = int(ss[-1])
+        if size == 0:
+            continue
+        act = active[bb, :, pp]  # (n, m)
+        rows = torch.argsort((~act).to(torch.int8), dim=1, stable=True)[:, :size]  # active rows first
+        valid = torch.arange(size, device=act.device)[None, :] < ss[:, None]
+        pair = valid[:, :, None] & valid[:, None, :]
+        sub = kernel[bb[:, None, None], rows[:, :, None], rows[:, None, :]]
+        diag = torch.where(valid, ridge[bb[:, None], rows, pp[:, None]], 1.0)
+        sub = torch.where(pair, sub, 0.0) + torch.diag_embed(diag)
+        rhs = torch.where(valid, y[bb[:, None], rows, pp[:, None]], 0.0)
+        sol = torch.cholesky_solve(rhs.unsqueeze(-1), torch.linalg.cholesky(sub)).squeeze(-1)
+        keep = torch.nonzero(valid, as_tuple=True)
+        out[bb[keep[0]], rows[keep], pp[keep[0]]] = sol[keep]
+
+
+def _solve_pcg(kernel: torch.Tensor, y: torch.Tensor, ridge: torch.Tensor, active: torch.Tensor,
+               beta: torch.Tensor, eigvecs: torch.Tensor, eigvals: torch.Tensor, residual_diag: torch.Tensor,
+               rtol: torch.Tensor, which: torch.Tensor, out: torch.Tensor, max_iters: int) -> None:
+    """Preconditioned CG on (K_AA + E_A) x = y_A for the problems flagged in ``which``, all columns at once.
+
+    Rows outside a problem's active set get the identity and a zero right-hand side, so every column can share
+    one batched GEMM per iteration. The preconditioner is M = D + V_A diag(lam) V_A^T with D = E_A + diag(K -
+    V diag(lam) V^T): a Nystrom approximation plus the exact diagonal of the remainder, inverted by Woodbury.
+    """
+    act = active.to(kernel.dtype)
+    diag = torch.where(active, ridge + residual_diag[:, :, None], 1.0)
+    # Woodbury core per problem: diag(1/lam) + V_A^T D^-1 V_A, (B, P, k, k).
+    core = torch.einsum("bik,bip,bil->bpkl", eigvecs, act / diag, eigvecs)
+    core = core + torch.diag_embed(1.0 / eigvals)[:, None]
+    core_chol = torch.linalg.cholesky(core)
+
+    def precondition(r: torch.Tensor) -> torch.Tensor:
+        u = r / diag
+        proj = torch.einsum("bik,bip->bpk", eigvecs, u * act).unsqueeze(-1)
+        corr = torch.cholesky_solve(proj, core_chol).squeeze(-1)
+        return u - act * torch.einsum("bik,bpk->bip", eigvecs, corr) / diag
+
+    def apply(v: torch.Tensor) -> torch.Tensor:
+        return act * (kernel @ (act * v)) + torch.where(active, ridge, 1.0) * v
+
+    rhs = act * y
+    x = act * beta  # warm start: the previous iterate restricted to the new active set
+    r = rhs - apply(x)
+    z = precondition(r)
+    p = z
+    rz = (r * z).sum(1)
+    target = rtol * torch.linalg.vector_norm(rhs, dim=1)
+    live = which & (torch.linalg.vector_norm(r, dim=1) > target)
+    for _ in range(max_iters):
+        if not bool(live.any()):
+            break
+        ap = apply(p)
+        alpha = torch.where(live, rz / (p * ap).sum(1).clamp_min(1e-300), 0.0)[:, None, :]
+        x = x + alpha * p
+        r = r - alpha * ap
+        live = live & (torch.linalg.vector_norm(r, dim=1) > target)
+        z = precondition(r)
+        rz_new = (r * z).sum(1)
+        p = z + (rz_new / rz.clamp_min(1e-300))[:, None, :] * p
+        rz = rz_new
+    out.copy_(torch.where(which[:, None, :], x, out))
+
+
+def _exact_line_search(beta: torch.Tensor, step: torch.Tensor, k_step: torch.Tensor, scores: torch.Tensor,
+                       y: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Exact minimiser t of the objective along beta + t * step (a convex piecewise quadratic in t).
+
+    phi'(t) = beta^T K s + t s^T K s + sum_{active at t} 2 w_i v_i (t v_i - u_i), with u = 1 - y f, v = y K s.
+    Row i switches at t_i = u_i / v_i; sorting those breakpoints gives phi' as a piecewise-linear function
+    whose root is found segment by segment (Keerthi & DeCoste 2005).
+    """
+    u = 1 - y * scores
+    v = y * k_step
+    w = weights
+    on_at_zero = (w > 0) & ((u > 0) | ((u == 0) & (v < 0)))
+    intercept = (beta * k_step).sum(1) + (on_at_zero * (-2 * w * v * u)).sum(1)
+    slope = (step * k_step).sum(1) + (on_at_zero * (2 * w * v * v)).sum(1)
+    leaves = (w > 0) & (v > 0) & (u > 0)
+    enters = (w > 0) & (v < 0) & (u < 0)
+    breaks = torch.where(leaves | enters, u / torch.where(v == 0, 1.0, v), torch.inf)
+    d_intercept = torch.where(leaves, 2 * w * v * u, torch.where(enters, -2 * w * v * u, 0.0))
+    d_slope = torch.where(leaves, -2 * w * v * v, torch.where(enters, 2 * w * v * v, 0.0))
+    breaks, order = breaks.sort(1)
+    intercepts = torch.cat([intercept[:, None], intercept[:, None] + d_intercept.gather(1, order).cumsum(1)], 1)
+    slopes = torch.cat([slope[:, None], slope[:, None] + d_slope.gather(1, order).cumsum(1)], 1)
+    ends = torch.cat([breaks, torch.full_like(breaks[:, :1], torch.inf)], 1)
+    at_end = intercepts + slopes * torch.where(torch.isinf(ends), 0.0, ends)
+    # First segment whose right end has phi' >= 0 (the last segment is unbounded).
+    segment = ((at_end >= 0) | torch.isinf(ends)).to(torch.int8).argmax(1, keepdim=True)
+    a = intercepts.gather(1, segment).squeeze(1)
+    s = slopes.gather(1, segment).squeeze(1)
+    # A step in the null space of K (s^T K s = 0) changes nothing; take it whole.
+    return torch.where(s > 0, -a / s.clamp_min(1e-300), 1.0)
