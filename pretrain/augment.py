@@ -17,9 +17,10 @@ Workers decode, crop and flip with PIL (exactly torchvision's ``resized_crop`` o
 a fixed size plus the drawn photometric parameters. The photometric ops then run batched on the training device
 with per-sample parameters (:func:`photometric`); each op touches only the rows that draw it.
 
-NOTE: two deliberate differences from mmselfsup's PIL ops, both below one grey level per op: intermediate results
-stay float instead of being rounded to uint8 after every op, and the blur is a true Gaussian (radius ⌈3σ_max⌉,
-edge pixels extended like PIL) where PIL approximates one with three box blurs.
+NOTE: two deliberate differences from mmselfsup's PIL ops, each worth about half a grey level on average
+(``tests/test_pretrain_augment.py`` bounds the whole chain): intermediate results stay float where PIL truncates
+to uint8 after every op, and the blur is a true Gaussian (radius ⌈3σ_max⌉, edge pixels extended like PIL) where
+PIL approximates one with three box blurs.
 """
 
 from __future__ import annotations
