@@ -201,9 +201,19 @@ def top_eigenpairs(kernel: torch.Tensor, rank: int, power_iters: int = 3, oversa
     gen = torch.Generator().manual_seed(0)
     q = torch.randn(batch, m, rank + oversample, generator=gen, dtype=kernel.dtype).to(kernel.device)
     for _ in range(power_iters):
-        q, _ = torch.linalg.qr(kernel @ q)
+        q = _orthonormalize(kernel @ q)
     vals, vecs = torch.linalg.eigh(q.mT @ kernel @ q)
     return (q @ vecs)[:, :, -rank:], vals[:, -rank:].clamp_min(1e-12)
+
+
+def _orthonormalize(g: torch.Tensor) -> torch.Tensor:
+    """Orthonormal basis of the columns of each (m, r) matrix via the eigenvectors of the small Gram matrix.
+
+    Directions the columns do not span become zero columns. (Batched ``torch.linalg.qr`` is far slower on CPU.)
+    """
+    vals, vecs = torch.linalg.eigh(g.mT @ g)
+    inv_sqrt = torch.where(vals > 1e-12 * vals[:, -1:], vals.clamp_min(1e-300).rsqrt(), 0.0)
+    return g @ (vecs * inv_sqrt[:, None, :])
 
 
 def _newton_points(kernel: torch.Tensor, y: torch.Tensor, loss_weights: torch.Tensor, active: torch.Tensor,

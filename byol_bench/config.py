@@ -64,6 +64,9 @@ def load_config(cls: type[T], preset: str | Path | None = None, overrides: Seque
     values: dict[str, Any] = {}
     if preset is not None:
         values = _read_preset(_preset_path(preset, preset_dir))
+        if "preset" in {f.name for f in dataclasses.fields(cls)}:
+            # A config with a `preset` field carries its preset's name (records and run folders use it).
+            values.setdefault("preset", Path(preset).stem)
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
@@ -156,7 +159,7 @@ def _coerce(value: Any, hint: Any, key: str, where: str) -> Any:
         return _coerce(value, inner[0], key, where)
     if origin is tuple:
         if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
+            value = [_parse_scalar(v.strip()) for v in value.split(",") if v.strip()]
         elif not isinstance(value, (list, tuple)):
             value = [value]
         return tuple(_coerce(v, args[0], key, where) for v in value)
@@ -224,9 +227,6 @@ def parse_args(cls: type[T], argv: Sequence[str] | None = None, preset_dir: str 
             i += 1
         else:
             raise ConfigError(f"unexpected argument {arg!r}; use --preset NAME, --field value or key=value")
-    if preset is not None and "preset" in hints:
-        # The preset's name travels with the config (records and run folders are named after it).
-        overrides.insert(0, f"preset={Path(preset).stem}")
     return load_config(cls, preset, overrides, preset_dir=preset_dir)
 
 

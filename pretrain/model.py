@@ -53,14 +53,15 @@ class Encoder(nn.Module):
 
 
 def regression_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``2 - 2 cos(p, sg(z))`` averaged over the batch, computed in fp32.
+    """``2 - 2 cos(p, sg(z))`` averaged over the batch, computed in at least fp32 (bf16 autocast outputs are upcast).
 
     "we define the following mean squared error between the normalized predictions and target projections,
     L = ||q̄ - z̄'||² = 2 - 2 <q, z'> / (||q|| ||z'||)" (paper eq. 2). ``target`` is detached here, so the
     stop-gradient holds whatever the caller passes.
     """
-    p = F.normalize(prediction.float(), dim=1)
-    z = F.normalize(target.detach().float(), dim=1)
+    dtype = torch.promote_types(prediction.dtype, torch.float32)
+    p = F.normalize(prediction.to(dtype), dim=1)
+    z = F.normalize(target.detach().to(dtype), dim=1)
     return (2 - 2 * (p * z).sum(dim=1)).mean()
 
 

@@ -22,6 +22,7 @@ class Example:
     name: str = opt("x", "name")
     layers: tuple[str, ...] = opt(("feat5",), "layers")
     costs: tuple[float, ...] = opt((1.0,), "costs")
+    ks: tuple[int, ...] = opt((1,), "ks")
     low_shot: bool = opt(False, "run low-shot")
     ckpt: str | None = opt(None, "checkpoint path")
     out_dir: str = opt("out", "output folder", identity=False)
@@ -30,10 +31,10 @@ class Example:
 
 def test_defaults_and_overrides_are_typed():
     cfg = load_config(Example, overrides=["lr=0.5", "epochs=3", "layers=feat1,feat2", "solver.tol=1e-6",
-                                          "costs=[1, 0.5]", "low_shot=true", "ckpt=a.pth"])
+                                          "costs=[1, 0.5]", "low_shot=true", "ckpt=a.pth", "ks=1,2,96"])
     assert cfg.lr == 0.5 and cfg.epochs == 3 and cfg.layers == ("feat1", "feat2")
     assert cfg.solver == Solver(tol=1e-6, max_iter=100)
-    assert cfg.costs == (1.0, 0.5) and cfg.low_shot is True and cfg.ckpt == "a.pth"
+    assert cfg.costs == (1.0, 0.5) and cfg.low_shot is True and cfg.ckpt == "a.pth" and cfg.ks == (1, 2, 96)
     assert isinstance(cfg.lr, float) and to_dict(cfg)["layers"] == ["feat1", "feat2"]
 
 

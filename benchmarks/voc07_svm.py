@@ -1,0 +1,208 @@
+"""VOC07 SVM and low-shot SVM on frozen feature1..5 (Goyal et al. 2019; mmselfsup v0.5.0; PROTOCOLS.md A.3, B §2).
+
+Canonical command (full scale; add ``--low-shot`` for the k = 1..96 columns)::
+
+    python -m benchmarks.voc07_svm --preset voc07_svm_mmselfsup --ckpt byol.pth --data-root /datasets --low-shot
+
+Fixed protocol:
+  * features: eval-mode backbone from any checkpoint (via ``adapters.load_backbone``), RGB, Resize(256) ->
+    Resize((224, 224)) (squash, no crop), feature1..5 with the fixed AvgPool, x / (||x|| + 1e-5), float64;
+  * classifier: per class, ``LinearSVC(C, class_weight={1: 2, -1: 1}, squared hinge, L2)``, solved exactly by
+    ``benchmarks.svm_solver`` for all classes x costs at once;
+  * full SVM: 3-fold StratifiedKFold (no shuffle) on trainval picks the cost per class by mean AP (ties -> first
+    in grid order), refit on trainval; difficult-only images are negatives in training, ignored in testing;
+    VOC "area" AP, mAP x 100; the best layer is the one with the best full-SVM mAP;
+  * low-shot: k in {1, 2, 4, 8, 16, 32, 64, 96}, 5 **seeded** samples of k positives + 19k negatives per class
+    (indices saved next to the record), no CV; the cost is chosen by the best mean test mAP over the samples, as
+    published (the record says ``cost_selection: test``); mean/min/max/std per k.
+
+NOTE: the reference samples low-shot subsets unseeded; we seed them (``--seed``) so results are reproducible.
+NOTE: features are extracted in one process (GPU if available): the SVMs, not the forward passes, were the
+reference's bottleneck, and one H100 extracts VOC07 in about a minute.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from adapters import load_backbone
+from benchmarks.datasets.voc_cls import VOCClassification
+from benchmarks.features import assert_frozen, cache_key, extract_features, squash_transform, state_snapshot
+from benchmarks.svm_solver import (
+    LOWSHOT_KS,
+    l2_normalize,
+    linear_kernel,
+    parse_costs,
+    sample_lowshot,
+    train_full_svm,
+    train_lowshot_svm,
+)
+from byol_bench import dist
+from byol_bench.backbone import FEATURE_NAMES
+from byol_bench.checkpoint import sha256_file
+from byol_bench.cli import main_guard
+from byol_bench.config import config_hash, opt, parse_args, to_dict
+from byol_bench.fileio import atomic_write
+from byol_bench.records import find_record, make_record, model_label, read_record, record_path, write_record
+from byol_bench.runlog import RunLog, write_run_files
+
+PROTOCOL, DATASET = "voc07_svm", "voc07"
+PRESET_DIR = Path(__file__).resolve().parents[1] / "configs" / PROTOCOL
+
+
+@dataclass(frozen=True)
+class Voc07SvmConfig:
+    """VOC07 SVM / low-shot SVM settings (defaults = the mmselfsup protocol)."""
+
+    preset: str = opt("custom", "preset name (set by --preset; names the record's config column)")
+    ckpt: str = opt("", "checkpoint to evaluate: any format `python -m adapters inspect` recognises")
+    arch: str | None = opt(None, "ResNet name; None infers it from the weights")
+    encoder: str = opt("online", "which encoder of a two-encoder checkpoint: online (as published) or target")
+    data_root: str = opt("data", "folder holding VOCdevkit/VOC2007 (docs/DATASETS.md)", identity=False)
+    out_dir: str = opt("results/voc07_svm", "output: records/ and runs/ go here", identity=False)
+    layers: tuple[str, ...] = opt(FEATURE_NAMES, "feature layers to evaluate (feat1..feat5)")
+    costs: str = opt("mmselfsup", "cost grid: mmselfsup (19 values), vissl, goyal, or c1,c2,...")
+    low_shot: bool = opt(False, "also run the low-shot SVMs (every evaluated layer; the table uses the best)")
+    lowshot_ks: tuple[int, ...] = opt(LOWSHOT_KS, "positives per class in each low-shot sample")
+    lowshot_samples: int = opt(5, "independent low-shot samples per k")
+    seed: int = opt(0, "seed of the low-shot samples (recorded; indices saved next to the record)")
+    resize_short: int = opt(256, "first resize (short side), B §2.2")
+    image_size: int = opt(224, "square size the images are squashed to, B §2.2")
+    batch_size_per_device: int = opt(32, "images per forward pass")
+    num_workers: int = opt(4, "DataLoader workers for decoding", identity=False)
+    device: str = opt("auto", "auto (CUDA if available), cuda or cpu; features on it, SVMs too", identity=False)
+    cache_dir: str = opt("", "feature cache (default <out_dir>/feature_cache)", identity=False)
+    tiny: bool = opt(False, "tiny sizes on the embedded data: the record is marked not comparable")
+    force: bool = opt(False, "redo even when a record for this checkpoint and config exists", identity=False)
+
+
+def run(cfg: Voc07SvmConfig) -> dict[str, float]:
+    """Evaluate ``cfg.ckpt`` on VOC07 with linear SVMs; write the result record; return its metrics."""
+    started = time.time()
+    if not cfg.ckpt:
+        raise ValueError("no checkpoint given: pass --ckpt PATH")
+    costs = parse_costs(cfg.costs)
+    ckpt_sha, key = sha256_file(cfg.ckpt), config_hash(cfg)
+    out_dir = Path(cfg.out_dir)
+    records_dir = out_dir / "records"
+    if not cfg.force and (done := find_record(records_dir, PROTOCOL, DATASET, ckpt_sha, key)):
+        print(f"skip {PROTOCOL}: {done} exists for this checkpoint and config (--force redoes it)")
+        return read_record(done)["metrics"]
+    info = dist.init_distributed(cfg.device)
+    run_dir = out_dir / "runs" / PROTOCOL / f"{model_label(cfg.ckpt)}-{ckpt_sha[:8]}-{key}"
+    provenance = write_run_files(run_dir, cfg, {"costs": list(costs), "device": str(info.device)})
+    log = RunLog(run_dir)
+
+    # ---------------------------------------------------------------- data
+    transform, transform_desc = squash_transform(cfg.resize_short, cfg.image_size)
+    devkit = Path(cfg.data_root) / "VOCdevkit"
+    splits = {split: VOCClassification(devkit, split, transform) for split in ("trainval", "test")}
+
+    # ---------------------------------------------------------------- backbone (frozen)
+    model, report = load_backbone(cfg.ckpt, cfg.arch, cfg.encoder)
+    model.eval().requires_grad_(False)
+    loaded = state_snapshot(model)
+
+    # ---------------------------------------------------------------- features (cached)
+    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else out_dir / "feature_cache"
+    features = {}
+    for split, dataset in splits.items():
+        feature_key = cache_key(sha256=ckpt_sha, encoder=cfg.encoder, arch=report.arch, transform=transform_desc,
+                                split=split, images=dataset.image_ids)
+        features[split] = extract_features(model, dataset, cfg.layers, batch_size=cfg.batch_size_per_device,
+                                           num_workers=cfg.num_workers, device=info.device, cache_dir=cache_dir,
+                                           key=feature_key, desc=f"features {split}")
+    assert_frozen(model, loaded, cfg.ckpt)
+    train_labels, test_labels = splits["trainval"].labels, splits["test"].labels
+
+    # ---------------------------------------------------------------- full SVM per layer
+    full, kernels = {}, {}
+    for layer in cfg.layers:
+        x_train = l2_normalize(features["trainval"][layer], info.device)
+        x_test = l2_normalize(features["test"][layer], info.device)
+        kernels[layer] = (linear_kernel(x_train, x_train), linear_kernel(x_test, x_train))
+        full[layer] = train_full_svm(x_train, train_labels, x_test, test_labels, costs, kernels=kernels[layer])
+        log.log(layer=layer, svm_map=full[layer].map, newton_iters=full[layer].newton_iters)
+        print(f"{layer}: full-SVM mAP {full[layer].map:.2f}")
+    best_layer = max(cfg.layers, key=lambda layer: full[layer].map)  # ties -> the first (shallowest) layer
+    metrics = {"svm": full[best_layer].map, **{f"svm_{layer}": full[layer].map for layer in cfg.layers}}
+
+    # ---------------------------------------------------------------- low-shot SVM
+    lowshot = {}
+    if cfg.low_shot:
+        subsets = sample_lowshot(train_labels, cfg.lowshot_ks, cfg.lowshot_samples, cfg.seed)
+        for layer in cfg.layers:
+            lowshot[layer] = train_lowshot_svm(*kernels[layer], train_labels, test_labels, subsets, costs)
+            log.log(layer=layer, lowshot={str(k): v["mean"] for k, v in lowshot[layer].summary.items()})
+        metrics.update({f"k{k}": lowshot[best_layer].summary[k]["mean"] for k in cfg.lowshot_ks})
+
+    # ---------------------------------------------------------------- record
+    record = make_record(
+        protocol=PROTOCOL, dataset=DATASET, model=model_label(cfg.ckpt), preset=cfg.preset, metrics=metrics,
+        config=to_dict(cfg), config_hash=key, checkpoint={**asdict(report), "path": str(cfg.ckpt)},
+        seeds={"lowshot": cfg.seed}, batch_size_per_device=cfg.batch_size_per_device,
+        wall_time_s=time.time() - started, provenance=provenance, tiny=cfg.tiny,
+        details=_details(cfg, costs, full, lowshot, best_layer, splits["trainval"].classes))
+    path = record_path(records_dir, PROTOCOL, DATASET, ckpt_sha, key)
+    if cfg.low_shot:
+        samples_file = path.with_suffix(".lowshot_samples.npz")
+        arrays = {f"sample{s}_k{k}": idx for (s, k), idx in subsets.items()}
+        atomic_write(samples_file, lambda handle: np.savez_compressed(handle, **arrays), "wb")
+        record["details"]["lowshot_samples_file"] = samples_file.name
+        record["details"]["lowshot_plot"] = str(_plot_lowshot(lowshot, run_dir / "lowshot.png", cfg.preset))
+    write_record(record, records_dir)
+    print(f"{PROTOCOL}: best layer {best_layer}, SVM mAP {metrics['svm']:.2f}; record {path}")
+    return metrics
+
+
+def _details(cfg: Voc07SvmConfig, costs: tuple[float, ...], full: dict, lowshot: dict, best_layer: str,
+             classes: list[str]) -> dict:
+    """Everything behind the table cells: per-class APs and chosen costs, low-shot statistics."""
+    details = {
+        "best_layer": best_layer,
+        "costs": list(costs),
+        "classes": classes,
+        "full_svm": {
+            layer: {"map": res.map, "class_ap": (100 * res.class_ap).round(4).tolist(),
+                    "chosen_cost": [costs[i] for i in res.chosen], "max_rel_grad": res.max_rel_grad}
+            for layer, res in full.items()},
+    }
+    if lowshot:
+        details["cost_selection"] = "test"  # as published (B §2.4): best mean test mAP over the samples
+        details["lowshot"] = {layer: {str(k): v for k, v in res.summary.items()} for layer, res in lowshot.items()}
+        details["lowshot_seed"] = cfg.seed
+    return details
+
+
+def _plot_lowshot(lowshot: dict, path: Path, title: str) -> Path:
+    """mAP versus k (log scale) per layer, with the min-max band over samples."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: runs on clusters and CI
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for layer, res in lowshot.items():
+        ks = list(res.summary)
+        ax.plot(ks, [res.summary[k]["mean"] for k in ks], marker="o", label=layer)
+        ax.fill_between(ks, [res.summary[k]["min"] for k in ks], [res.summary[k]["max"] for k in ks], alpha=0.2)
+    ax.set(xscale="log", xlabel="positives per class (k)", ylabel="VOC07 test mAP (%)", title=f"low-shot SVM: {title}")
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.grid(alpha=0.3)
+    ax.legend()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def main() -> None:
+    run(parse_args(Voc07SvmConfig, preset_dir=PRESET_DIR, description=__doc__))
+
+
+if __name__ == "__main__":
+    main_guard(main)

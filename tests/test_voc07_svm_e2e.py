@@ -1,0 +1,72 @@
+"""End to end: the VOC07 SVM runner on the embedded VOC07 data writes a valid record that fills the table row."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks.voc07_svm import PRESET_DIR, Voc07SvmConfig, run
+from byol_bench.backbone import build_resnet
+from byol_bench.checkpoint import atomic_save
+from byol_bench.config import load_config
+from byol_bench.records import load_records
+from byol_bench.tables import render_markdown
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    state = {k: v for k, v in build_resnet("resnet18").state_dict().items() if not k.startswith("fc.")}
+    return atomic_save(state, tmp_path_factory.mktemp("ckpt") / "random-init_resnet18.pth")
+
+
+def _cfg(ckpt: Path, data: Path, out: Path, *extra: str) -> Voc07SvmConfig:
+    # The tiny preset, fewer layers and k to keep the test short: the code path is the full one.
+    return load_config(Voc07SvmConfig, "tiny", [f"ckpt={ckpt}", f"data_root={data}", f"out_dir={out}",
+                                                "layers=feat4,feat5", "lowshot_ks=1,2", "low_shot=true", *extra],
+                       preset_dir=PRESET_DIR)
+
+
+def test_end_to_end_record_table_and_rerun(ckpt, tiny_data, tmp_path, capsys):
+    cfg = _cfg(ckpt, tiny_data, tmp_path)
+    metrics = run(cfg)
+    assert set(metrics) == {"svm", "svm_feat4", "svm_feat5", "k1", "k2"}
+    assert metrics["svm"] == max(metrics["svm_feat4"], metrics["svm_feat5"])
+    assert all(0 < v <= 100 for v in metrics.values())
+    (record,) = load_records(tmp_path / "records")
+    assert record["tiny"] and record["preset"] == "tiny" and record["details"]["cost_selection"] == "test"
+    assert record["checkpoint"]["format"] == "torchvision" and record["checkpoint"]["arch"] == "resnet18"
+    assert len(record["details"]["full_svm"]["feat5"]["chosen_cost"]) == 20
+    # Seeded low-shot samples are saved next to the record: k positives then 19k negatives per class.
+    samples = np.load(tmp_path / "records" / record["details"]["lowshot_samples_file"])
+    assert samples["sample0_k2"].shape == (20, 40) and len(samples.files) == 10
+    assert Path(record["details"]["lowshot_plot"]).is_file()
+    row = next(line for line in render_markdown([record]).splitlines() if line.startswith("| random-init_resnet18"))
+    best = record["details"]["best_layer"].replace("feat", "feature")
+    assert f"| tiny | {best} | {metrics['svm']:.2f} | {metrics['k1']:.2f} | {metrics['k2']:.2f} |" in row
+
+    # A rerun with the same checkpoint and config is skipped; --force reuses the feature cache and agrees.
+    capsys.readouterr()
+    assert run(cfg) == pytest.approx(metrics)
+    assert "skip voc07_svm" in capsys.readouterr().out
+    assert run(_cfg(ckpt, tiny_data, tmp_path, "force=true")) == pytest.approx(metrics)
+    assert "features" not in capsys.readouterr().err  # no progress bar: nothing was extracted again
+
+
+def test_cli_errors_are_one_line(ckpt, tiny_data, tmp_path):
+    base = [sys.executable, "-m", "benchmarks.voc07_svm", "--preset", "tiny", "--data-root", str(tiny_data),
+            "--out-dir", str(tmp_path)]
+    for extra, needle in ((["--ckpt", str(tmp_path / "missing.pth")], "checkpoint file not found"),
+                          (["--ckpt", str(ckpt), "costs=cheap"], "neither a grid name"),
+                          (["--ckpt", str(ckpt), "layers=feat9"], "unknown feature layers")):
+        result = subprocess.run(base + extra, capture_output=True, text=True, cwd=REPO)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith("error: ") and needle in result.stderr
+        assert result.stderr.strip().count("\n") == 0
