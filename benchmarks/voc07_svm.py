@@ -85,6 +85,8 @@ def run(cfg: Voc07SvmConfig) -> dict[str, float]:
     started = time.time()
     if not cfg.ckpt:
         raise ValueError("no checkpoint given: pass --ckpt PATH")
+    if not cfg.layers or set(cfg.layers) - set(FEATURE_NAMES):
+        raise ValueError(f"unknown feature layers {list(cfg.layers)}; valid: {', '.join(FEATURE_NAMES)}")
     costs = parse_costs(cfg.costs)
     ckpt_sha, key = sha256_file(cfg.ckpt), config_hash(cfg)
     out_dir = Path(cfg.out_dir)

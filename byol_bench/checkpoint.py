@@ -53,6 +53,8 @@ def safe_load(path: str | os.PathLike) -> Any:
 
 def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
     """Hex sha256 of a file, read in chunks so multi-GB checkpoints do not need to fit in memory."""
+    if not Path(path).is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found; check the path (--ckpt)")
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while chunk := handle.read(chunk_bytes):
