@@ -144,6 +144,7 @@ def solve_kernel_svms(kernel: torch.Tensor, labels: torch.Tensor, weights: torch
     if bool((weights < 0).any()):
         raise ValueError("weights must be non-negative (C times the class weight, 0 for unused rows)")
     kernel = kernel.contiguous()
+    labels, weights = labels.to(kernel.dtype), weights.to(kernel.dtype)
     in_problem = weights > 0
     beta = torch.zeros_like(weights) if beta0 is None else beta0 * in_problem
     scores = kernel @ beta

@@ -14,8 +14,9 @@ Every random draw of one sample comes from torchvision's own parameter samplers 
 and a sample's augmentation depends only on ``(seed, epoch, position)``, never on worker count or resumption.
 
 Workers decode, crop and flip with PIL (exactly torchvision's ``resized_crop`` on PIL) and ship uint8 tensors of
-a fixed size plus the drawn photometric parameters. The photometric ops then run batched on the training device
-with per-sample parameters (:func:`photometric`); each op touches only the rows that draw it.
+a fixed size plus the drawn photometric parameters. The photometric ops then run batched with per-sample
+parameters (:func:`photometric`; each op touches only the rows that draw it): on the GPU when training on CUDA,
+and in the DataLoader workers when training on CPU (``pretrain.data.CollateViews``).
 
 NOTE: two deliberate differences from mmselfsup's PIL ops, each worth about half a grey level on average
 (``tests/test_pretrain_augment.py`` bounds the whole chain): intermediate results stay float where PIL truncates
@@ -269,10 +270,12 @@ class BatchAugmenter:
         self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
 
     def __call__(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both views, augmented and normalised on the device (float views arrive already augmented)."""
         views = []
         for index, spec in ((1, VIEW1), (2, VIEW2)):
-            images = batch[f"view{index}"].to(self.device, non_blocking=True)
-            x = photometric(images, batch[f"params{index}"], spec, self.mean, self.std)
+            x = batch[f"view{index}"].to(self.device, non_blocking=True)
+            if x.dtype == torch.uint8:
+                x = photometric(x, batch[f"params{index}"], spec, self.mean, self.std)
             views.append(x.contiguous(memory_format=self.memory_format))
         return views[0], views[1]
 

@@ -3,8 +3,8 @@
 The order follows mmselfsup's ``DistributedSampler`` (B §1.1): one shuffled permutation per epoch, a contiguous
 chunk of it per process. Each sample also gets its own seed, a hash of ``(seed, epoch, position)``; all of its
 augmentation draws come from that seed (:func:`pretrain.augment.two_views`). A run therefore sees the same
-batches whatever the worker count, and a resumed run continues with exactly the batches the interrupted one
-would have seen next.
+images with the same augmentation parameters whatever the worker count, and a resumed run continues with exactly
+the batches the interrupted one would have seen next.
 
 NOTE: deviations from mmselfsup's sampler, for fixed shapes and a seedable order: the permutation is seeded with
 ``seed + epoch`` (mmselfsup: ``epoch`` only), and the last incomplete batch of each process is dropped
@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from benchmarks.datasets.imagenet import ImageFolderList
-from pretrain.augment import two_views
+from pretrain.augment import IMAGENET_MEAN, IMAGENET_STD, VIEW1, VIEW2, photometric, two_views
 from pretrain.config import PretrainConfig
 
 _MASK64 = (1 << 64) - 1
@@ -100,9 +100,36 @@ def open_split(cfg: PretrainConfig, split: str, transform: Any = None) -> ImageF
                            list_file=list_file or None, min_size=cfg.decode_min_size or None)
 
 
-def make_loader(dataset: Dataset, batch_sampler: Sampler, num_workers: int, pin_memory: bool) -> DataLoader:
-    """A DataLoader over ``batch_sampler``; workers persist across epochs (start-up is not free)."""
-    return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=num_workers, pin_memory=pin_memory,
+class CollateViews:
+    """Collate two-view samples; with ``photometric=True`` also apply the photometric ops to the whole batch.
+
+    On a CUDA machine the photometric ops belong on the GPU (:class:`pretrain.augment.BatchAugmenter`). On a
+    CPU-only machine they run here, inside the DataLoader workers: a worker's torch uses one thread, so the
+    batched ops do not compete with the training process's multi-threaded kernels (on 2 busy cores, contended
+    OpenMP barriers made them 10x slower in the main process).
+    """
+
+    def __init__(self, photometric: bool) -> None:
+        self.photometric = photometric
+        self.mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        self.std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = default_collate(samples)
+        if not self.photometric:
+            return batch
+        return {f"view{i}": photometric(batch[f"view{i}"], batch[f"params{i}"], spec, self.mean, self.std)
+                for i, spec in ((1, VIEW1), (2, VIEW2))}
+
+
+def make_loader(dataset: Dataset, batch_sampler: Sampler, num_workers: int, device: torch.device) -> DataLoader:
+    """A DataLoader over ``batch_sampler``; workers persist across epochs (start-up is not free).
+
+    With CPU training and workers, the workers also apply the photometric ops (see :class:`CollateViews`).
+    """
+    cuda = device.type == "cuda"
+    return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=num_workers, pin_memory=cuda,
+                      collate_fn=CollateViews(photometric=not cuda and num_workers > 0),
                       persistent_workers=num_workers > 0)
 
 

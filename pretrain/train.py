@@ -75,7 +75,7 @@ def run(cfg: PretrainConfig) -> dict[str, float]:
     train_set = TwoViewDataset(open_split(cfg, "train"), cfg.image_size, (cfg.crop_scale_min, 1.0))
     res = resolve(cfg, info.world_size, len(train_set), device)
     sampler = EpochBatchSampler(len(train_set), cfg.batch_size_per_device, info.rank, info.world_size, cfg.seed)
-    loader = make_loader(train_set, sampler, cfg.num_workers, pin_memory=device.type == "cuda")
+    loader = make_loader(train_set, sampler, cfg.num_workers, device)
     augmenter = BatchAugmenter(device, res.channels_last)
 
     # ================================================================ networks

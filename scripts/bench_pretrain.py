@@ -4,7 +4,8 @@
 Measured in one process, same backbone, resolution, batch and images:
 
 (a) **this trainer**: ``pretrain.train.train_step`` fed by the trainer's own data path (workers decode + crop to
-    uint8; photometric ops batched on the device; fused LARS and EMA);
+    uint8; photometric ops batched with per-sample parameters, on the GPU, or in the workers on a CPU-only
+    machine; fused LARS and EMA);
 (b) **reference**: the loop of mmselfsup's and lightly's examples: PIL per-image augmentations (torchvision
     ``ColorJitter`` etc. plus mmselfsup-style PIL blur/solarize) in DataLoader workers, separate forwards, a
     per-parameter LARS and a per-parameter EMA loop (lightly's heads and ``update_momentum`` if lightly is
@@ -275,9 +276,9 @@ def main() -> None:
         autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda)
         augmenter = BatchAugmenter(device, channels_last=cuda)
         sampler = EpochBatchSampler(len(images), args.batch, rank=0, world_size=1, seed=0)
-        loader = make_loader(TwoViewDataset(images, args.image_size, (0.08, 1.0)), sampler, args.workers, cuda)
+        loader = make_loader(TwoViewDataset(images, args.image_size, (0.08, 1.0)), sampler, args.workers, device)
         batches = iterate_batches(loader, sampler, 0)
-        fixed = augmenter(next(batches)[1])
+        fixed = augmenter(next(batches)[1])  # one real batch, reused: no data work in (c)
 
         def ours() -> torch.Tensor:
             return train_step(model, byol, None, optimizer, lambda: augmenter(next(batches)[1]), accum_steps=1,

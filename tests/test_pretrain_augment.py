@@ -181,3 +181,17 @@ def test_batch_augmenter_shapes_and_normalisation() -> None:
     v1, v2 = A.BatchAugmenter(torch.device("cpu"), channels_last=False)(batch)
     assert v1.shape == v2.shape == (4, 3, 16, 16) and v1.dtype == torch.float32
     assert torch.isfinite(v1).all() and v1.min() > -2.2 and v1.max() < 2.7  # ImageNet-normalised [0, 1] range
+
+
+def test_worker_side_photometric_equals_device_side() -> None:
+    """CPU training applies the photometric ops in the DataLoader workers: same result as on the device."""
+    from pretrain.data import CollateViews
+
+    image = random_image(5, (32, 32))
+    samples = [A.two_views(image, seed, 16, SCALE) for seed in range(8)]
+    raw = CollateViews(photometric=False)(samples)
+    in_worker = CollateViews(photometric=True)(samples)
+    assert set(in_worker) == {"view1", "view2"} and in_worker["view1"].dtype == torch.float32
+    augmenter = A.BatchAugmenter(torch.device("cpu"), channels_last=False)
+    for ours, theirs in zip(augmenter(in_worker), augmenter(raw), strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
