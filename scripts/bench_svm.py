@@ -26,25 +26,25 @@ import os
 # are shared with other processes. Must be set before torch starts its thread pool.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import multiprocessing  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-import warnings  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import json
+import multiprocessing
+import sys
+import time
+import warnings
+from pathlib import Path
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.svm_solver import (  # noqa: E402
+from benchmarks.svm_solver import (
     COST_GRIDS,
     LOWSHOT_KS,
     NEGATIVE_WEIGHT,
     POSITIVE_WEIGHT,
-    linear_kernel,
     l2_normalize,
+    linear_kernel,
     make_voc_like_problem,
     sample_lowshot,
     stratified_folds,
@@ -52,7 +52,7 @@ from benchmarks.svm_solver import (  # noqa: E402
     train_lowshot_svm,
     training_targets,
 )
-from byol_bench.metrics import voc_area_ap  # noqa: E402
+from byol_bench.metrics import voc_area_ap
 
 # Filled in the parent before the pool forks, so the workers share the arrays instead of pickling them.
 _SHARED: dict[str, object] = {}
