@@ -14,6 +14,7 @@ of a score matrix:
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 
 def _as_columns(scores: np.ndarray, labels: np.ndarray, valid: np.ndarray | None
@@ -40,19 +41,21 @@ def _ranked_counts(scores: np.ndarray, positive: np.ndarray, mask: np.ndarray
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Sort every column by descending score; masked rows go last and count as neither TP nor FP.
 
-    Returns the sorted scores, the sorted TP increments, the precision after each row, and the number of
-    positives per column. Ties are ordered like the reference's ``np.argsort(preds)[::-1]`` with a stable sort
-    (the later row first); only the area AP depends on that order.
+    Works on the transposed (columns x rows) layout, where each sort is contiguous. Returns the sorted scores,
+    the sorted TP increments, the precision after each row (all columns x rows), and the positives per column.
+    Ties are ordered like the reference's ``np.argsort(preds)[::-1]`` with a stable sort (the later row first);
+    only the area AP depends on that order.
     """
-    keyed = np.where(mask, scores, -np.inf)
-    order = np.argsort(keyed, axis=0, kind="stable")[::-1]
-    tp = np.take_along_axis(positive & mask, order, axis=0).astype(np.float64)
-    counted = np.take_along_axis(mask, order, axis=0).astype(np.float64)
-    cum_tp = np.cumsum(tp, axis=0)
-    cum_all = np.cumsum(counted, axis=0)
+    keyed = np.ascontiguousarray(np.where(mask, scores, -np.inf).T)
+    # torch's stable sort is several times faster than numpy's on (columns x ~5k) arrays.
+    order = torch.from_numpy(keyed).sort(dim=1, stable=True).indices.numpy()[:, ::-1]
+    tp = np.take_along_axis((positive & mask).T, order, axis=1).astype(np.float64)
+    counted = np.take_along_axis(mask.T, order, axis=1).astype(np.float64)
+    cum_tp = np.cumsum(tp, axis=1)
+    cum_all = np.cumsum(counted, axis=1)
     # Masked rows sit at the end, so cum_all is 0 only before the first row, which cannot happen.
     precision = cum_tp / np.maximum(cum_all, 1.0)
-    return np.take_along_axis(keyed, order, axis=0), tp, precision, cum_tp[-1]
+    return np.take_along_axis(keyed, order, axis=1), tp, precision, cum_tp[:, -1]
 
 
 def voc_area_ap(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -72,12 +75,12 @@ def voc_area_ap(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
         without positives gets NaN (the reference divides by zero there).
     """
     scores, labels, mask, vector = _as_columns(scores, labels, None)
-    if not np.isin(labels, (-1, 0, 1)).all():
+    if not ((labels >= -1) & (labels <= 1) & (labels == np.round(labels))).all():
         raise ValueError("VOC labels must be -1 (ignore), 0 (negative) or 1 (positive)")
     _, tp, precision, npos = _ranked_counts(scores, labels == 1, mask & (labels != -1))
-    interpolated = np.maximum.accumulate(precision[::-1], axis=0)[::-1]
+    interpolated = np.maximum.accumulate(precision[:, ::-1], axis=1)[:, ::-1]
     with np.errstate(invalid="ignore", divide="ignore"):
-        ap = (tp * interpolated).sum(axis=0) / npos
+        ap = (tp * interpolated).sum(axis=1) / npos
     return ap[0] if vector else ap
 
 
@@ -98,12 +101,12 @@ def average_precision(scores: np.ndarray, positive: np.ndarray, valid: np.ndarra
     scores, positive, mask, vector = _as_columns(scores, np.asarray(positive, dtype=bool), valid)
     sorted_scores, tp, precision, npos = _ranked_counts(scores, positive, mask)
     n = scores.shape[0]
-    rows = np.arange(n)[:, None]
-    last_of_tie = np.ones(scores.shape, dtype=bool)
-    last_of_tie[:-1] = sorted_scores[:-1] != sorted_scores[1:]
+    last_of_tie = np.ones(sorted_scores.shape, dtype=bool)
+    last_of_tie[:, :-1] = sorted_scores[:, :-1] != sorted_scores[:, 1:]
     # Index of the last row of each row's tie group: running minimum from the right over the group ends.
-    group_end = np.minimum.accumulate(np.where(last_of_tie, rows, n)[::-1], axis=0)[::-1]
-    at_threshold = np.take_along_axis(precision, group_end, axis=0)
+    ends = np.where(last_of_tie, np.arange(n)[None, :], n)
+    group_end = np.minimum.accumulate(ends[:, ::-1], axis=1)[:, ::-1]
+    at_threshold = np.take_along_axis(precision, group_end, axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        ap = (tp * at_threshold).sum(axis=0) / npos
+        ap = (tp * at_threshold).sum(axis=1) / npos
     return ap[0] if vector else ap
