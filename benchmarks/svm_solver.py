@@ -30,6 +30,7 @@ Everything runs in float64 (as the reference casts the features to float64), on 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -182,7 +183,11 @@ def solve_kernel_svms(kernel: torch.Tensor, labels: torch.Tensor, weights: torch
         f = f + t[:, None, :] * k_step
         beta[:, :, cols] = b
         scores[:, :, cols] = f
-    return KernelSvmSolution(beta=beta, scores=scores, newton_iters=iters, max_rel_grad=float(rel.max()))
+    max_rel = float(rel.max())
+    if max_rel > options.tol:
+        warnings.warn(f"SVM solver stopped after {iters} Newton steps with relative gradient {max_rel:.1e} > tol "
+                      f"{options.tol:.0e}; raise SolverOptions.max_newton_iters", RuntimeWarning, stacklevel=2)
+    return KernelSvmSolution(beta=beta, scores=scores, newton_iters=iters, max_rel_grad=max_rel)
 
 
 def _k_norm(kernel: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

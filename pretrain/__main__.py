@@ -24,9 +24,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     cfg = parse_args(PretrainConfig, argv, preset_dir=PRESET_DIR, description=__doc__)
     try:
         metrics = run(cfg)
+        is_main = dist.is_main()  # read before cleanup: without a process group every rank reports rank 0
     finally:
         dist.cleanup()
-    if dist.get_rank() == 0:
+    if is_main:
         print(json.dumps(metrics))
 
 

@@ -130,8 +130,8 @@ def two_views(image: Image.Image, seed: int, size: int, scale: tuple[float, floa
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
-    """(N, 3, H, W) -> (N, 1, H, W) luma."""
-    return (x * x.new_tensor(LUMA).view(1, 3, 1, 1)).sum(dim=1, keepdim=True)
+    """(N, 3, H, W) -> (N, 1, H, W) luma (Python-scalar weights: no host-to-device copy)."""
+    return x[:, 0:1] * LUMA[0] + x[:, 1:2] * LUMA[1] + x[:, 2:3] * LUMA[2]
 
 
 def _blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -215,15 +215,22 @@ _JITTER_FNS = {"brightness": adjust_brightness, "contrast": adjust_contrast, "sa
                "hue": adjust_hue}
 
 
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a small CPU tensor to ``device`` without waiting for queued device work (pinned, non-blocking)."""
+    if device.type != "cuda":
+        return t
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def _apply_rows(x: torch.Tensor, rows: torch.Tensor, fn: Callable[..., torch.Tensor],
                 *args: torch.Tensor) -> torch.Tensor:
     """``x[rows] = fn(x[rows], *args[rows])`` in place; ``rows`` is a CPU index tensor, so no device sync."""
     if rows.numel() == 0:
         return x
-    args = tuple(a[rows].to(x.device, non_blocking=True) for a in args)
+    args = tuple(_to_device(a[rows], x.device) for a in args)
     if rows.numel() == x.shape[0]:
         return fn(x, *args)
-    index = rows.to(x.device, non_blocking=True)
+    index = _to_device(rows, x.device)
     return x.index_copy_(0, index, fn(x.index_select(0, index), *args))
 
 

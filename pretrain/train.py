@@ -124,8 +124,8 @@ def run(cfg: PretrainConfig) -> dict[str, float]:
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=res.precision == "bf16")
     bar = tqdm(total=res.total_steps, initial=start_step, desc="byol", dynamic_ncols=True,
                disable=not info.is_main or os.environ.get("BYOL_BENCH_NO_PROGRESS") == "1")
-    window_losses: list[torch.Tensor] = []  # per optimizer step since the last log line, on the device
-    previous_loss: torch.Tensor | None = None
+    # Per-step losses stay on the device until the next log line: reading one every step would stall the GPU.
+    window_losses: list[torch.Tensor] = []
     last_ckpt = resume_path
     step, loss_value, throughput = start_step, math.nan, math.nan
     loop_started = tick = time.perf_counter()
@@ -136,14 +136,9 @@ def run(cfg: PretrainConfig) -> dict[str, float]:
                                autocast=autocast)
         window_losses.append(step_loss)
         step += 1
-        # The previous step's loss is computed by now, so checking it does not stall the device queue. The check
-        # is local: if one process stops, torchrun stops the others.
-        if previous_loss is not None:
-            check_finite(previous_loss, step - 1, last_ckpt)
-        previous_loss = step_loss
         if step % cfg.log_every_steps == 0 or step == stop_step:
             mean_loss = dist.all_reduce_mean(torch.stack(window_losses).mean())
-            check_finite(mean_loss, step, last_ckpt)
+            check_finite(mean_loss, step, last_ckpt)  # every process sees the same value and stops together
             loss_value = float(mean_loss)
             now = time.perf_counter()
             throughput = (step - tick_step) * res.global_batch_size / (now - tick)

@@ -33,6 +33,16 @@ COSTS = (0.5**19, 1e-3, 0.0625, 1.0, 100.0)  # both ends of the mmselfsup grid a
 CLASSES = (0, 6, 14, 16)  # aeroplane, car, person (40 % positives), sheep (2 %)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    # Why: the solver makes many small LAPACK calls; two OpenMP threads busy-waiting on a shared 2-core CI
+    # machine slow them down ~10x. One thread is fast everywhere at these sizes.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def problem():
     """Structured features (600 x 2048, class signal, VOC07 positive rates), normalised as the protocol does."""
