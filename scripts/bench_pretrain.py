@@ -18,9 +18,8 @@ Measured in one process, same backbone, resolution, batch and images:
 
 Each method runs ``--warmup`` untimed steps, then ``--steps`` timed ones; ``--rounds`` repeats (c), (a), (b) in
 turn and keeps each method's best round, which damps noise from other processes on a shared machine (the load
-average is printed). Images are the embedded tiny ImageNet (generated into a temporary folder when
-``--data-root`` has none); ``--jpeg-size N`` re-encodes them with an N-pixel short side to mimic ImageNet decode
-cost.
+average is printed). Images are the embedded tiny ImageNet (``data/tiny``, generated into a temporary folder
+when missing); ``--jpeg-size N`` re-encodes them with an N-pixel short side to mimic ImageNet decode cost.
 """
 
 from __future__ import annotations
@@ -220,14 +219,14 @@ def measure(step: Callable[[], object], device: torch.device, warmup: int, steps
     return steps * batch / (time.perf_counter() - start)
 
 
-def tiny_images(data_root: Path | None, jpeg_size: int, workdir: Path) -> Path:
+def tiny_images(data_root: Path, jpeg_size: int, workdir: Path) -> Path:
     """The ``imagenet`` folder to read: given, generated (embedded tiny set), and optionally re-encoded larger."""
-    root = data_root / "imagenet" if data_root is not None else None
-    if root is None or not (root / "train").is_dir():
-        from benchmarks.tinydata.imagenet import make_imagenet
+    root = data_root / "imagenet"
+    if not (root / "train").is_dir():
+        from benchmarks.tinydata import make_tiny_data
 
-        make_imagenet(workdir, seed=0)
-        root = workdir / "imagenet"
+        make_tiny_data(workdir / "tiny", seed=0, only=["imagenet"], workers=1)
+        root = workdir / "tiny" / "imagenet"
     if jpeg_size <= 0:
         return root
     big = workdir / "imagenet_big"
@@ -251,7 +250,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per method and round")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per method and round")
     parser.add_argument("--rounds", type=int, default=2, help="repeat (c), (a), (b) in turn; keep the best")
-    parser.add_argument("--data-root", type=Path, help="folder holding imagenet/train (default: embedded set)")
+    parser.add_argument("--data-root", type=Path, default=Path("data/tiny"),
+                        help="folder holding imagenet/train; the embedded set is generated when it is missing")
     parser.add_argument("--jpeg-size", type=int, default=0, help="re-encode images with this short side (0: as is)")
     parser.add_argument("--compile", action="store_true", help="torch.compile (a) and (c)")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
