@@ -45,8 +45,9 @@ class PretrainConfig:
     crop_scale_min: float = opt(0.08, "RandomResizedCrop lower bound of the crop area fraction (upper is 1)")
     decode_min_size: int = opt(0, "0 decodes JPEGs fully (exact); N lets libjpeg decode at 1/2..1/8 scale while "
                                   "the short side stays >= N (faster on large photos, pixels change slightly)")
-    num_workers: int = opt(4, "DataLoader worker processes per training process (decode + crop); 0 decodes in the "
-                              "main process, which is fastest when there is no spare CPU core", identity=False)
+    num_workers: int = opt(4, "DataLoader worker processes per training process (decode + crop, and on a CPU-only "
+                              "machine the photometric ops too); 0 does all of it in the training process",
+                           identity=False)
     # ---- networks
     arch: str = opt("resnet50", "backbone: a torchvision ResNet name (resnet18..resnet152) or timm:<name>")
     projector_hidden_dim: int = opt(4096, "hidden width of the projector and the predictor MLPs")

@@ -29,6 +29,7 @@ from benchmarks.svm_solver import (
 )
 from byol_bench.metrics import voc_area_ap
 
+_THREADS_BEFORE = torch.get_num_threads()
 COSTS = (0.5**19, 1e-3, 0.0625, 1.0, 100.0)  # both ends of the mmselfsup grid and the middle
 CLASSES = (0, 6, 14, 16)  # aeroplane, car, person (40 % positives), sheep (2 %)
 
@@ -37,10 +38,9 @@ CLASSES = (0, 6, 14, 16)  # aeroplane, car, person (40 % positives), sheep (2 %)
 def _one_torch_thread():
     # Why: the solver makes many small LAPACK calls; two OpenMP threads busy-waiting on a shared 2-core CI
     # machine slow them down ~10x. One thread is fast everywhere at these sizes.
-    before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
-    torch.set_num_threads(before)
+    torch.set_num_threads(_THREADS_BEFORE)
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +104,40 @@ def test_same_optimum_as_sklearn(problem):
             assert intercept[col] == pytest.approx(ref.intercept_[0], abs=1e-4 * max(1.0, abs(ref.intercept_[0])))
             ap, ref_ap = voc_area_ap(scores[:, col], y_te[:, c]), voc_area_ap(ref_scores, y_te[:, c])
             assert abs(ap - ref_ap) * 100 <= 0.05
+
+
+def test_same_optimum_on_embedded_voc07_features(tiny_data):
+    """The same check on real protocol features: random-init ResNet-18 feat5 of the embedded VOC07 images."""
+    from benchmarks.datasets.voc_cls import VOCClassification
+    from benchmarks.features import extract_features, squash_transform
+    from byol_bench.backbone import build_resnet
+
+    torch.manual_seed(0)
+    model = build_resnet("resnet18").eval()
+    transform, _ = squash_transform()
+    feats, labels = {}, {}
+    torch.set_num_threads(_THREADS_BEFORE)  # the convolutions do use both cores
+    for split in ("trainval", "test"):
+        data = VOCClassification(tiny_data / "VOCdevkit", split, transform)
+        keep = list(range(min(len(data), 96)))  # a few positives of most classes; forward passes are slow
+        feats[split] = l2_normalize(extract_features(model, torch.utils.data.Subset(data, keep), ["feat5"],
+                                                     batch_size=32, num_workers=0, device=torch.device("cpu"),
+                                                     cache_dir=None, key="", desc=split)["feat5"])
+        labels[split] = data.labels[keep]
+    torch.set_num_threads(1)
+    x, x_te = feats["trainval"], feats["test"]
+    classes = [c for c in range(20) if (labels["test"][:, c] == 1).any() and (labels["trainval"][:, c] == 1).any()]
+    assert len(classes) >= 5
+    classes = classes[:5]
+    targets = training_targets(labels["trainval"])[:, classes]
+    costs = (1e-4, 0.0625, 10.0)
+    scores = (linear_kernel(x_te, x) @ _solve(x, targets, costs)).numpy()
+    for j, cost in enumerate(costs):
+        for i, c in enumerate(classes):
+            ref = _sklearn(x, targets[:, i], cost, tight=True).decision_function(x_te.numpy())
+            ours = scores[:, j * len(classes) + i]
+            assert np.abs(ours - ref).max() <= 1e-3 * np.abs(ref).max()
+            assert abs(voc_area_ap(ours, labels["test"][:, c]) - voc_area_ap(ref, labels["test"][:, c])) * 100 <= 0.05
 
 
 def test_direct_and_iterative_newton_systems_agree(problem):
