@@ -254,6 +254,8 @@ def main() -> None:
                         help="folder holding imagenet/train; the embedded set is generated when it is missing")
     parser.add_argument("--jpeg-size", type=int, default=0, help="re-encode images with this short side (0: as is)")
     parser.add_argument("--compile", action="store_true", help="torch.compile (a) and (c)")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                        help="(a) and (c), as the trainer's precision= (auto: bf16 on CUDA, fp32 on CPU); (b) is fp32")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = parser.parse_args()
 
@@ -269,12 +271,13 @@ def main() -> None:
 
         # ---- (a) and (c): the trainer's own objects
         torch.manual_seed(0)
-        byol = BYOL(build_resnet(args.arch)).to(device, memory_format=torch.channels_last if cuda
-                                                   else torch.preserve_format)
+        # channels_last as the trainer's default (pretrain/config.py): faster on GPU and on CPU at >= 112 px.
+        byol = BYOL(build_resnet(args.arch)).to(device, memory_format=torch.channels_last)
         model = torch.compile(byol) if args.compile else byol
         optimizer = LARS(param_groups(byol, WD), lr=LR, momentum=MOMENTUM, weight_decay=WD)
-        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda)
-        augmenter = BatchAugmenter(device, channels_last=cuda)
+        bf16 = args.precision == "bf16" or (args.precision == "auto" and cuda)
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+        augmenter = BatchAugmenter(device, channels_last=True)
         sampler = EpochBatchSampler(len(images), args.batch, rank=0, world_size=1, seed=0)
         loader = make_loader(TwoViewDataset(images, args.image_size, (0.08, 1.0)), sampler, args.workers, device)
         batches = iterate_batches(loader, sampler, 0)
@@ -305,7 +308,7 @@ def main() -> None:
         "device": torch.cuda.get_device_name(device) if cuda else f"cpu ({os.cpu_count()} cores, "
                                                                   f"{torch.get_num_threads()} threads)",
         "arch": args.arch, "image_size": args.image_size, "batch": args.batch, "workers": args.workers,
-        "precision": "bf16 autocast (a, c); fp32 (b)" if cuda else "fp32",
+        "precision": "bf16 autocast (a, c); fp32 (b)" if bf16 else "fp32",
         "lightly": importlib.util.find_spec("lightly") is not None,
         "ours_img_per_s": best["ours"], "reference_img_per_s": best["reference"],
         "compute_bound_img_per_s": best["compute"],
