@@ -75,7 +75,7 @@ def test_every_preset_parses_and_resolves(preset: str) -> None:
     cfg = load_config(PretrainConfig, preset, preset_dir=PRESET_DIR)
     assert cfg.name == preset or (preset == "tiny" and cfg.name == "byol_resnet18_tiny")
     res = resolve(cfg, world_size=16, train_images=1_281_167, device=torch.device("cuda", 0))
-    assert res.precision == "bf16" and res.channels_last
+    assert res.precision == "bf16" and res.channels_last == (preset != "tiny")  # tiny: off (slower at 64 px on CPU)
     assert res.global_batch_size == cfg.batch_size_per_device * 16 * cfg.accum_steps
 
 
