@@ -47,8 +47,8 @@ def test_tiny_preset_trains_and_reports_the_monitor(tiny_run: dict[str, float]) 
 
 
 @pytest.mark.xfail(strict=False, reason=(
-    "on the embedded ImageNet set a few hundred BYOL steps stay below the random-init kNN: classes are coded by "
-    "hue and object shape on random per-image backgrounds, so early crop/colour invariance learns background, not "
-    "class (docs/PRETRAIN.md, 'The tiny preset'); needs class-correlated context in the tiny data"))
+    "a few hundred BYOL steps on the embedded ImageNet set stay below the random-init kNN: with LARS at batch 32 the "
+    "convolutions move ~0.5 %, the BN parameters move and cost accuracy, and more learning (eta 0.02, higher lr) or "
+    "generator variants (class backgrounds, colour-free classes) did not change the ordering (docs/PRETRAIN.md)"))
 def test_tiny_preset_beats_random_init(tiny_run: dict[str, float]) -> None:
     assert tiny_run["knn_top1"] >= tiny_run["knn_top1_random_init"] + MARGIN, tiny_run
