@@ -310,6 +310,7 @@ def _solve_pcg(ops: _CgOperands, y: torch.Tensor, ridge: torch.Tensor, active: t
     Runs in the precision of ``ops``; the solutions are written to ``out`` in its own precision.
     """
     kernel, eigvecs, eigvals, residual_diag = ops.kernel, ops.eigvecs, ops.eigvals, ops.residual_diag
+    tiny = torch.finfo(kernel.dtype).tiny  # keeps 0 / 0 out of finished columns (1e-300 is 0 in float32)
     cols = torch.nonzero(which.any(0)).flatten()
     act_mask = active.index_select(2, cols) & which.index_select(1, cols)[:, None, :]
     act = act_mask.to(kernel.dtype)
@@ -352,13 +353,13 @@ def _solve_pcg(ops: _CgOperands, y: torch.Tensor, ridge: torch.Tensor, active: t
             rz, target, live = (t.index_select(1, keep) for t in (rz, target, live))
             core_chol = core_chol.index_select(1, keep)
         ap = apply(p)
-        alpha = torch.where(live, rz / (p * ap).sum(1).clamp_min(1e-300), 0.0)[:, None, :]
+        alpha = torch.where(live, rz / (p * ap).sum(1).clamp_min(tiny), 0.0)[:, None, :]
         x = x + alpha * p
         r = r - alpha * ap
         live = live & (torch.linalg.vector_norm(r, dim=1) > target)
         z = precondition(r)
         rz_new = (r * z).sum(1)
-        p = z + (rz_new / rz.clamp_min(1e-300))[:, None, :] * p
+        p = z + (rz_new / rz.clamp_min(tiny))[:, None, :] * p
         rz = rz_new
     out[:, :, cols] = torch.where(which.index_select(1, cols)[:, None, :], x.to(out.dtype), out[:, :, cols])
 
