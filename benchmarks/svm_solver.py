@@ -159,6 +159,7 @@ def solve_kernel_svms(kernel: torch.Tensor, labels: torch.Tensor, weights: torch
     sqrt_trace = kernel.diagonal(dim1=1, dim2=2).sum(1).sqrt()[:, None]
     eigvecs, eigvals = eigenpairs or top_eigenpairs(kernel, options.nystrom_rank)
     residual_diag = (kernel.diagonal(dim1=1, dim2=2) - (eigvecs**2 * eigvals[:, None, :]).sum(2)).clamp_min(0)
+    exact = _CgOperands(kernel, eigvecs, eigvals, residual_diag)
     low_precision: _CgOperands | None = None  # float32 copies, made on first use
 
     rel = torch.ones_like(grad0)
@@ -179,11 +180,11 @@ def solve_kernel_svms(kernel: torch.Tensor, labels: torch.Tensor, weights: torch
         live = rel_cols > options.tol
         if iters == options.max_newton_iters or not bool(live.any()):
             break
-        if low_precision is None and options.float32_cg_rtol > 0 and bool((rel_cols[live] >= 100 *
-                                                                             options.float32_cg_rtol).any()):
+        # _newton_points asks CG for rtol = 1e-2 x rel: make the float32 copies once some problem will use them.
+        if (low_precision is None and options.float32_cg_rtol > 0
+                and bool((rel_cols[live] >= 100 * options.float32_cg_rtol).any())):
             low_precision = _CgOperands(kernel.float(), eigvecs.float(), eigvals.float(), residual_diag.float())
-        newton_point = _newton_points(_CgOperands(kernel, eigvecs, eigvals, residual_diag), low_precision, y,
-                                      loss_weights, active, b, live, rel_cols, options)
+        newton_point = _newton_points(exact, low_precision, y, loss_weights, active, b, live, rel_cols, options)
         step = (newton_point - b) * live[:, None, :]
         k_step = kernel @ step
         t = _exact_line_search(b, step, k_step, f, y, w)
