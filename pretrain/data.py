@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from benchmarks.datasets.imagenet import ImageFolderList
-from pretrain.augment import IMAGENET_MEAN, IMAGENET_STD, VIEW1, VIEW2, photometric, two_views
+from pretrain.augment import BatchAugmenter, two_views
 from pretrain.config import PretrainConfig
 
 _MASK64 = (1 << 64) - 1
@@ -110,16 +110,15 @@ class CollateViews:
     """
 
     def __init__(self, photometric: bool) -> None:
-        self.photometric = photometric
-        self.mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-        self.std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        # The training process's augmenter does the same on the CPU; it passes float views through untouched.
+        self.augmenter = BatchAugmenter(torch.device("cpu"), channels_last=False) if photometric else None
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         batch = default_collate(samples)
-        if not self.photometric:
+        if self.augmenter is None:
             return batch
-        return {f"view{i}": photometric(batch[f"view{i}"], batch[f"params{i}"], spec, self.mean, self.std)
-                for i, spec in ((1, VIEW1), (2, VIEW2))}
+        view1, view2 = self.augmenter(batch)
+        return {"view1": view1, "view2": view2}
 
 
 def make_loader(dataset: Dataset, batch_sampler: Sampler, num_workers: int, device: torch.device) -> DataLoader:
