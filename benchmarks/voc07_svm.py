@@ -121,25 +121,23 @@ def run(cfg: Voc07SvmConfig) -> dict[str, float]:
     assert_frozen(model, loaded, cfg.ckpt)
     train_labels, test_labels = splits["trainval"].labels, splits["test"].labels
 
-    # ---------------------------------------------------------------- full SVM per layer
-    full, kernels = {}, {}
+    # ---------------------------------------------------------------- full and low-shot SVM, layer by layer
+    # One layer's kernels at a time (two n x n float64 matrices): both passes share them, then they are freed.
+    subsets = sample_lowshot(train_labels, cfg.lowshot_ks, cfg.lowshot_samples, cfg.seed) if cfg.low_shot else {}
+    full, lowshot = {}, {}
     for layer in cfg.layers:
         x_train = l2_normalize(features["trainval"][layer], info.device)
         x_test = l2_normalize(features["test"][layer], info.device)
-        kernels[layer] = (linear_kernel(x_train, x_train), linear_kernel(x_test, x_train))
-        full[layer] = train_full_svm(x_train, train_labels, x_test, test_labels, costs, kernels=kernels[layer])
+        kernels = (linear_kernel(x_train, x_train), linear_kernel(x_test, x_train))
+        full[layer] = train_full_svm(x_train, train_labels, x_test, test_labels, costs, kernels=kernels)
         log.log(layer=layer, svm_map=full[layer].map, newton_iters=full[layer].newton_iters)
         print(f"{layer}: full-SVM mAP {full[layer].map:.2f}")
+        if cfg.low_shot:
+            lowshot[layer] = train_lowshot_svm(*kernels, train_labels, test_labels, subsets, costs)
+            log.log(layer=layer, lowshot={str(k): v["mean"] for k, v in lowshot[layer].summary.items()})
     best_layer = max(cfg.layers, key=lambda layer: full[layer].map)  # ties -> the first (shallowest) layer
     metrics = {"svm": full[best_layer].map, **{f"svm_{layer}": full[layer].map for layer in cfg.layers}}
-
-    # ---------------------------------------------------------------- low-shot SVM
-    lowshot = {}
     if cfg.low_shot:
-        subsets = sample_lowshot(train_labels, cfg.lowshot_ks, cfg.lowshot_samples, cfg.seed)
-        for layer in cfg.layers:
-            lowshot[layer] = train_lowshot_svm(*kernels[layer], train_labels, test_labels, subsets, costs)
-            log.log(layer=layer, lowshot={str(k): v["mean"] for k, v in lowshot[layer].summary.items()})
         metrics.update({f"k{k}": lowshot[best_layer].summary[k]["mean"] for k in cfg.lowshot_ks})
 
     # ---------------------------------------------------------------- record
