@@ -128,8 +128,11 @@ def run(cfg: PretrainConfig) -> dict[str, float]:
     window_losses: list[torch.Tensor] = []
     last_ckpt = resume_path
     step, loss_value, throughput = start_step, math.nan, math.nan
-    loop_started = tick = time.perf_counter()
+    tick = time.perf_counter()
     tick_step = start_step
+    # The ETA averages from the end of the first log window: the first steps also pay for worker start-up,
+    # torch.compile and kernel autotuning, which would otherwise inflate it for the whole run.
+    steady_since, steady_step = tick, start_step
     while step < stop_step:
         step_loss = train_step(model, byol, ddp, optimizer, lambda: augmenter(next(batches)[1]),
                                accum_steps=cfg.accum_steps, lr=float(lrs[step]), momentum=float(momentums[step]),
@@ -142,7 +145,9 @@ def run(cfg: PretrainConfig) -> dict[str, float]:
             loss_value = float(mean_loss)
             now = time.perf_counter()
             throughput = (step - tick_step) * res.global_batch_size / (now - tick)
-            eta_s = (res.total_steps - step) * (now - loop_started) / (step - start_step)
+            eta_s = (res.total_steps - step) * (now - steady_since) / (step - steady_step)
+            if steady_step == start_step:
+                steady_since, steady_step = now, step
             stats = {"loss": loss_value, "loss_mmselfsup": mmselfsup_loss(loss_value), "lr": float(lrs[step - 1]),
                      "momentum": float(momentums[step - 1]), "img_per_s": throughput, "eta_s": eta_s}
             log.log(step=step, epoch=(step * cfg.accum_steps - 1) // res.iters_per_epoch, **stats)

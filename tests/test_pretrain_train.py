@@ -17,6 +17,7 @@ from byol_bench.backbone import build_resnet
 from byol_bench.checkpoint import CheckpointError, safe_load
 from byol_bench.records import load_records
 from pretrain import model as model_module
+from pretrain import train as train_module
 from pretrain.config import PretrainConfig
 from pretrain.train import NonFiniteLossError, run
 
@@ -137,6 +138,19 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data_root: Pat
     assert last["step"] == 2
     assert all(torch.isfinite(t).all() for t in tensors_of(last).values())
     assert not (tmp_path / "final.pth").exists()
+
+
+def test_eta_leaves_out_the_slow_first_window(data_root: Path, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    # A fake clock: the first optimizer step takes 100 s (torch.compile, worker start-up), every later call 1 s.
+    ticks = iter([0.0, *range(100, 10_000)])
+    monkeypatch.setattr(train_module.time, "perf_counter", lambda: float(next(ticks)))
+    run(small_config(data_root, tmp_path))
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    eta = {r["step"]: r["eta_s"] for r in rows if "eta_s" in r}
+    assert eta[1] == pytest.approx(5 * 100.0)  # only the slow window is known yet
+    # From step 2 on, the ETA is the remaining steps at the steady ~1 s per step (not 100 s / step - start).
+    assert all(eta[step] <= 2.0 * (6 - step) for step in range(2, 7)), eta
 
 
 def test_resume_checks_config_and_refuses_to_overwrite(data_root: Path, tmp_path: Path) -> None:
