@@ -49,7 +49,7 @@ def test_tiny_preset_trains_and_reports_the_monitor(tiny_run: dict[str, float]) 
 @pytest.mark.xfail(strict=False, reason=(
     "a few hundred BYOL steps on the embedded ImageNet set stay below the random-init kNN (35.6 vs 45.6; 40.4 with "
     "the random network's BN statistics re-estimated): BYOL's early phase partially collapses the features, and "
-    "neither more learning (LARS eta, lr, momentum SGD), size-scaled augmentations nor four generator variants "
-    "changed the ordering (docs/PRETRAIN.md)"))
+    "neither more learning (LARS eta, lr, momentum SGD), size-scaled augmentations, a slower target nor five "
+    "generator variants changed the ordering (docs/PRETRAIN.md)"))
 def test_tiny_preset_beats_random_init(tiny_run: dict[str, float]) -> None:
     assert tiny_run["knn_top1"] >= tiny_run["knn_top1_random_init"] + MARGIN, tiny_run
