@@ -21,11 +21,30 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], Any], mode: str)
     try:
         with os.fdopen(fd, mode) as handle:
             write(handle)
+            # Data on disk before the rename: otherwise a power loss can persist the rename first (XFS, network
+            # file systems) and leave an empty file where the last good checkpoint was.
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
     return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Persist a rename in ``folder`` (POSIX); a no-op where folders cannot be opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on a folder; the data itself is already synced
+    finally:
+        os.close(fd)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

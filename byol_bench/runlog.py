@@ -1,7 +1,8 @@
 """Per-run logging: a JSON-lines metrics log, progress bars, and the provenance written into every run folder.
 
 Only rank 0 writes. A run folder holds ``config.yaml`` (the config as given), ``resolved.json`` (derived values),
-``provenance.json`` (command line, git commit, library versions, device) and ``log.jsonl`` (metrics).
+``provenance.json`` (command line, git commit, library versions, device; earlier invocations of the same run in
+``provenance.previous.jsonl``) and ``log.jsonl`` (metrics).
 """
 
 from __future__ import annotations
@@ -46,6 +47,19 @@ class RunLog:
         row = {"time": round(time.time(), 3), **{k: _jsonable(v) for k, v in metrics.items()}}
         with open(self.path, "a") as handle:
             handle.write(json.dumps(row) + "\n")
+
+    def drop_after_step(self, step: int) -> None:
+        """Remove the rows logged after optimizer step ``step`` (a resumed run logs those steps again).
+
+        A run that crashed after its last checkpoint has already logged the steps it will repeat; without this the
+        log and the loss curve would hold them twice. Rows without a ``step`` are kept.
+        """
+        if not dist.is_main() or not self.path.is_file():
+            return
+        lines = self.path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if json.loads(line).get("step", step) <= step]
+        if len(kept) < len(lines):
+            atomic_write_text(self.path, "".join(kept))
 
 
 def _jsonable(value: Any) -> Any:
@@ -93,10 +107,18 @@ def provenance() -> dict[str, Any]:
 
 
 def write_run_files(run_dir: str | os.PathLike, cfg: Any, resolved: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write config, resolved values and provenance into ``run_dir`` (rank 0 only); return the provenance."""
+    """Write config, resolved values and provenance into ``run_dir`` (rank 0 only); return the provenance.
+
+    A run folder used before (a resumed or repeated run) keeps the earlier invocations' provenance: each is
+    appended to ``provenance.previous.jsonl`` before ``provenance.json`` is replaced.
+    """
     info = provenance()
     if dist.is_main():
         run_dir = Path(run_dir)
+        earlier = run_dir / "provenance.json"
+        if earlier.is_file():
+            with open(run_dir / "provenance.previous.jsonl", "a") as handle:
+                handle.write(json.dumps(json.loads(earlier.read_text()), sort_keys=True) + "\n")
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
         atomic_write_json(run_dir / "resolved.json", resolved or {})
         atomic_write_json(run_dir / "provenance.json", info)

@@ -126,7 +126,8 @@ def resolve(cfg: PretrainConfig, world_size: int, train_images: int, device: tor
         ValueError: a setting that cannot run (too few images for one batch, fewer iterations than one
             accumulation window, non-positive sizes), with the fix in the message.
     """
-    for key in ("batch_size_per_device", "accum_steps", "epochs", "image_size"):
+    for key in ("batch_size_per_device", "accum_steps", "epochs", "image_size", "log_every_steps",
+                "ckpt_every_steps", "knn_k", "knn_batch_size"):
         if getattr(cfg, key) <= 0:
             raise ValueError(f"{key}={getattr(cfg, key)} must be positive (configs/pretrain or the command line)")
     per_rank = train_images // world_size

@@ -110,10 +110,13 @@ def run(cfg: PretrainConfig) -> dict[str, float]:
     # ================================================================ resume
     # Everything is checked before the run folder is written to, so a mismatched resume changes nothing there.
     resume_path = find_resume_checkpoint(cfg, out_dir)
-    start_step = 0 if resume_path is None else load_checkpoint(resume_path, cfg, res, byol, optimizer)
+    start_step, earlier_wall_s = 0, 0.0
+    if resume_path is not None:
+        start_step, earlier_wall_s = load_checkpoint(resume_path, cfg, res, byol, optimizer)
     provenance = write_run_files(out_dir, cfg, res.to_dict())
     log = RunLog(out_dir)
     if resume_path is not None:
+        log.drop_after_step(start_step)
         log.log(event="resume", checkpoint=str(resume_path), step=start_step)
     stop_step = res.total_steps
     if cfg.stop_after_steps > 0:
@@ -163,7 +166,8 @@ def run(cfg: PretrainConfig) -> dict[str, float]:
             check_finite(torch.stack(torch._foreach_norm(list(byol.parameters()))).sum(), step, last_ckpt,
                          what="weight norm")
             name = "final.pth" if step == res.total_steps else "latest.pth"
-            last_ckpt = save_checkpoint(out_dir / name, cfg, res, byol, optimizer, step, lrs, momentums)
+            last_ckpt = save_checkpoint(out_dir / name, cfg, res, byol, optimizer, step, lrs, momentums,
+                                        wall_time_s=earlier_wall_s + time.time() - started)
     bar.close()
     dist.barrier()
     metrics: dict[str, float] = {"step": float(step), "loss": loss_value}
@@ -196,12 +200,13 @@ def run(cfg: PretrainConfig) -> dict[str, float]:
             checkpoint={"path": str(final), "sha256": sha, "format": CHECKPOINT_FORMAT, "arch": cfg.arch,
                         "encoder": "online"},
             seeds={"seed": cfg.seed}, batch_size_per_device=cfg.batch_size_per_device,
-            wall_time_s=time.time() - started, provenance=provenance, tiny=cfg.tiny,
+            wall_time_s=earlier_wall_s + time.time() - started, provenance=provenance, tiny=cfg.tiny,
             details={"resolved": res.to_dict(),
                      "img_per_s_last_window": throughput if math.isfinite(throughput) else None,
                      "knn": {"k": cfg.knn_k, "temperature": cfg.knn_temperature, "weighting": "exp(cos/T)",
                              "features": "global-pooled online backbone, eval mode, centre crop"},
-                     "steps_this_invocation": step - start_step, "loss_range": "[0, 8]; mmselfsup logs loss - 4"})
+                     "steps_this_invocation": step - start_step, "wall_time_s_this_invocation": time.time() - started,
+                     "loss_range": "[0, 8]; mmselfsup logs loss - 4"})
         write_record(record, out_dir / "records")
     return metrics
 
@@ -250,14 +255,19 @@ def check_finite(value: torch.Tensor, step: int, last_ckpt: Path | None, what: s
     if torch.isfinite(value).item():
         return
     keep = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
+    # Resuming replays the same batches with the same settings (and a changed base_lr is refused as another
+    # config), so the way forward is a new run, not --resume.
     raise NonFiniteLossError(
-        f"non-finite {what} ({value.item()}) at optimizer step {step}; stopped, {keep}. Lower base_lr or check "
-        "the data, then continue with --resume auto")
+        f"non-finite {what} ({value.item()}) at optimizer step {step}; stopped, {keep}. Check the data, or "
+        "train again with a lower base_lr (or longer warmup_epochs) into a new out_dir")
 
 
 def checkpoint_state(cfg: PretrainConfig, res: Resolved, byol: BYOL, optimizer: LARS, step: int,
-                     lrs: np.ndarray, momentums: np.ndarray) -> dict[str, Any]:
-    """The checkpoint dict (plan.md "Our checkpoint format"); only tensors, numbers, strings, lists and dicts."""
+                     lrs: np.ndarray, momentums: np.ndarray, wall_time_s: float) -> dict[str, Any]:
+    """The checkpoint dict (plan.md "Our checkpoint format"); only tensors, numbers, strings, lists and dicts.
+
+    ``wall_time_s`` is the run's wall time up to this checkpoint, summed over the invocations that resumed it.
+    """
     def cpu(module: nn.Module) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu() for k, v in module.state_dict().items()}
 
@@ -273,14 +283,15 @@ def checkpoint_state(cfg: PretrainConfig, res: Resolved, byol: BYOL, optimizer: 
         "rng": {"torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
         "config": to_dict(cfg), "config_hash": config_hash(cfg), "resolved": res.to_dict(),
+        "wall_time_s": wall_time_s,
     }
 
 
 def save_checkpoint(path: Path, cfg: PretrainConfig, res: Resolved, byol: BYOL, optimizer: LARS, step: int,
-                    lrs: np.ndarray, momentums: np.ndarray) -> Path:
+                    lrs: np.ndarray, momentums: np.ndarray, wall_time_s: float) -> Path:
     """Write the checkpoint atomically on rank 0; every rank returns the path."""
     if dist.is_main():
-        atomic_save(checkpoint_state(cfg, res, byol, optimizer, step, lrs, momentums), path)
+        atomic_save(checkpoint_state(cfg, res, byol, optimizer, step, lrs, momentums, wall_time_s), path)
     return path
 
 
@@ -305,8 +316,12 @@ def find_resume_checkpoint(cfg: PretrainConfig, out_dir: Path) -> Path | None:
     return path
 
 
-def load_checkpoint(path: Path, cfg: PretrainConfig, res: Resolved, byol: BYOL, optimizer: LARS) -> int:
-    """Restore networks, optimizer and RNG from ``path``; return the optimizer step to continue from.
+def load_checkpoint(path: Path, cfg: PretrainConfig, res: Resolved, byol: BYOL,
+                    optimizer: LARS) -> tuple[int, float]:
+    """Restore networks, optimizer and RNG from ``path``.
+
+    Returns:
+        The optimizer step to continue from, and the run's wall time up to that checkpoint.
 
     Raises:
         CheckpointError: not a byol-bench checkpoint, or written by a different config or world size.
@@ -320,9 +335,11 @@ def load_checkpoint(path: Path, cfg: PretrainConfig, res: Resolved, byol: BYOL, 
                               "resume with the same preset and overrides, or choose another out_dir")
     changed = [k for k in RESUME_INVARIANTS if ckpt["resolved"][k] != getattr(res, k)]
     if changed:
-        raise CheckpointError(f"{path}: {', '.join(changed)} differ from this run "
-                              f"({[(ckpt['resolved'][k], getattr(res, k)) for k in changed]}); resume with the "
-                              "same number of processes")
+        # data_root is not part of the config hash (the same run may move between machines), so a different
+        # image list reaches this check as well as a different number of processes.
+        diffs = ", ".join(f"{k} {ckpt['resolved'][k]} -> {getattr(res, k)}" for k in changed)
+        raise CheckpointError(f"{path}: {diffs}; resume with the same number of processes and the same training "
+                              "images (data_root, train_list), or choose another out_dir")
     load_state_dict_strict(byol.online.backbone, ckpt["online"]["backbone"], path)
     load_state_dict_strict(byol.online.projector, ckpt["online"]["projector"], path)
     load_state_dict_strict(byol.predictor, ckpt["online"]["predictor"], path)
@@ -332,7 +349,7 @@ def load_checkpoint(path: Path, cfg: PretrainConfig, res: Resolved, byol: BYOL, 
     torch.set_rng_state(ckpt["rng"]["torch"])
     if torch.cuda.is_available() and ckpt["rng"]["cuda"]:
         torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
-    return int(ckpt["step"])
+    return int(ckpt["step"]), float(ckpt.get("wall_time_s", 0.0))  # 0 for checkpoints written before the key
 
 
 def link_named_checkpoint(final: Path, named: Path) -> None:

@@ -121,6 +121,37 @@ def test_checkpoint_format_and_run_folder(data_root: Path, straight: tuple) -> N
     assert again["knn_top1"] == record["metrics"]["knn_top1"] and again["step"] == 6
 
 
+def test_resume_after_a_crash_logs_each_step_once_and_keeps_the_history(
+        data_root: Path, straight: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = {"n": 0}
+    forward = model_module.BYOL.forward
+
+    def crashing(self: model_module.BYOL, view1: torch.Tensor, view2: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        if calls["n"] == 7:  # the first pass of optimizer step 4 (accum 2); the last checkpoint is step 2
+            raise RuntimeError("node lost")
+        return forward(self, view1, view2)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(model_module.BYOL, "forward", crashing)
+        with pytest.raises(RuntimeError, match="node lost"):
+            run(small_config(data_root, tmp_path, ckpt_every_steps=2))
+    crashed_at = safe_load(tmp_path / "latest.pth")
+    assert crashed_at["step"] == 2 and crashed_at["wall_time_s"] > 0
+    run(small_config(data_root, tmp_path, ckpt_every_steps=2))
+
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in rows if "loss" in r]
+    assert steps == [1, 2, 3, 4, 5, 6]  # step 3 was logged before the crash and again after the resume
+    straight_rows = [json.loads(line) for line in (straight[0] / "log.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in rows if "loss" in r] == [r["loss"] for r in straight_rows if "loss" in r]
+    # The wall time adds up over both invocations; the first invocation's provenance is kept.
+    assert safe_load(tmp_path / "final.pth")["wall_time_s"] > crashed_at["wall_time_s"]
+    (record,) = load_records(tmp_path / "records")
+    assert record["wall_time_s"] > record["details"]["wall_time_s_this_invocation"]
+    assert len((tmp_path / "provenance.previous.jsonl").read_text().splitlines()) == 1
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data_root: Path, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     calls = {"n": 0}
@@ -132,7 +163,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data_root: Pat
         return loss * float("nan") if calls["n"] > 4 else loss  # the 3rd optimizer step (accum 2) is NaN
 
     monkeypatch.setattr(model_module.BYOL, "forward", poisoned)
-    with pytest.raises(NonFiniteLossError, match=r"step 3.*latest\.pth"):
+    with pytest.raises(NonFiniteLossError, match=r"step 3.*latest\.pth.*new out_dir"):
         run(small_config(data_root, tmp_path, ckpt_every_steps=1))
     last = safe_load(tmp_path / "latest.pth")
     assert last["step"] == 2
@@ -151,6 +182,13 @@ def test_eta_leaves_out_the_slow_first_window(data_root: Path, tmp_path: Path,
     assert eta[1] == pytest.approx(5 * 100.0)  # only the slow window is known yet
     # From step 2 on, the ETA is the remaining steps at the steady ~1 s per step (not 100 s / step - start).
     assert all(eta[step] <= 2.0 * (6 - step) for step in range(2, 7)), eta
+
+
+def test_zero_log_or_checkpoint_interval_is_refused_in_one_line(data_root: Path, tmp_path: Path) -> None:
+    for key in ("log_every_steps", "ckpt_every_steps"):
+        with pytest.raises(ValueError, match=f"{key}=0 must be positive"):
+            run(small_config(data_root, tmp_path, **{key: 0}))
+    assert not any(tmp_path.iterdir())  # refused before anything was written
 
 
 def test_resume_checks_config_and_refuses_to_overwrite(data_root: Path, tmp_path: Path) -> None:
