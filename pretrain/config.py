@@ -119,6 +119,13 @@ class Resolved:
         return dataclasses.asdict(self)
 
 
+def resolve_precision(setting: str, device: torch.device) -> str:
+    """``precision=auto|fp32|bf16`` -> ``fp32`` or ``bf16``: auto is bf16 autocast on CUDA, fp32 elsewhere."""
+    if setting != "auto":
+        return setting
+    return "bf16" if device.type == "cuda" else "fp32"
+
+
 def resolve(cfg: PretrainConfig, world_size: int, train_images: int, device: torch.device) -> Resolved:
     """Derive batch, learning rate, iteration counts and numerics from ``cfg``.
 
@@ -143,8 +150,7 @@ def resolve(cfg: PretrainConfig, world_size: int, train_images: int, device: tor
         raise ValueError(f"{total_iters} data iterations are fewer than accum_steps={cfg.accum_steps}; raise "
                          "epochs or lower accum_steps")
     global_batch = cfg.batch_size_per_device * world_size * cfg.accum_steps
-    cuda = device.type == "cuda"
-    precision = ("bf16" if cuda else "fp32") if cfg.precision == "auto" else cfg.precision
+    precision = resolve_precision(cfg.precision, device)
     return Resolved(
         world_size=world_size,
         global_batch_size=global_batch,

@@ -46,6 +46,7 @@ from benchmarks.datasets.imagenet import ImageFolderList
 from byol_bench.backbone import build_resnet
 from byol_bench.cli import main_guard
 from pretrain.augment import IMAGENET_MEAN, IMAGENET_STD, BatchAugmenter
+from pretrain.config import resolve_precision
 from pretrain.data import EpochBatchSampler, TwoViewDataset, iterate_batches, make_loader
 from pretrain.lars import LARS, param_groups
 from pretrain.model import BYOL
@@ -275,7 +276,7 @@ def main() -> None:
         byol = BYOL(build_resnet(args.arch)).to(device, memory_format=torch.channels_last)
         model = torch.compile(byol) if args.compile else byol
         optimizer = LARS(param_groups(byol, WD), lr=LR, momentum=MOMENTUM, weight_decay=WD)
-        bf16 = args.precision == "bf16" or (args.precision == "auto" and cuda)
+        bf16 = resolve_precision(args.precision, device) == "bf16"
         autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
         augmenter = BatchAugmenter(device, channels_last=True)
         sampler = EpochBatchSampler(len(images), args.batch, rank=0, world_size=1, seed=0)
