@@ -39,7 +39,8 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
 
 
 def load_backbone(
-    path: str | os.PathLike, arch: str | None = None, encoder: str = "online", fmt: str = "auto"
+    path: str | os.PathLike, arch: str | None = None, encoder: str = "online", fmt: str = "auto",
+    sha256: str | None = None,
 ) -> tuple[nn.Module, ConversionReport]:
     """Build a ResNet and load one encoder's trunk from any supported checkpoint, strictly.
 
@@ -48,6 +49,8 @@ def load_backbone(
         arch: ``resnet18`` ... ``resnet152`` or ``timm:<name>``; None infers it from the weights.
         encoder: ``online`` (what the benchmarks evaluate) or ``target`` (the momentum/EMA encoder).
         fmt: a name from ``adapters.FORMATS`` or ``auto``.
+        sha256: the file's sha256 when the caller has it already (the run scaffold hashes every checkpoint once;
+            a multi-GB file is not read twice); None hashes the file here.
 
     Returns:
         The model (its ``fc`` randomly initialised: a classifier is never part of the transferred weights) and
@@ -61,4 +64,4 @@ def load_backbone(
     state_dict, report = to_torchvision(read_checkpoint(path), fmt=fmt, encoder=encoder, arch=arch, source=source)
     model = build_resnet(report.arch)
     load_state_dict_strict(model, state_dict, source, allowed_missing=FC_KEYS)
-    return model, dataclasses.replace(report, sha256=sha256_file(path))
+    return model, dataclasses.replace(report, sha256=sha256 or sha256_file(path))

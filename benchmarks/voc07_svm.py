@@ -8,7 +8,7 @@ Fixed protocol:
   * features: eval-mode backbone from any checkpoint (via ``adapters.load_backbone``), RGB, Resize(256) ->
     Resize((224, 224)) (squash, no crop), feature1..5 with the fixed AvgPool, x / (||x|| + 1e-5), float64;
   * classifier: per class, ``LinearSVC(C, class_weight={1: 2, -1: 1}, squared hinge, L2)``, solved exactly by
-    ``benchmarks.svm_solver`` for all classes x costs at once;
+    ``benchmarks.svm_solver`` for all classes x costs at once (the protocol math: ``benchmarks.svm_protocol``);
   * full SVM: 3-fold StratifiedKFold (no shuffle) on trainval picks the cost per class by mean AP (ties -> first
     in grid order), refit on trainval; difficult-only images are negatives in training, ignored in testing;
     VOC "area" AP, mAP x 100; the best layer is the one with the best full-SVM mAP;
@@ -23,35 +23,32 @@ reference's bottleneck, and one H100 extracts VOC07 in about a minute.
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from adapters import load_backbone
-from benchmarks.datasets.voc_cls import VOCClassification
-from benchmarks.features import assert_frozen, cache_key, extract_features, squash_transform, state_snapshot
-from benchmarks.svm_solver import (
+from benchmarks.svm_protocol import (
     LOWSHOT_KS,
     l2_normalize,
-    linear_kernel,
     parse_costs,
     sample_lowshot,
     train_full_svm,
     train_lowshot_svm,
 )
-from byol_bench import dist
+from benchmarks.svm_solver import linear_kernel
 from byol_bench.backbone import FEATURE_NAMES
-from byol_bench.checkpoint import sha256_file
 from byol_bench.cli import main_guard
-from byol_bench.config import config_hash, opt, parse_args, to_dict
+from byol_bench.config import CONFIG_ROOT, opt, parse_args
+from byol_bench.datasets.voc_cls import VOCClassification
+from byol_bench.features import assert_frozen, cache_key, extract_features, squash_transform, state_snapshot
 from byol_bench.fileio import atomic_write
-from byol_bench.records import find_record, make_record, model_label, read_record, record_path, write_record
-from byol_bench.runlog import RunLog, write_run_files
+from byol_bench.scaffold import open_run
 
 PROTOCOL, DATASET = "voc07_svm", "voc07"
-PRESET_DIR = Path(__file__).resolve().parents[1] / "configs" / PROTOCOL
+PRESET_DIR = CONFIG_ROOT / PROTOCOL
 
 
 @dataclass(frozen=True)
@@ -74,89 +71,87 @@ class Voc07SvmConfig:
     image_size: int = opt(224, "square size the images are squashed to, B §2.2")
     batch_size_per_device: int = opt(32, "images per forward pass")
     num_workers: int = opt(4, "DataLoader workers for decoding", identity=False)
-    device: str = opt("auto", "auto (CUDA if available), cuda or cpu; features on it, SVMs too", identity=False)
+    device: Literal["auto", "cpu", "cuda"] = opt("auto", "auto: CUDA when available; features and SVMs run on it",
+                                                 identity=False)
     cache_dir: str = opt("", "feature cache (default <out_dir>/feature_cache)", identity=False)
     tiny: bool = opt(False, "tiny sizes on the embedded data: the record is marked not comparable")
     force: bool = opt(False, "redo even when a record for this checkpoint and config exists", identity=False)
 
 
+@dataclass(frozen=True)
+class Resolved:
+    """Values derived from the config and the machine; written as the run folder's ``resolved.json``."""
+
+    costs: tuple[float, ...]  # the cost grid, in grid order
+    device: str  # where features and SVMs ran
+
+
 def run(cfg: Voc07SvmConfig) -> dict[str, float]:
     """Evaluate ``cfg.ckpt`` on VOC07 with linear SVMs; write the result record; return its metrics."""
-    started = time.time()
     if not cfg.ckpt:
         raise ValueError("no checkpoint given: pass --ckpt PATH")
     if not cfg.layers or set(cfg.layers) - set(FEATURE_NAMES):
         raise ValueError(f"unknown feature layers {list(cfg.layers)}; valid: {', '.join(FEATURE_NAMES)}")
     costs = parse_costs(cfg.costs)
-    ckpt_sha, key = sha256_file(cfg.ckpt), config_hash(cfg)
-    out_dir = Path(cfg.out_dir)
-    records_dir = out_dir / "records"
-    if not cfg.force and (done := find_record(records_dir, PROTOCOL, DATASET, ckpt_sha, key)):
-        print(f"skip {PROTOCOL}: {done} exists for this checkpoint and config (--force redoes it)")
-        return read_record(done)["metrics"]
-    info = dist.init_distributed(cfg.device)
-    run_dir = out_dir / "runs" / PROTOCOL / f"{model_label(cfg.ckpt)}-{ckpt_sha[:8]}-{key}"
-    provenance = write_run_files(run_dir, cfg, {"costs": list(costs), "device": str(info.device)})
-    log = RunLog(run_dir)
+    with open_run(PROTOCOL, DATASET, cfg, ckpt=cfg.ckpt) as run:
+        if run.done is not None:
+            return run.done
+        device = run.info.device
+        log = run.start(Resolved(costs=costs, device=str(device)))
 
-    # ---------------------------------------------------------------- data
-    transform, transform_desc = squash_transform(cfg.resize_short, cfg.image_size)
-    devkit = Path(cfg.data_root) / "VOCdevkit"
-    splits = {split: VOCClassification(devkit, split, transform) for split in ("trainval", "test")}
+        # ------------------------------------------------------------ data
+        transform, transform_desc = squash_transform(cfg.resize_short, cfg.image_size)
+        devkit = Path(cfg.data_root) / "VOCdevkit"
+        splits = {split: VOCClassification(devkit, split, transform) for split in ("trainval", "test")}
 
-    # ---------------------------------------------------------------- backbone (frozen)
-    model, report = load_backbone(cfg.ckpt, cfg.arch, cfg.encoder)
-    model.eval().requires_grad_(False)
-    loaded = state_snapshot(model)
+        # ------------------------------------------------------------ backbone (frozen)
+        model, report = load_backbone(cfg.ckpt, cfg.arch, cfg.encoder, sha256=run.ckpt_sha256)
+        model.eval().requires_grad_(False)
+        loaded = state_snapshot(model)
 
-    # ---------------------------------------------------------------- features (cached)
-    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else out_dir / "feature_cache"
-    features = {}
-    for split, dataset in splits.items():
-        feature_key = cache_key(sha256=ckpt_sha, encoder=cfg.encoder, arch=report.arch, transform=transform_desc,
-                                split=split, images=dataset.image_ids)
-        features[split] = extract_features(model, dataset, cfg.layers, batch_size=cfg.batch_size_per_device,
-                                           num_workers=cfg.num_workers, device=info.device, cache_dir=cache_dir,
-                                           key=feature_key, desc=f"features {split}")
-    assert_frozen(model, loaded, cfg.ckpt)
-    train_labels, test_labels = splits["trainval"].labels, splits["test"].labels
+        # ------------------------------------------------------------ features (cached)
+        cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.out_dir) / "feature_cache"
+        features = {}
+        for split, dataset in splits.items():
+            feature_key = cache_key(sha256=run.ckpt_sha256, encoder=cfg.encoder, arch=report.arch,
+                                    transform=transform_desc, split=split, images=dataset.image_ids)
+            features[split] = extract_features(model, dataset, cfg.layers, batch_size=cfg.batch_size_per_device,
+                                               num_workers=cfg.num_workers, device=device, cache_dir=cache_dir,
+                                               key=feature_key, desc=f"features {split}")
+        assert_frozen(model, loaded, cfg.ckpt)
+        train_labels, test_labels = splits["trainval"].labels, splits["test"].labels
 
-    # ---------------------------------------------------------------- full and low-shot SVM, layer by layer
-    # One layer's kernels at a time (two n x n float64 matrices): both passes share them, then they are freed.
-    subsets = sample_lowshot(train_labels, cfg.lowshot_ks, cfg.lowshot_samples, cfg.seed) if cfg.low_shot else {}
-    full, lowshot = {}, {}
-    for layer in cfg.layers:
-        x_train = l2_normalize(features["trainval"][layer], info.device)
-        x_test = l2_normalize(features["test"][layer], info.device)
-        kernels = (linear_kernel(x_train, x_train), linear_kernel(x_test, x_train))
-        full[layer] = train_full_svm(x_train, train_labels, x_test, test_labels, costs, kernels=kernels)
-        log.log(layer=layer, svm_map=full[layer].map, newton_iters=full[layer].newton_iters)
-        print(f"{layer}: full-SVM mAP {full[layer].map:.2f}")
+        # ------------------------------------------------------------ full and low-shot SVM, layer by layer
+        # One layer's kernels at a time (two n x n float64 matrices): both passes share them, then they are freed.
+        subsets = sample_lowshot(train_labels, cfg.lowshot_ks, cfg.lowshot_samples, cfg.seed) if cfg.low_shot else {}
+        full, lowshot = {}, {}
+        for layer in cfg.layers:
+            x_train = l2_normalize(features["trainval"][layer], device)
+            x_test = l2_normalize(features["test"][layer], device)
+            kernels = (linear_kernel(x_train, x_train), linear_kernel(x_test, x_train))
+            full[layer] = train_full_svm(x_train, train_labels, x_test, test_labels, costs, kernels=kernels)
+            log.log(layer=layer, svm_map=full[layer].map, newton_iters=full[layer].newton_iters)
+            print(f"{layer}: full-SVM mAP {full[layer].map:.2f}")
+            if cfg.low_shot:
+                lowshot[layer] = train_lowshot_svm(*kernels, train_labels, test_labels, subsets, costs)
+                log.log(layer=layer, lowshot={str(k): v["mean"] for k, v in lowshot[layer].summary.items()})
+        best_layer = max(cfg.layers, key=lambda layer: full[layer].map)  # ties -> the first (shallowest) layer
+        metrics = {"svm": full[best_layer].map, **{f"svm_{layer}": full[layer].map for layer in cfg.layers}}
         if cfg.low_shot:
-            lowshot[layer] = train_lowshot_svm(*kernels, train_labels, test_labels, subsets, costs)
-            log.log(layer=layer, lowshot={str(k): v["mean"] for k, v in lowshot[layer].summary.items()})
-    best_layer = max(cfg.layers, key=lambda layer: full[layer].map)  # ties -> the first (shallowest) layer
-    metrics = {"svm": full[best_layer].map, **{f"svm_{layer}": full[layer].map for layer in cfg.layers}}
-    if cfg.low_shot:
-        metrics.update({f"k{k}": lowshot[best_layer].summary[k]["mean"] for k in cfg.lowshot_ks})
+            metrics.update({f"k{k}": lowshot[best_layer].summary[k]["mean"] for k in cfg.lowshot_ks})
 
-    # ---------------------------------------------------------------- record
-    record = make_record(
-        protocol=PROTOCOL, dataset=DATASET, model=model_label(cfg.ckpt), preset=cfg.preset, metrics=metrics,
-        config=to_dict(cfg), config_hash=key, checkpoint={**asdict(report), "path": str(cfg.ckpt)},
-        seeds={"lowshot": cfg.seed}, batch_size_per_device=cfg.batch_size_per_device,
-        wall_time_s=time.time() - started, provenance=provenance, tiny=cfg.tiny,
-        details=_details(cfg, costs, full, lowshot, best_layer, splits["trainval"].classes))
-    path = record_path(records_dir, PROTOCOL, DATASET, ckpt_sha, key)
-    if cfg.low_shot:
-        samples_file = path.with_suffix(".lowshot_samples.npz")
-        arrays = {f"sample{s}_k{k}": idx for (s, k), idx in subsets.items()}
-        atomic_write(samples_file, lambda handle: np.savez_compressed(handle, **arrays), "wb")
-        record["details"]["lowshot_samples_file"] = samples_file.name
-        record["details"]["lowshot_plot"] = str(_plot_lowshot(lowshot, run_dir / "lowshot.png", cfg.preset))
-    write_record(record, records_dir)
-    print(f"{PROTOCOL}: best layer {best_layer}, SVM mAP {metrics['svm']:.2f}; record {path}")
-    return metrics
+        # ------------------------------------------------------------ record
+        details = _details(cfg, costs, full, lowshot, best_layer, splits["trainval"].classes)
+        if cfg.low_shot and run.info.is_main:
+            samples_file = run.record_path.with_suffix(".lowshot_samples.npz")
+            arrays = {f"sample{s}_k{k}": idx for (s, k), idx in subsets.items()}
+            atomic_write(samples_file, lambda handle: np.savez_compressed(handle, **arrays), "wb")
+            details["lowshot_samples_file"] = samples_file.name
+            details["lowshot_plot"] = str(_plot_lowshot(lowshot, run.run_dir / "lowshot.png", cfg.preset))
+        metrics = run.finish(metrics, checkpoint=asdict(report), seeds={"lowshot": cfg.seed},
+                             batch_size_per_device=cfg.batch_size_per_device, details=details)
+        print(f"{PROTOCOL}: best layer {best_layer}, SVM mAP {metrics['svm']:.2f}; record {run.record_path}")
+        return metrics
 
 
 def _details(cfg: Voc07SvmConfig, costs: tuple[float, ...], full: dict, lowshot: dict, best_layer: str,

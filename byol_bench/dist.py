@@ -62,6 +62,15 @@ def get_world_size() -> int:
     return torch_dist.get_world_size() if is_initialized() else 1
 
 
+def launch_rank() -> int:
+    """This process's rank as the launcher set it (``RANK``; 0 without torchrun).
+
+    Unlike :func:`get_rank` it holds before :func:`init_distributed` and after :func:`cleanup` (e.g. for printing
+    a result once after the run scaffold has destroyed the process group).
+    """
+    return int(os.environ.get("RANK", "0"))
+
+
 def is_main() -> bool:
     """True on rank 0 (the only rank that writes files)."""
     return get_rank() == 0
@@ -105,5 +114,6 @@ def maybe_sync_bn(model: nn.Module) -> nn.Module:
 
 
 def cleanup() -> None:
+    """Destroy the process group (the run scaffold does it when a run ends, also on error)."""
     if is_initialized():
         torch_dist.destroy_process_group()

@@ -1,5 +1,7 @@
 """Evaluation metrics shared by the protocols.
 
+Top-k classification accuracy (:func:`topk_accuracy`; the kNN monitor, linear probes, fine-tuning).
+
 Average precision, two flavours (PROTOCOLS.md B §2.3), both vectorised over the columns (classes, costs, folds)
 of a score matrix:
 
@@ -13,8 +15,35 @@ of a score matrix:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
+
+
+def topk_correct(scores: torch.Tensor, targets: torch.Tensor, ks: Sequence[int] = (1, 5)) -> dict[int, int]:
+    """How many rows have their target among the ``k`` highest scores, for every ``k`` in ``ks``.
+
+    Counts, not percentages, so that batches and processes can be summed before dividing. ``k`` larger than the
+    number of classes counts every row. Ties are broken as ``torch.topk`` breaks them.
+
+    Args:
+        scores: ``(N, classes)`` logits, probabilities or votes.
+        targets: ``(N,)`` integer class indices.
+        ks: the k values.
+    """
+    if scores.ndim != 2 or targets.shape != scores.shape[:1]:
+        raise ValueError(f"scores must be (N, classes) and targets (N,), got {tuple(scores.shape)} and "
+                         f"{tuple(targets.shape)}")
+    top = scores.topk(min(max(ks), scores.shape[1]), dim=1).indices
+    hits = top == targets[:, None]
+    return {k: int(hits[:, :k].any(dim=1).sum()) for k in ks}
+
+
+def topk_accuracy(scores: torch.Tensor, targets: torch.Tensor, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
+    """Top-k accuracy in percent, ``{"top1": ..., "top5": ...}``, of one batch of scores (see :func:`topk_correct`)."""
+    correct = topk_correct(scores, targets, ks)
+    return {f"top{k}": 100.0 * correct[k] / len(targets) for k in ks}
 
 
 def _as_columns(scores: np.ndarray, labels: np.ndarray, valid: np.ndarray | None

@@ -22,12 +22,8 @@ from pretrain.train import run
 def main(argv: Sequence[str] | None = None) -> None:
     """Parse the command line, train, print the final metrics as one JSON line (rank 0)."""
     cfg = parse_args(PretrainConfig, argv, preset_dir=PRESET_DIR, description=__doc__)
-    try:
-        metrics = run(cfg)
-        is_main = dist.is_main()  # read before cleanup: without a process group every rank reports rank 0
-    finally:
-        dist.cleanup()
-    if is_main:
+    metrics = run(cfg)  # the run scaffold has destroyed the process group when run() returns
+    if dist.launch_rank() == 0:
         print(json.dumps(metrics))
 
 

@@ -25,12 +25,16 @@ class PretrainConfig:
     """BYOL pretraining (PROTOCOLS.md A.2, B §1). Defaults are the mmselfsup v0.5.0 recipe on 8 GPUs."""
 
     # ---- run
-    name: str = opt("byol", "run name = preset name: the final checkpoint is <out_dir>/<name>.pth and the record's "
-                            "model/preset label")
+    preset: str = opt("custom", "preset name (set by --preset; the record's preset)")
+    name: str = opt("byol", "model name: the final checkpoint is <out_dir>/<name>.pth, so it labels the model's row "
+                            "in every table")
     tiny: bool = opt(False, "tiny sizes on embedded data: the record says its numbers are not comparable with "
-                            "published ones", identity=False)
+                            "published ones")
     out_dir: str = opt("work_dirs/pretrain", "run folder: checkpoints, log.jsonl, loss_curve.png, records/",
                        identity=False)
+    force: bool = opt(False, "score the kNN monitor and write the record again even when a record exists for the "
+                             "final checkpoint and config (training itself always resumes: see resume)",
+                      identity=False)
     resume: str = opt("auto", "'auto': continue from the newest checkpoint in out_dir if there is one; 'none': "
                               "start fresh (refuses a folder that holds checkpoints); or a checkpoint path",
                       identity=False)

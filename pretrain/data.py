@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
-from benchmarks.datasets.imagenet import ImageFolderList
+from byol_bench.datasets.imagenet import ImageFolderList
 from pretrain.augment import BatchAugmenter, two_views
 from pretrain.config import PretrainConfig
 

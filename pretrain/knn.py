@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from byol_bench import dist
+from byol_bench.metrics import topk_correct
 from pretrain.augment import BatchAugmenter
 
 
@@ -66,15 +67,14 @@ def knn_accuracy(train_feats: torch.Tensor, train_labels: torch.Tensor, test_fea
     """
     num_classes = int(max(train_labels.max(), test_labels.max())) + 1
     k = min(k, train_feats.shape[0])
-    correct = {t: 0 for t in topk}
+    correct = dict.fromkeys(topk, 0)
     for start in range(0, test_feats.shape[0], chunk):
         queries, truth = test_feats[start:start + chunk], test_labels[start:start + chunk]
         sims, idx = (queries @ train_feats.t()).topk(k, dim=1)
         votes = torch.zeros(queries.shape[0], num_classes, device=queries.device)
         votes.scatter_add_(1, train_labels[idx], (sims / temperature).exp())
-        ranked = votes.argsort(dim=1, descending=True)
-        for t in topk:
-            correct[t] += int((ranked[:, :min(t, num_classes)] == truth[:, None]).any(dim=1).sum())
+        for t, hits in topk_correct(votes, truth, topk).items():
+            correct[t] += hits
     return {f"top{t}": 100.0 * correct[t] / test_feats.shape[0] for t in topk}
 
 

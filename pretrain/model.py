@@ -88,8 +88,9 @@ class BYOL(nn.Module):
 
         "We symmetrize the loss L by separately feeding v' to the online network and v to the target network to
         compute L~ [...] the BYOL loss L + L~" (paper §3.1). A sum, not a mean: averaging halves the effective
-        learning rate (ANCHORS.md §5, lightly PR #1286). Each view goes through each network in its own forward
-        call, so BatchNorm statistics are per view, and the target stays in train mode (B §1.3).
+        learning rate (lightly PR #1286: linear accuracy 51.4 -> 62.4 once fixed). Each view goes through each
+        network in its own forward call, so BatchNorm statistics are per view, and the target stays in train mode
+        (B §1.3).
         """
         p1 = self.predictor(self.online(view1))
         p2 = self.predictor(self.online(view2))

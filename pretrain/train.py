@@ -35,10 +35,9 @@ from tqdm.auto import tqdm
 
 from byol_bench import dist
 from byol_bench.backbone import build_resnet
-from byol_bench.checkpoint import CheckpointError, atomic_save, load_state_dict_strict, safe_load, sha256_file
+from byol_bench.checkpoint import CheckpointError, atomic_save, load_state_dict_strict, safe_load
 from byol_bench.config import config_hash, to_dict
-from byol_bench.records import find_record, make_record, read_record, write_record
-from byol_bench.runlog import RunLog, write_run_files
+from byol_bench.scaffold import open_run
 from pretrain.augment import BatchAugmenter, eval_transform
 from pretrain.config import PretrainConfig, Resolved, resolve
 from pretrain.data import EpochBatchSampler, TwoViewDataset, iterate_batches, make_loader, open_split
@@ -64,151 +63,143 @@ def run(cfg: PretrainConfig) -> dict[str, float]:
         ``step``, ``loss`` (the last logged window) and, when the run is complete and ``cfg.knn``, ``knn_top1``,
         ``knn_top5`` (and ``knn_top1_random_init`` if asked).
     """
-    started = time.time()
-    info = dist.init_distributed(cfg.device)
-    device = info.device
-    out_dir = Path(cfg.out_dir)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input shapes (mmselfsup sets it too)
+    with open_run("pretrain", cfg.dataset, cfg) as run:  # the checkpoint is named when it exists (end)
+        info, device = run.info, run.info.device
+        out_dir = Path(cfg.out_dir)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input shapes (mmselfsup sets it too)
 
-    # ================================================================ data
-    train_set = TwoViewDataset(open_split(cfg, "train"), cfg.image_size, (cfg.crop_scale_min, 1.0))
-    res = resolve(cfg, info.world_size, len(train_set), device)
-    sampler = EpochBatchSampler(len(train_set), cfg.batch_size_per_device, info.rank, info.world_size, cfg.seed)
-    loader = make_loader(train_set, sampler, cfg.num_workers, device)
-    augmenter = BatchAugmenter(device, res.channels_last)
+        # ================================================================ data
+        train_set = TwoViewDataset(open_split(cfg, "train"), cfg.image_size, (cfg.crop_scale_min, 1.0))
+        res = resolve(cfg, info.world_size, len(train_set), device)
+        sampler = EpochBatchSampler(len(train_set), cfg.batch_size_per_device, info.rank, info.world_size, cfg.seed)
+        loader = make_loader(train_set, sampler, cfg.num_workers, device)
+        augmenter = BatchAugmenter(device, res.channels_last)
 
-    # ================================================================ networks
-    torch.manual_seed(cfg.seed)  # same initialisation on every rank; DDP checks it by broadcasting from rank 0
-    byol = BYOL(build_resnet(cfg.arch), cfg.projector_hidden_dim, cfg.projector_out_dim)
-    if cfg.sync_bn and device.type == "cuda":
-        byol = dist.maybe_sync_bn(byol)  # NOTE: SyncBN needs CUDA; CPU processes keep per-process statistics
-    byol = byol.to(device, memory_format=torch.channels_last if res.channels_last else torch.preserve_format)
-    ddp = None
-    if info.world_size > 1:
-        ddp = DistributedDataParallel(byol, device_ids=[device.index] if device.type == "cuda" else None,
-                                      broadcast_buffers=False)  # mmselfsup's setting; SyncBN keeps stats equal
-    model: nn.Module = ddp or byol
-    if cfg.compile:
-        model = torch.compile(model)
+        # ================================================================ networks
+        torch.manual_seed(cfg.seed)  # same initialisation on every rank; DDP checks it by broadcasting from rank 0
+        byol = BYOL(build_resnet(cfg.arch), cfg.projector_hidden_dim, cfg.projector_out_dim)
+        if cfg.sync_bn and device.type == "cuda":
+            byol = dist.maybe_sync_bn(byol)  # NOTE: SyncBN needs CUDA; CPU processes keep per-process statistics
+        byol = byol.to(device, memory_format=torch.channels_last if res.channels_last else torch.preserve_format)
+        ddp = None
+        if info.world_size > 1:
+            ddp = DistributedDataParallel(byol, device_ids=[device.index] if device.type == "cuda" else None,
+                                          broadcast_buffers=False)  # mmselfsup's setting; SyncBN keeps stats equal
+        model: nn.Module = ddp or byol
+        if cfg.compile:
+            model = torch.compile(model)
 
-    # ================================================================ loss
-    # The symmetrised BYOL loss lives in BYOL.forward (pretrain/model.py); it is in [0, 8] and mmselfsup logs the
-    # same quantity minus 4.
+        # ================================================================ loss
+        # The symmetrised BYOL loss lives in BYOL.forward (pretrain/model.py); it is in [0, 8] and mmselfsup logs the
+        # same quantity minus 4.
 
-    # ================================================================ optimizer
-    optimizer = LARS(param_groups(byol, cfg.weight_decay), lr=res.lr, momentum=cfg.lars_momentum,
-                     weight_decay=cfg.weight_decay, eta=cfg.lars_eta)
+        # ================================================================ optimizer
+        optimizer = LARS(param_groups(byol, cfg.weight_decay), lr=res.lr, momentum=cfg.lars_momentum,
+                         weight_decay=cfg.weight_decay, eta=cfg.lars_eta)
 
-    # ================================================================ schedules
-    lrs = lr_schedule(peak_lr=res.lr, total_steps=res.total_steps, accum_steps=cfg.accum_steps,
-                      iters_per_epoch=res.iters_per_epoch, epochs=cfg.epochs, warmup_iters=res.warmup_iters,
-                      warmup_ratio=cfg.warmup_ratio, min_lr=cfg.min_lr, cosine=cfg.lr_cosine)
-    momentums = momentum_schedule(base=cfg.target_momentum, end=cfg.target_momentum_end,
-                                  total_steps=res.total_steps)
+        # ================================================================ schedules
+        lrs = lr_schedule(peak_lr=res.lr, total_steps=res.total_steps, accum_steps=cfg.accum_steps,
+                          iters_per_epoch=res.iters_per_epoch, epochs=cfg.epochs, warmup_iters=res.warmup_iters,
+                          warmup_ratio=cfg.warmup_ratio, min_lr=cfg.min_lr, cosine=cfg.lr_cosine)
+        momentums = momentum_schedule(base=cfg.target_momentum, end=cfg.target_momentum_end,
+                                      total_steps=res.total_steps)
 
-    # ================================================================ resume
-    # Everything is checked before the run folder is written to, so a mismatched resume changes nothing there.
-    resume_path = find_resume_checkpoint(cfg, out_dir)
-    start_step, earlier_wall_s = 0, 0.0
-    if resume_path is not None:
-        start_step, earlier_wall_s = load_checkpoint(resume_path, cfg, res, byol, optimizer)
-    provenance = write_run_files(out_dir, cfg, res.to_dict())
-    log = RunLog(out_dir)
-    if resume_path is not None:
-        log.drop_after_step(start_step)
-        log.log(event="resume", checkpoint=str(resume_path), step=start_step)
-    stop_step = res.total_steps
-    if cfg.stop_after_steps > 0:
-        stop_step = min(res.total_steps, start_step + cfg.stop_after_steps)
+        # ================================================================ resume
+        # Everything is checked before the run folder is written to, so a mismatched resume changes nothing there.
+        resume_path = find_resume_checkpoint(cfg, out_dir)
+        start_step, earlier_wall_s = 0, 0.0
+        if resume_path is not None:
+            start_step, earlier_wall_s = load_checkpoint(resume_path, cfg, res, byol, optimizer)
+        log = run.start(res, run_dir=out_dir)
+        if resume_path is not None:
+            log.drop_after_step(start_step)
+            log.log(event="resume", checkpoint=str(resume_path), step=start_step)
+        stop_step = res.total_steps
+        if cfg.stop_after_steps > 0:
+            stop_step = min(res.total_steps, start_step + cfg.stop_after_steps)
 
-    # ================================================================ loop
-    batches = iterate_batches(loader, sampler, start_step * cfg.accum_steps)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=res.precision == "bf16")
-    bar = tqdm(total=res.total_steps, initial=start_step, desc="byol", dynamic_ncols=True,
-               disable=not info.is_main or os.environ.get("BYOL_BENCH_NO_PROGRESS") == "1")
-    # Per-step losses stay on the device until the next log line: reading one every step would stall the GPU.
-    window_losses: list[torch.Tensor] = []
-    last_ckpt = resume_path
-    step, loss_value, throughput = start_step, math.nan, math.nan
-    tick = time.perf_counter()
-    tick_step = start_step
-    # The ETA averages from the end of the first log window: the first steps also pay for worker start-up,
-    # torch.compile and kernel autotuning, which would otherwise inflate it for the whole run.
-    steady_since, steady_step = tick, start_step
-    while step < stop_step:
-        step_loss = train_step(model, byol, ddp, optimizer, lambda: augmenter(next(batches)[1]),
-                               accum_steps=cfg.accum_steps, lr=float(lrs[step]), momentum=float(momentums[step]),
-                               autocast=autocast)
-        window_losses.append(step_loss)
-        step += 1
-        if step % cfg.log_every_steps == 0 or step == stop_step:
-            mean_loss = dist.all_reduce_mean(torch.stack(window_losses).mean())
-            check_finite(mean_loss, step, last_ckpt)  # every process sees the same value and stops together
-            loss_value = float(mean_loss)
-            now = time.perf_counter()
-            throughput = (step - tick_step) * res.global_batch_size / (now - tick)
-            eta_s = (res.total_steps - step) * (now - steady_since) / (step - steady_step)
-            if steady_step == start_step:
-                steady_since, steady_step = now, step
-            stats = {"loss": loss_value, "loss_mmselfsup": mmselfsup_loss(loss_value), "lr": float(lrs[step - 1]),
-                     "momentum": float(momentums[step - 1]), "img_per_s": throughput, "eta_s": eta_s}
-            log.log(step=step, epoch=(step * cfg.accum_steps - 1) // res.iters_per_epoch, **stats)
-            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{stats['lr']:.3g}", m=f"{stats['momentum']:.5f}",
-                            img_s=f"{throughput:.1f}", refresh=False)
-            window_losses, tick, tick_step = [], now, step
-        bar.update(1)
+        # ================================================================ loop
+        batches = iterate_batches(loader, sampler, start_step * cfg.accum_steps)
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=res.precision == "bf16")
+        bar = tqdm(total=res.total_steps, initial=start_step, desc="byol", dynamic_ncols=True,
+                   disable=not info.is_main or os.environ.get("BYOL_BENCH_NO_PROGRESS") == "1")
+        # Per-step losses stay on the device until the next log line: reading one every step would stall the GPU.
+        window_losses: list[torch.Tensor] = []
+        last_ckpt = resume_path
+        step, loss_value, throughput = start_step, math.nan, math.nan
+        tick = time.perf_counter()
+        tick_step = start_step
+        # The ETA averages from the end of the first log window: the first steps also pay for worker start-up,
+        # torch.compile and kernel autotuning, which would otherwise inflate it for the whole run.
+        steady_since, steady_step = tick, start_step
+        while step < stop_step:
+            step_loss = train_step(model, byol, ddp, optimizer, lambda: augmenter(next(batches)[1]),
+                                   accum_steps=cfg.accum_steps, lr=float(lrs[step]), momentum=float(momentums[step]),
+                                   autocast=autocast)
+            window_losses.append(step_loss)
+            step += 1
+            if step % cfg.log_every_steps == 0 or step == stop_step:
+                mean_loss = dist.all_reduce_mean(torch.stack(window_losses).mean())
+                check_finite(mean_loss, step, last_ckpt)  # every process sees the same value and stops together
+                loss_value = float(mean_loss)
+                now = time.perf_counter()
+                throughput = (step - tick_step) * res.global_batch_size / (now - tick)
+                eta_s = (res.total_steps - step) * (now - steady_since) / (step - steady_step)
+                if steady_step == start_step:
+                    steady_since, steady_step = now, step
+                stats = {"loss": loss_value, "loss_mmselfsup": mmselfsup_loss(loss_value), "lr": float(lrs[step - 1]),
+                         "momentum": float(momentums[step - 1]), "img_per_s": throughput, "eta_s": eta_s}
+                log.log(step=step, epoch=(step * cfg.accum_steps - 1) // res.iters_per_epoch, **stats)
+                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{stats['lr']:.3g}", m=f"{stats['momentum']:.5f}",
+                                img_s=f"{throughput:.1f}", refresh=False)
+                window_losses, tick, tick_step = [], now, step
+            bar.update(1)
 
-        # ============================================================ checkpoint
-        if step == res.total_steps or step == stop_step or step % cfg.ckpt_every_steps == 0:
-            # Never save past a non-finite loss on any process, nor weights that a bad gradient already spoiled.
-            check_finite(dist.all_reduce_sum(step_loss), step, last_ckpt)
-            check_finite(torch.stack(torch._foreach_norm(list(byol.parameters()))).sum(), step, last_ckpt,
-                         what="weight norm")
-            name = "final.pth" if step == res.total_steps else "latest.pth"
-            last_ckpt = save_checkpoint(out_dir / name, cfg, res, byol, optimizer, step, lrs, momentums,
-                                        wall_time_s=earlier_wall_s + time.time() - started)
-    bar.close()
-    dist.barrier()
-    metrics: dict[str, float] = {"step": float(step), "loss": loss_value}
-    if step < res.total_steps:
-        return metrics  # stopped early on purpose (stop_after_steps): no monitor, no record
+            # ============================================================ checkpoint
+            if step == res.total_steps or step == stop_step or step % cfg.ckpt_every_steps == 0:
+                # Never save past a non-finite loss on any process, nor weights that a bad gradient already spoiled.
+                check_finite(dist.all_reduce_sum(step_loss), step, last_ckpt)
+                check_finite(torch.stack(torch._foreach_norm(list(byol.parameters()))).sum(), step, last_ckpt,
+                             what="weight norm")
+                name = "final.pth" if step == res.total_steps else "latest.pth"
+                last_ckpt = save_checkpoint(out_dir / name, cfg, res, byol, optimizer, step, lrs, momentums,
+                                            wall_time_s=earlier_wall_s + time.time() - run.started)
+        bar.close()
+        dist.barrier()
+        metrics: dict[str, float] = {"step": float(step), "loss": loss_value}
+        if step < res.total_steps:
+            return metrics  # stopped early on purpose (stop_after_steps): no monitor, no record
 
-    final = out_dir / "final.pth"
-    if info.is_main:
-        link_named_checkpoint(final, out_dir / f"{cfg.name}.pth")
-        plot_loss_curve(out_dir / "log.jsonl", out_dir / "loss_curve.png")
-    dist.barrier()
+        final = out_dir / "final.pth"
+        if info.is_main:
+            link_named_checkpoint(final, out_dir / f"{cfg.name}.pth")
+            plot_loss_curve(out_dir / "log.jsonl", out_dir / "loss_curve.png")
+        dist.barrier()
 
-    # ================================================================ kNN monitor
-    sha = sha256_file(final)
-    existing = find_record(out_dir / "records", "pretrain", cfg.dataset, sha, config_hash(cfg))
-    if existing is not None:  # rerun of a finished run: the checkpoint and config are the same
-        return {**metrics, **read_record(existing)["metrics"]}
-    knn: dict[str, float] = {}
-    if cfg.knn:
-        knn = run_knn_monitor(cfg, res, byol.online.backbone, augmenter)
-        metrics.update(knn)
-        log.log(event="knn", **knn)
+        # ================================================================ kNN monitor
+        if (done := run.identify(final)) is not None:  # rerun of a finished run: same checkpoint and config
+            return {**metrics, **done}
+        knn: dict[str, float] = {}
+        if cfg.knn:
+            knn = run_knn_monitor(cfg, res, byol.online.backbone, augmenter)
+            metrics.update(knn)
+            log.log(event="knn", **knn)
 
-    # ================================================================ record
-    if info.is_main:
-        record = make_record(
-            protocol="pretrain", dataset=cfg.dataset, model=cfg.name, preset=cfg.name,
-            metrics={k: v for k, v in metrics.items() if k != "step" and math.isfinite(v)},
-            config=to_dict(cfg), config_hash=config_hash(cfg),
-            checkpoint={"path": str(final), "sha256": sha, "format": CHECKPOINT_FORMAT, "arch": cfg.arch,
-                        "encoder": "online"},
-            seeds={"seed": cfg.seed}, batch_size_per_device=cfg.batch_size_per_device,
-            wall_time_s=earlier_wall_s + time.time() - started, provenance=provenance, tiny=cfg.tiny,
-            details={"resolved": res.to_dict(),
-                     "img_per_s_last_window": throughput if math.isfinite(throughput) else None,
-                     "knn": {"k": cfg.knn_k, "temperature": cfg.knn_temperature, "weighting": "exp(cos/T)",
-                             "features": "global-pooled online backbone, eval mode, centre crop"},
-                     "steps_this_invocation": step - start_step, "wall_time_s_this_invocation": time.time() - started,
-                     "loss_range": "[0, 8]; mmselfsup logs loss - 4"})
-        write_record(record, out_dir / "records")
-    return metrics
+        # ================================================================ record
+        scored = {k: v for k, v in metrics.items() if k != "step" and math.isfinite(v)}
+        run.finish(scored, checkpoint={"format": CHECKPOINT_FORMAT, "arch": cfg.arch, "encoder": "online"},
+                   seeds={"seed": cfg.seed}, batch_size_per_device=cfg.batch_size_per_device, model=cfg.name,
+                   wall_time_s=earlier_wall_s + time.time() - run.started,
+                   details={"resolved": res.to_dict(),
+                            "img_per_s_last_window": throughput if math.isfinite(throughput) else None,
+                            "knn": {"k": cfg.knn_k, "temperature": cfg.knn_temperature, "weighting": "exp(cos/T)",
+                                    "features": "global-pooled online backbone, eval mode, centre crop"},
+                            "steps_this_invocation": step - start_step,
+                            "wall_time_s_this_invocation": time.time() - run.started,
+                            "loss_range": "[0, 8]; mmselfsup logs loss - 4"})
+        return metrics
+
 
 
 # -------------------------------------------------------------------- helpers -----------------------------------
@@ -264,7 +255,7 @@ def check_finite(value: torch.Tensor, step: int, last_ckpt: Path | None, what: s
 
 def checkpoint_state(cfg: PretrainConfig, res: Resolved, byol: BYOL, optimizer: LARS, step: int,
                      lrs: np.ndarray, momentums: np.ndarray, wall_time_s: float) -> dict[str, Any]:
-    """The checkpoint dict (plan.md "Our checkpoint format"); only tensors, numbers, strings, lists and dicts.
+    """The checkpoint dict (docs/PRETRAIN.md, "Run folder and resuming"): tensors, numbers, strings, lists, dicts.
 
     ``wall_time_s`` is the run's wall time up to this checkpoint, summed over the invocations that resumed it.
     """

@@ -21,9 +21,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from benchmarks.datasets.images import image_size, load_image
-from benchmarks.tinydata.draw import make_styles, object_image, rng_for, save_jpeg
 from byol_bench.cli import main_guard
+from byol_bench.datasets.images import image_size, load_image
+from byol_bench.seeding import rng_for
+from byol_bench.tinydata.draw import make_styles, object_image, save_jpeg
 
 
 def synthesize(folder: Path, count: int, width: int, height: int) -> list[Path]:

@@ -42,9 +42,9 @@ from PIL import Image, ImageFilter
 from torch import nn
 from torch.utils.data import DataLoader
 
-from benchmarks.datasets.imagenet import ImageFolderList
 from byol_bench.backbone import build_resnet
 from byol_bench.cli import main_guard
+from byol_bench.datasets.imagenet import ImageFolderList
 from pretrain.augment import IMAGENET_MEAN, IMAGENET_STD, BatchAugmenter
 from pretrain.config import resolve_precision
 from pretrain.data import EpochBatchSampler, TwoViewDataset, iterate_batches, make_loader
@@ -224,7 +224,7 @@ def tiny_images(data_root: Path, jpeg_size: int, workdir: Path) -> Path:
     """The ``imagenet`` folder to read: given, generated (embedded tiny set), and optionally re-encoded larger."""
     root = data_root / "imagenet"
     if not (root / "train").is_dir():
-        from benchmarks.tinydata import make_tiny_data
+        from byol_bench.tinydata import make_tiny_data
 
         make_tiny_data(workdir / "tiny", seed=0, only=["imagenet"], workers=1)
         root = workdir / "tiny" / "imagenet"

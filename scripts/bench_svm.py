@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Speed and agreement benchmark: the batched VOC07 SVM solver against per-problem scikit-learn LinearSVC.
 
-The problem is VOC07-sized and synthetic (benchmarks.svm_solver.make_voc_like_problem): 5,011 x 8,192 trainval
-features, 4,952 test images, 20 classes at VOC07's positive rates, the 19 mmselfsup costs, 3-fold CV + refit,
-then the low-shot pass (k = 1 ... 96, 5 samples). Both sides start from the same float32 features and do the
+The problem is VOC07-sized and synthetic (byol_bench.tinydata.svm_features.make_voc_like_problem): 5,011 x 8,192
+trainval features, 4,952 test images, 20 classes at VOC07's positive rates, the 19 mmselfsup costs, 3-fold CV +
+refit, then the low-shot pass (k = 1 ... 96, 5 samples). Both sides start from the same float32 features and do the
 same work, L2 normalisation included:
 
 * ours: ``train_full_svm`` + ``train_lowshot_svm`` (one kernel per layer, batched Newton);
@@ -38,21 +38,21 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.svm_solver import (
+from benchmarks.svm_protocol import (
     COST_GRIDS,
     LOWSHOT_KS,
     NEGATIVE_WEIGHT,
     POSITIVE_WEIGHT,
     l2_normalize,
-    linear_kernel,
-    make_voc_like_problem,
     sample_lowshot,
     stratified_folds,
     train_full_svm,
     train_lowshot_svm,
     training_targets,
 )
+from benchmarks.svm_solver import linear_kernel
 from byol_bench.metrics import voc_area_ap
+from byol_bench.tinydata.svm_features import make_voc_like_problem
 
 # Filled in the parent before the pool forks, so the workers share the arrays instead of pickling them.
 _SHARED: dict[str, object] = {}

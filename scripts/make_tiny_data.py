@@ -13,8 +13,8 @@ import argparse
 import time
 from pathlib import Path
 
-from benchmarks.tinydata import FAMILIES, make_tiny_data
 from byol_bench.cli import main_guard
+from byol_bench.tinydata import FAMILIES, make_tiny_data
 
 
 def main() -> None:

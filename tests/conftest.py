@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.tinydata import ensure_tiny_data
+from byol_bench.tinydata import ensure_tiny_data
 
 
 @pytest.fixture(scope="session")

@@ -13,18 +13,18 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from benchmarks.datasets import DatasetError
-from benchmarks.datasets.cityscapes import ID_TO_TRAIN_ID, TRAIN_CLASSES, Cityscapes, label_ids_to_train_ids
-from benchmarks.datasets.coco import COCODetection, load_coco_json
-from benchmarks.datasets.imagenet import ImageFolderList, read_image_list
-from benchmarks.datasets.images import load_image, load_label_map
-from benchmarks.datasets.inat18 import INat18
-from benchmarks.datasets.places205 import Places205
-from benchmarks.datasets.voc import VOC_CLASSES
-from benchmarks.datasets.voc_cls import VOCClassification, load_voc07_cls_labels
-from benchmarks.datasets.voc_det import VOCDetection, parse_voc_xml
-from benchmarks.datasets.voc_seg import VOCAugSegmentation
-from benchmarks.tinydata import imagenet as tiny_imagenet
+from byol_bench.datasets import DatasetError
+from byol_bench.datasets.cityscapes import ID_TO_TRAIN_ID, TRAIN_CLASSES, Cityscapes, label_ids_to_train_ids
+from byol_bench.datasets.coco import COCODetection, load_coco_json
+from byol_bench.datasets.imagenet import ImageFolderList, read_image_list
+from byol_bench.datasets.images import load_image, load_label_map
+from byol_bench.datasets.inat18 import INat18
+from byol_bench.datasets.places205 import Places205
+from byol_bench.datasets.voc import VOC_CLASSES
+from byol_bench.datasets.voc_cls import VOCClassification, load_voc07_cls_labels
+from byol_bench.datasets.voc_det import VOCDetection, parse_voc_xml
+from byol_bench.datasets.voc_seg import VOCAugSegmentation
+from byol_bench.tinydata import imagenet as tiny_imagenet
 
 # pycocotools 2.0.x calls np.array(copy=False) internally under numpy 2; harmless, and not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

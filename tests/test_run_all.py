@@ -30,7 +30,7 @@ def test_rerun_is_idempotent_and_force_redoes(tmp_path):
     assert first.returncode == 0, first.stderr
     assert "| random-init_r18 † | tiny |  | 42.00 |" in first.stdout
     second = _run(tmp_path, str(ckpt), "--out", str(out))
-    assert second.returncode == 0 and "skip: record exists" in second.stdout
+    assert second.returncode == 0 and "skip voc07_svm:" in second.stdout
     assert (out / "runs.txt").read_text() == "ran\n"
     assert _run(tmp_path, str(ckpt), "--out", str(out), "--force").returncode == 0
     assert (out / "runs.txt").read_text() == "ran\nran\n"

@@ -11,23 +11,21 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import cross_val_score
 from sklearn.svm import LinearSVC
 
-from benchmarks.svm_solver import (
+from benchmarks.svm_protocol import (
     COST_GRIDS,
     LowShotResult,
-    SolverOptions,
     l2_normalize,
-    linear_kernel,
-    make_voc_like_problem,
     parse_costs,
     sample_lowshot,
     select_costs,
-    solve_kernel_svms,
     stratified_folds,
     train_full_svm,
     train_lowshot_svm,
     training_targets,
 )
+from benchmarks.svm_solver import SolverOptions, linear_kernel, solve_kernel_svms
 from byol_bench.metrics import voc_area_ap
+from byol_bench.tinydata.svm_features import make_voc_like_problem
 
 _THREADS_BEFORE = torch.get_num_threads()
 COSTS = (0.5**19, 1e-3, 0.0625, 1.0, 100.0)  # both ends of the mmselfsup grid and the middle
@@ -108,9 +106,9 @@ def test_same_optimum_as_sklearn(problem):
 
 def test_same_optimum_on_embedded_voc07_features(tiny_data):
     """The same check on real protocol features: random-init ResNet-18 feat5 of the embedded VOC07 images."""
-    from benchmarks.datasets.voc_cls import VOCClassification
-    from benchmarks.features import extract_features, squash_transform
     from byol_bench.backbone import build_resnet
+    from byol_bench.datasets.voc_cls import VOCClassification
+    from byol_bench.features import extract_features, squash_transform
 
     torch.manual_seed(0)
     model = build_resnet("resnet18").eval()

@@ -14,17 +14,18 @@ from sklearn.linear_model import RidgeClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from benchmarks.datasets.cityscapes import ID_TO_TRAIN_ID
-from benchmarks.datasets.imagenet import ImageFolderList
-from benchmarks.datasets.images import load_label_map
-from benchmarks.datasets.inat18 import INat18
-from benchmarks.datasets.places205 import Places205
-from benchmarks.datasets.voc_det import parse_voc_xml
-from benchmarks.datasets.voc_seg import VOCAugSegmentation
-from benchmarks.tinydata import MARKER, ensure_tiny_data, make_tiny_data
-from benchmarks.tinydata import cityscapes as tiny_cityscapes
-from benchmarks.tinydata import coco as tiny_coco
-from benchmarks.tinydata.draw import (
+from byol_bench.datasets.cityscapes import ID_TO_TRAIN_ID
+from byol_bench.datasets.imagenet import ImageFolderList
+from byol_bench.datasets.images import load_label_map
+from byol_bench.datasets.inat18 import INat18
+from byol_bench.datasets.places205 import Places205
+from byol_bench.datasets.voc_det import parse_voc_xml
+from byol_bench.datasets.voc_seg import VOCAugSegmentation
+from byol_bench.seeding import rng_for
+from byol_bench.tinydata import MARKER, ensure_tiny_data, make_tiny_data
+from byol_bench.tinydata import cityscapes as tiny_cityscapes
+from byol_bench.tinydata import coco as tiny_coco
+from byol_bench.tinydata.draw import (
     SHAPES,
     Placement,
     Style,
@@ -32,7 +33,6 @@ from benchmarks.tinydata.draw import (
     make_styles,
     mask_box,
     rasterize,
-    rng_for,
     save_jpeg,
 )
 

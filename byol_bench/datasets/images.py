@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from benchmarks.datasets import DatasetError
+from byol_bench.datasets import DatasetError
 
 IMAGE_FORMATS = ("pil", "tensor")
 

@@ -15,9 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.datasets import DatasetError
-from benchmarks.datasets.imagenet import read_image_list
-from benchmarks.datasets.images import check_image_format, load_image
+from byol_bench.datasets import DatasetError
+from byol_bench.datasets.imagenet import read_image_list
+from byol_bench.datasets.images import check_image_format, load_image
 
 SPLITS = ("train", "val")
 IMAGE_SUBDIR = "data/vision/torralba/deeplearning/images256"

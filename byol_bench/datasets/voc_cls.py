@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.datasets import DatasetError
-from benchmarks.datasets.images import check_image_format, load_image
-from benchmarks.datasets.voc import VOC_CLASSES, read_id_list, year_dir
+from byol_bench.datasets import DatasetError
+from byol_bench.datasets.images import check_image_format, load_image
+from byol_bench.datasets.voc import VOC_CLASSES, read_id_list, year_dir
 
 SPLITS = ("train", "val", "trainval", "test")
 _VOC_TO_SVM = {1: 1, -1: 0, 0: -1}

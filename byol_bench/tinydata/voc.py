@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from benchmarks.datasets.voc import VOC_CLASSES
-from benchmarks.tinydata.draw import (
+from byol_bench.datasets.voc import VOC_CLASSES
+from byol_bench.seeding import rng_for
+from byol_bench.tinydata.draw import (
     Style,
     background,
     dilate,
@@ -30,7 +31,6 @@ from benchmarks.tinydata.draw import (
     mask_box,
     paint_shape,
     place_apart,
-    rng_for,
     save_jpeg,
     save_png,
     to_uint8,

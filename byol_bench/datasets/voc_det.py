@@ -2,7 +2,7 @@
 
 Boxes are returned as float32 ``(x0, y0, x1, y1)`` in pixel-edge coordinates: VOC's 1-based inclusive
 ``xmin..xmax`` becomes ``xmin - 1 .. xmax`` (the detectron2 convention), so width = ``xmax - xmin + 1`` pixels.
-Labels index :data:`~benchmarks.datasets.voc.VOC_CLASSES`. Difficult objects are kept and flagged: detectron2
+Labels index :data:`~byol_bench.datasets.voc.VOC_CLASSES`. Difficult objects are kept and flagged: detectron2
 trains on them, mmdet ignores them, and every VOC evaluation ignores them.
 
 Images whose XML has no objects are a documented skip when ``filter_empty`` is set (training): they are counted
@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.datasets import DatasetError
-from benchmarks.datasets.images import check_image_format, image_size, load_image
-from benchmarks.datasets.voc import VOC_CLASSES, read_id_list, year_dir
+from byol_bench.datasets import DatasetError
+from byol_bench.datasets.images import check_image_format, image_size, load_image
+from byol_bench.datasets.voc import VOC_CLASSES, read_id_list, year_dir
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from benchmarks.tinydata.draw import TEXTURES, Style, object_image, rng_for, save_jpeg, write_text
+from byol_bench.seeding import rng_for
+from byol_bench.tinydata.draw import TEXTURES, Style, object_image, save_jpeg, write_text
 
 SUPERCATEGORIES = {"Plantae": "burst", "Aves": "crescent", "Insecta": "hexagon", "Fungi": "semicircle"}
 SPECIES_PER_SUPERCATEGORY = 3

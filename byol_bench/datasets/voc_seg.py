@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.datasets import DatasetError
-from benchmarks.datasets.images import check_image_format, image_size, load_image, load_label_map
-from benchmarks.datasets.voc import VOC_CLASSES, read_id_list, year_dir
+from byol_bench.datasets import DatasetError
+from byol_bench.datasets.images import check_image_format, image_size, load_image, load_label_map
+from byol_bench.datasets.voc import VOC_CLASSES, read_id_list, year_dir
 
 IGNORE_INDEX = 255
 NUM_CLASSES = len(VOC_CLASSES) + 1  # background + 20

@@ -18,8 +18,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from benchmarks.datasets import DatasetError
-from benchmarks.datasets.images import check_image_format, image_size, load_image, load_label_map
+from byol_bench.datasets import DatasetError
+from byol_bench.datasets.images import check_image_format, image_size, load_image, load_label_map
 
 IGNORE_INDEX = 255
 SPLITS = ("train", "val")

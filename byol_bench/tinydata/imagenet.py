@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.datasets.imagenet import write_image_list
-from benchmarks.tinydata.draw import make_styles, object_image, rng_for, save_jpeg
+from byol_bench.datasets.imagenet import write_image_list
+from byol_bench.seeding import rng_for
+from byol_bench.tinydata.draw import make_styles, object_image, save_jpeg
 
 # The first ten ImageNet-1k wnids, so paths look like the real ones; the content is procedural.
 WNIDS = ("n01440764", "n01443537", "n01484850", "n01491361", "n01494475",

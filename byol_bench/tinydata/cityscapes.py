@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from benchmarks.datasets.cityscapes import ID_TO_TRAIN_ID, LABELS
-from benchmarks.tinydata.draw import rng_for, save_png, smooth_noise, to_uint8
+from byol_bench.datasets.cityscapes import ID_TO_TRAIN_ID, LABELS
+from byol_bench.seeding import rng_for
+from byol_bench.tinydata.draw import save_png, smooth_noise, to_uint8
 
 CITIES = {"train": ("aachen", "bochum"), "val": ("frankfurt",)}
 IMAGES_PER_CITY = {"train": 10, "val": 8}

@@ -1,7 +1,7 @@
 """Procedurally generated mini-datasets, written in the real on-disk formats (the embedded default data).
 
 ``make_tiny_data(out, seed)`` writes every family under ``out`` in the ``--data-root`` layout of
-docs/DATASETS.md, so the loaders in ``benchmarks.datasets`` read them exactly as they read the real datasets.
+docs/DATASETS.md, so the loaders in ``byol_bench.datasets`` read them exactly as they read the real datasets.
 Output is a pure function of the seed (byte-identical files), needs no network, and takes well under a minute
 on 2 CPU cores. ``ensure_tiny_data`` regenerates only when the folder is missing or was made differently.
 """
@@ -15,12 +15,12 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from benchmarks.tinydata.cityscapes import make_cityscapes
-from benchmarks.tinydata.coco import make_coco
-from benchmarks.tinydata.imagenet import make_imagenet
-from benchmarks.tinydata.inat18 import make_inat18
-from benchmarks.tinydata.places205 import make_places205
-from benchmarks.tinydata.voc import make_voc2007, make_voc2012
+from byol_bench.tinydata.cityscapes import make_cityscapes
+from byol_bench.tinydata.coco import make_coco
+from byol_bench.tinydata.imagenet import make_imagenet
+from byol_bench.tinydata.inat18 import make_inat18
+from byol_bench.tinydata.places205 import make_places205
+from byol_bench.tinydata.voc import make_voc2007, make_voc2012
 
 # Bump when the generated content changes, so ensure_tiny_data() rebuilds stale folders.
 GENERATOR_VERSION = 1

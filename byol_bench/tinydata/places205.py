@@ -13,14 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.tinydata.draw import (
+from byol_bench.seeding import rng_for
+from byol_bench.tinydata.draw import (
     TEXTURES,
     Placement,
     Style,
     draw_object,
     hsv,
     paint,
-    rng_for,
     save_jpeg,
     texture,
     to_uint8,

@@ -1,7 +1,8 @@
 """Drawing primitives shared by every tiny-data generator.
 
-Every image is drawn from its own ``numpy.random.Generator`` (``rng_for(seed, family, split, index)``), so the
-output depends only on the seed and never on generation order. Objects are polygons rasterised with
+Every image is drawn from its own ``numpy.random.Generator``
+(``byol_bench.seeding.rng_for(seed, family, split, index)``), so the output depends only on the seed and never on
+generation order. Objects are polygons rasterised with
 pycocotools' own polygon rasteriser, so a COCO polygon annotation decodes to exactly the pixels that were
 painted, and every box or mask is computed from those pixels.
 
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import colorsys
 import io
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,12 +88,6 @@ class Style:
     hue: float
     hue2: float
     freq: float
-
-
-def rng_for(seed: int, *keys: str | int) -> np.random.Generator:
-    """Returns an independent generator for (seed, keys...); strings are hashed with crc32 (stable)."""
-    ints = [seed] + [zlib.crc32(k.encode()) if isinstance(k, str) else int(k) for k in keys]
-    return np.random.default_rng(np.random.SeedSequence(ints))
 
 
 def make_styles(n: int, hue_offset: float = 0.0) -> list[Style]:

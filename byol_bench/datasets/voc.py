@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.datasets import DatasetError
+from byol_bench.datasets import DatasetError
 
 # The 20 VOC classes. This is also their alphabetical order, the order B §2.1 takes from the sorted
 # <class>_<split>.txt file names, and the index order (1..20) of the segmentation masks.

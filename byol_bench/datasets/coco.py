@@ -24,8 +24,8 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from benchmarks.datasets import DatasetError
-from benchmarks.datasets.images import check_image_format, image_size, load_image
+from byol_bench.datasets import DatasetError
+from byol_bench.datasets.images import check_image_format, image_size, load_image
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from benchmarks.tinydata.draw import (
+from byol_bench.seeding import rng_for
+from byol_bench.tinydata.draw import (
     Placement,
     Style,
     background,
@@ -24,7 +25,6 @@ from benchmarks.tinydata.draw import (
     make_styles,
     paint_shape,
     place_apart,
-    rng_for,
     save_jpeg,
     to_uint8,
     write_text,

@@ -17,8 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.datasets import DatasetError
-from benchmarks.datasets.images import check_image_format, load_image
+from byol_bench.datasets import DatasetError
+from byol_bench.datasets.images import check_image_format, load_image
 
 SPLITS = ("train", "val")
 _REQUIRED = {"images": ("id", "file_name"), "annotations": ("image_id", "category_id"), "categories": ("id",)}

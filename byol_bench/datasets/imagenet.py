@@ -21,8 +21,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.datasets import DatasetError
-from benchmarks.datasets.images import check_image_format, load_image
+from byol_bench.datasets import DatasetError
+from byol_bench.datasets.images import check_image_format, load_image
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def check_list_against_folders(samples: list[tuple[str, int]], classes: list[str
 class ImageFolderList:
     """ImageNet-style classification dataset, from class folders or from a list file.
 
-    Returns ``(image, label)``; the image is decoded by :func:`~benchmarks.datasets.images.load_image` and then
+    Returns ``(image, label)``; the image is decoded by :func:`~byol_bench.datasets.images.load_image` and then
     passed through ``transform``. Classes are the sorted folder names of ``root/train`` (the wnids) whenever
     that folder exists, so folder and list forms give the same labels.
 
