@@ -3,6 +3,26 @@
 The layout is the seed README's (mmselfsup ``configs/selfsup/byol/README.md``, PROTOCOLS.md B §7): one row per
 checkpoint, a blank cell where a protocol did not run. A row whose records come from tiny (embedded-data) runs is
 marked with a dagger: those numbers check the pipeline, they are not comparable with published ones.
+
+This module is the contract between the runners and the tables: a record fills a cell when its ``protocol`` and
+``dataset`` are the column's and its ``metrics`` (or, where marked, ``details``) hold the column's key.
+:data:`TABLES` below is the source of truth; :func:`required_fields` derives the list, which reads today:
+
+=================  ===========================================  ==================================================
+protocol           dataset                                      metrics (``details`` keys in brackets)
+=================  ===========================================  ==================================================
+voc07_svm          voc07                                        svm, k1, k2, k4, k8, k16, k32, k64, k96
+                                                                [best_layer: feat1..feat5]
+linear_mhead       imagenet, inat18, places205                  feat1, feat2, feat3, feat4, feat5 (top-1, %)
+linear_avgpool     imagenet, inat18, places205                  top1
+semi_sup           imagenet_1pct, imagenet_10pct                top1, top5
+det_voc            voc0712                                      AP, AP50
+det_coco           coco                                         bbox_AP, bbox_AP50, bbox_AP75, segm_AP, segm_AP50,
+                                                                segm_AP75
+segmentation       voc12aug, cityscapes                         mIoU
+=================  ===========================================  ==================================================
+
+The config column shows the record's ``preset`` of the table's ``config_source`` protocol.
 """
 
 from __future__ import annotations
@@ -75,6 +95,16 @@ TABLES: tuple[Table, ...] = (
     _segmentation("Segmentation: Pascal VOC 2012 + Aug", "voc12aug"),
     _segmentation("Segmentation: Cityscapes", "cityscapes"),
 )
+
+
+def required_fields() -> dict[tuple[str, str], dict[str, set[str]]]:
+    """What a record must hold to fill its cells: ``{(protocol, dataset): {"metrics": {...}, "details": {...}}}``."""
+    fields: dict[tuple[str, str], dict[str, set[str]]] = {}
+    for table in TABLES:
+        for column in table.columns:
+            entry = fields.setdefault((column.protocol, column.dataset), {"metrics": set(), "details": set()})
+            entry["details" if column.from_details else "metrics"].add(column.metric)
+    return fields
 
 
 def _latest_by_key(records: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str, Any]]:

@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+import adapters.loading
 from benchmarks.voc07_svm import PRESET_DIR, Voc07SvmConfig, run
+from byol_bench import scaffold
 from byol_bench.backbone import build_resnet
-from byol_bench.checkpoint import atomic_save
+from byol_bench.checkpoint import atomic_save, sha256_file
 from byol_bench.config import load_config
 from byol_bench.records import load_records
 from byol_bench.tables import render_markdown
@@ -34,9 +36,18 @@ def _cfg(ckpt: Path, data: Path, out: Path, *extra: str) -> Voc07SvmConfig:
                        preset_dir=PRESET_DIR)
 
 
-def test_end_to_end_record_table_and_rerun(ckpt, tiny_data, tmp_path, capsys):
+def test_end_to_end_record_table_and_rerun(ckpt, tiny_data, tmp_path, capsys, monkeypatch):
+    hashed = []
+
+    def counting_sha256(path, *args, **kwargs):
+        hashed.append(Path(path).name)
+        return sha256_file(path, *args, **kwargs)
+
+    for module in (scaffold, adapters.loading):
+        monkeypatch.setattr(module, "sha256_file", counting_sha256)
     cfg = _cfg(ckpt, tiny_data, tmp_path)
     metrics = run(cfg)
+    assert hashed == [ckpt.name]  # once per run: the scaffold's hash is handed to load_backbone
     assert set(metrics) == {"svm", "svm_feat4", "svm_feat5", "k1", "k2"}
     assert metrics["svm"] == max(metrics["svm_feat4"], metrics["svm_feat5"])
     assert all(0 < v <= 100 for v in metrics.values())
