@@ -16,20 +16,25 @@ def byol() -> BYOL:
     return BYOL(build_resnet("resnet18"), hidden_dim=64, out_dim=16)
 
 
-def test_loss_is_symmetric_and_bounded() -> None:
+def test_loss_is_the_papers_normalised_mse_and_bounded() -> None:
     torch.manual_seed(0)
     p1, p2, z1, z2 = (torch.randn(8, 16) for _ in range(4))
-    forward = regression_loss(p1, z2) + regression_loss(p2, z1)
-    swapped = regression_loss(p2, z1) + regression_loss(p1, z2)
-    assert torch.equal(forward, swapped)
-    assert 0 <= forward <= 8
+    # Paper eq. 2, written out: the squared distance of the L2-normalised rows, averaged over the batch.
+    for p, z in ((p1, z2), (p2, z1)):
+        by_hand = ((p / p.norm(dim=1, keepdim=True) - z / z.norm(dim=1, keepdim=True)) ** 2).sum(dim=1).mean()
+        torch.testing.assert_close(regression_loss(p, z), by_hand, rtol=0, atol=1e-6)
+    # Each row's term depends only on the direction of its own prediction and target.
+    scaled = regression_loss(p1 * torch.rand(8, 1).add(0.5), z2 * torch.rand(8, 1).add(0.5))
+    torch.testing.assert_close(scaled, regression_loss(p1, z2), rtol=0, atol=1e-6)
+    pair = regression_loss(p1, z2) + regression_loss(p2, z1)
+    assert 0 <= pair <= 8
     # Extremes: aligned vectors give 0 per term, opposite ones 4 per term, so 8 for the pair.
     assert regression_loss(p1, 3 * p1).item() == pytest.approx(0, abs=1e-6)
     assert (regression_loss(p1, -p1) + regression_loss(p2, -p2)).item() == pytest.approx(8, abs=1e-6)
     # mmselfsup logs 2 * sum(-mean cos) = our value - 4.
     cos = nn.functional.cosine_similarity
     mm_value = 2 * (-cos(p1, z2).mean() - cos(p2, z1).mean())
-    assert mmselfsup_loss(forward.item()) == pytest.approx(mm_value.item(), abs=1e-5)
+    assert mmselfsup_loss(pair.item()) == pytest.approx(mm_value.item(), abs=1e-5)
 
 
 def test_loss_stops_gradient_through_target() -> None:
@@ -39,14 +44,23 @@ def test_loss_stops_gradient_through_target() -> None:
 
 
 def test_forward_is_symmetrised_sum(byol: BYOL) -> None:
+    """L(v1 -> v2) + L(v2 -> v1) with each view in its own train-mode forward, written out with 2 - 2 cos."""
     torch.manual_seed(1)
     v1, v2 = torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)
     state = {k: v.clone() for k, v in byol.state_dict().items()}
-    loss = byol(v1, v2)
-    byol.load_state_dict(state)  # undo the BN running-stat updates so the swapped call sees the same state
-    swapped = byol(v2, v1)
-    byol.load_state_dict(state)
-    assert loss.item() == pytest.approx(swapped.item(), abs=1e-5)
+    assert byol.training and byol.target.training  # the target network normalises with batch statistics too
+    with torch.no_grad():
+        p1, p2 = byol.predictor(byol.online(v1)), byol.predictor(byol.online(v2))
+        z1, z2 = byol.target(v1), byol.target(v2)
+    loss = byol(v1, v2)  # train-mode outputs do not depend on the running statistics the calls above updated
+    byol.load_state_dict(state)  # leave the shared fixture as it was
+
+    def term(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return (2 - 2 * nn.functional.cosine_similarity(p, z, dim=1)).mean()
+
+    one_way, other_way = term(p1, z2), term(p2, z1)
+    assert abs(one_way - other_way) > 1e-3  # the two directions differ: a doubled or averaged term would show
+    torch.testing.assert_close(loss.detach(), one_way + other_way, rtol=0, atol=1e-5)
     assert 0 <= loss.item() <= 8
 
 
