@@ -17,7 +17,8 @@ PY=${PYTHON:-python}
 # tests drive the orchestration with stand-in runners.
 PROTOCOLS=(${RUN_ALL_PROTOCOLS:-voc07_svm linear_mhead linear_avgpool semi_sup det_voc det_coco segmentation})
 MODULE_PREFIX=${RUN_ALL_MODULE_PREFIX:-benchmarks.}
-# Full-scale preset per protocol (self-describing names, configs/<protocol>/<preset>.yaml).
+# Full-scale preset per protocol (self-describing names, configs/<protocol>/<preset>.yaml); a new runner adds its line
+# (docs/RUNNERS.md; tests/test_runner_conventions.py checks it).
 declare -A FULL_PRESET=(
   [voc07_svm]=voc07_svm_mmselfsup
 )
