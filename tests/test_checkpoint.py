@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 
@@ -64,9 +65,38 @@ def test_round_trip_and_hash(tmp_path):
     state = build_resnet("resnet18").state_dict()
     path = atomic_save(state, tmp_path / "r18.pth")
     loaded = safe_load(path)
-    assert all(torch.equal(loaded[k], v) for k, v in state.items())
-    assert len(sha256_file(path)) == 64 and sha256_file(path) == sha256_file(path)
+    assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], v) for k, v in state.items())
+    # ~45 MB: many chunks of the default 1 MiB, hashed as one byte string by hashlib.
+    assert sha256_file(path) == hashlib.sha256(path.read_bytes()).hexdigest()
     assert not list(tmp_path.glob(".*tmp"))  # no temp files left behind
+
+
+# FIPS 180-2 test vectors (appendix B): message -> SHA-256.
+FIPS_VECTORS = {
+    b"abc": "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+    b"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq":
+        "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1",
+    b"a" * 1_000_000: "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0",
+    b"": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+}
+
+
+@pytest.mark.parametrize("chunk_bytes", [1 << 20, 4096, 1000, 7])
+def test_sha256_of_known_files_for_any_chunk_size(tmp_path, chunk_bytes):
+    """Chunks larger than the file, dividing it exactly (1000 into 10^6, 7 into 56) and leaving a remainder."""
+    for i, (message, digest) in enumerate(FIPS_VECTORS.items()):
+        path = tmp_path / f"vector{i}.bin"
+        path.write_bytes(message)
+        assert sha256_file(path, chunk_bytes=chunk_bytes) == digest, (len(message), chunk_bytes)
+    # Every byte value, CR/LF included (a text-mode read would alter them), 3.5 chunks of 4096.
+    data = bytes(range(256)) * 56
+    (tmp_path / "binary.bin").write_bytes(data)
+    assert sha256_file(tmp_path / "binary.bin", chunk_bytes=chunk_bytes) == hashlib.sha256(data).hexdigest()
+
+
+def test_sha256_of_a_missing_file_is_one_line(tmp_path):
+    with pytest.raises(CheckpointError, match=r"nope\.pth: checkpoint file not found"):
+        sha256_file(tmp_path / "nope.pth")
 
 
 def test_strict_load_lists_missing_and_unexpected(tmp_path):
