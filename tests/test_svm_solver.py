@@ -1,4 +1,4 @@
-"""The batched SVM solver reaches scikit-learn's LinearSVC optimum; the VOC07 SVM protocol math (B §2.3, §2.4)."""
+"""The batched SVM solver reaches scikit-learn's LinearSVC optimum (the protocol around it: test_svm_protocol.py)."""
 
 from __future__ import annotations
 
@@ -8,21 +8,9 @@ import numpy as np
 import pytest
 import torch
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.model_selection import cross_val_score
 from sklearn.svm import LinearSVC
 
-from benchmarks.svm_protocol import (
-    COST_GRIDS,
-    LowShotResult,
-    l2_normalize,
-    parse_costs,
-    sample_lowshot,
-    select_costs,
-    stratified_folds,
-    train_full_svm,
-    train_lowshot_svm,
-    training_targets,
-)
+from benchmarks.svm_protocol import l2_normalize, training_targets
 from benchmarks.svm_solver import SolverOptions, linear_kernel, solve_kernel_svms
 from byol_bench.metrics import voc_area_ap
 from byol_bench.tinydata.svm_features import make_voc_like_problem
@@ -63,25 +51,6 @@ def _solve(x: torch.Tensor, targets: np.ndarray, costs, options=SolverOptions())
     sol = solve_kernel_svms(linear_kernel(x, x)[None], y[None], w[None], options=options)
     assert sol.max_rel_grad <= options.tol
     return sol.beta[0]
-
-
-def test_cost_grids_and_parsing():
-    grid = COST_GRIDS["mmselfsup"]
-    assert len(grid) == 19 and grid[:4] == (1.0, 10.0, 100.0, 0.0625) and grid[-1] == 0.5**19
-    assert len(COST_GRIDS["vissl"]) == 11 and len(COST_GRIDS["goyal"]) == 10
-    assert parse_costs("goyal") == COST_GRIDS["goyal"]
-    assert parse_costs("1,0.5, 2") == (1.0, 0.5, 2.0)  # grid order is kept: it breaks ties
-    for bad in ("cheap", "1,-1", "1,1", ""):
-        with pytest.raises(ValueError, match="cost grid"):
-            parse_costs(bad)
-
-
-def test_normalisation_is_the_references():
-    x = np.array([[3.0, 4.0], [0.0, 0.0]], dtype=np.float32)
-    out = l2_normalize(x)
-    assert out.dtype == torch.float64
-    assert torch.allclose(out[0], torch.tensor([3.0, 4.0], dtype=torch.float64) / (5 + 1e-5))
-    assert torch.equal(out[1], torch.zeros(2, dtype=torch.float64))
 
 
 def test_same_optimum_as_sklearn(problem):
@@ -164,78 +133,3 @@ def test_zero_weight_rows_are_outside_the_problem(problem):
     assert torch.allclose(masked.beta[0][keep], sub.beta[0], atol=1e-9)
     # Held-out rows still get decision values: the CV scores.
     assert torch.allclose(masked.scores[0], k[:, keep] @ sub.beta[0], atol=1e-9)
-
-
-def test_label_handling():
-    labels = np.array([[1, 0, -1], [0, -1, 1]])
-    assert training_targets(labels).tolist() == [[1, -1, -1], [-1, -1, 1]]  # difficult = negative in training
-    # ... and ignored in testing: a difficult image with the top score changes nothing.
-    scores = np.array([5.0, 1.0, 0.5, 0.2])
-    assert voc_area_ap(scores, np.array([-1, 1, 0, 1])) == voc_area_ap(scores[1:], np.array([1, 0, 1]))
-
-
-def test_stratified_folds_are_sklearns_and_cover_trainval():
-    targets = np.where(np.arange(90) % 7 == 0, 1.0, -1.0)
-    folds = stratified_folds(targets)
-    held_out = np.sort(np.concatenate([np.setdiff1d(np.arange(90), f) for f in folds]))
-    assert len(folds) == 3 and held_out.tolist() == list(range(90))  # each image held out exactly once
-    assert [int((targets[f] > 0).sum()) for f in folds] == [8, 9, 9]  # 13 positives, stratified
-    # Without shuffling the folds are deterministic: the same as cross_val_score(cv=3) uses.
-    assert all(np.array_equal(a, b) for a, b in zip(folds, stratified_folds(targets), strict=True))
-
-
-def test_cost_selection_ties_go_to_the_first_in_grid_order():
-    assert select_costs(np.array([[0.5, 0.7, 0.7], [0.9, 0.9, 0.1]])).tolist() == [1, 0]
-
-
-def test_full_svm_cv_matches_sklearn_cross_val_score(problem):
-    x, y_tr, x_te, y_te = problem
-    costs = (1e-3, 1.0)
-    full = train_full_svm(x, y_tr, x_te, y_te, costs)
-    assert full.cv_fold_ap.shape == (20, 2, 3) and full.test_ap.shape == (20, 2)
-    for c in (6, 16):
-        for j, cost in enumerate(costs):
-            clf = LinearSVC(C=cost, class_weight={1: 2, -1: 1}, tol=1e-10, max_iter=100_000)
-            ref = cross_val_score(clf, x.numpy(), training_targets(y_tr)[:, c], cv=3, scoring="average_precision")
-            assert np.abs(full.cv_fold_ap[c, j] - ref).max() * 100 <= 0.05
-    assert full.map == pytest.approx(100 * full.test_ap[np.arange(20), full.chosen].mean())
-
-
-def test_lowshot_sampling_is_seeded_and_follows_the_protocol():
-    _, labels, _, _ = make_voc_like_problem(1000, 10, 8, seed=3)
-    subsets = sample_lowshot(labels, ks=(1, 4), n_samples=2, seed=7)
-    assert set(subsets) == {(0, 1), (0, 4), (1, 1), (1, 4)}
-    rows = subsets[(1, 4)]
-    assert rows.shape == (20, 80)
-    for c in range(20):
-        assert (labels[rows[c, :4], c] == 1).all() and (labels[rows[c, 4:], c] == 0).all()  # never -1
-        assert len(np.unique(rows[c])) == 80
-    again = sample_lowshot(labels, ks=(4,), n_samples=2, seed=7)  # a draw does not depend on the other k
-    assert all(np.array_equal(subsets[key], again[key]) for key in again)
-    assert not np.array_equal(sample_lowshot(labels, (4,), 1, seed=8)[(0, 4)], subsets[(0, 4)])
-    with pytest.raises(ValueError, match="drop k=96"):
-        sample_lowshot(labels, ks=(96,), n_samples=1)
-
-
-def test_lowshot_summary_picks_the_best_mean_cost():
-    class_ap = np.zeros((3, 1, 20, 2))
-    class_ap[:, 0, :, 0] = np.array([10.0, 20.0, 30.0])[:, None]  # cost 0: mean 20
-    class_ap[:, 0, :, 1] = np.array([20.0, 20.0, 20.0])[:, None]  # cost 1: mean 20 too -> tie -> cost 0
-    res = LowShotResult(costs=(0.1, 1.0), ks=(1,), class_ap=class_ap, newton_iters=1, max_rel_grad=0.0)
-    res.summarize()
-    assert res.summary[1] == pytest.approx({"mean": 20.0, "min": 10.0, "max": 30.0, "std": np.std([10, 20, 30]),
-                                            "cost": 0.1})
-
-
-def test_lowshot_svm_matches_sklearn_per_subset(problem):
-    x, y_tr, x_te, y_te = problem
-    subsets = sample_lowshot(y_tr, ks=(1, 2), n_samples=2, seed=0)
-    costs = (1e-3, 1.0)
-    res = train_lowshot_svm(linear_kernel(x, x), linear_kernel(x_te, x), y_tr, y_te, subsets, costs)
-    assert res.class_ap.shape == (2, 2, 20, 2) and set(res.summary) == {1, 2}
-    targets = training_targets(y_tr)
-    for s, ki, k, c, j in ((0, 0, 1, 3, 0), (1, 1, 2, 14, 1), (1, 0, 1, 16, 1)):
-        rows = subsets[(s, k)][c]
-        ref = _sklearn(x[rows], targets[rows, c], costs[j], tight=True)
-        ref_ap = 100 * voc_area_ap(ref.decision_function(x_te.numpy()), y_te[:, c])
-        assert res.class_ap[s, ki, c, j] == pytest.approx(ref_ap, abs=0.05)
