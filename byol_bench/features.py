@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
@@ -23,21 +24,49 @@ from byol_bench.backbone import IMAGENET_MEAN, IMAGENET_STD, MultiLayerFeatures
 from byol_bench.fileio import atomic_write
 from byol_bench.runlog import progress
 
+# The image paths of the frozen-feature protocols (see squash_transform); the dataset's image_format has the same name.
+PREPROCESS_PATHS = {
+    "pil": "PIL.Image.open(path).convert('RGB'), PIL bilinear resizes, then to tensor (the reference's path)",
+    "tensor": "torchvision.io decode, antialiased bilinear resizes of the uint8 tensor (opt-in; not the reference's "
+              "pixels)",
+}
 
-def squash_transform(resize_short: int = 256, size: int = 224) -> tuple[v2.Compose, str]:
+
+def squash_transform(resize_short: int = 256, size: int = 224,
+                     preprocess: str = "pil") -> tuple[v2.Compose, str]:
     """The SVM protocol's test pipeline (B §2.2): Resize(short side) -> Resize((size, size)), no crop; RGB.
 
+    Args:
+        resize_short: the first resize (short side).
+        size: the square size of the second resize (the aspect ratio is deliberately not kept).
+        preprocess: ``"pil"`` (default): the reference's path (mmselfsup v0.5.0 ``ImageList`` + torchvision):
+            both resizes on the PIL image (PIL bilinear, uint8 after each), then to a float tensor; the dataset
+            must hand it a PIL image decoded as ``PIL.Image.open(path).convert("RGB")``. ``"tensor"`` (opt-in):
+            both resizes on the uint8 tensor (torch's antialiased bilinear), for a dataset that decodes with
+            ``torchvision.io`` (``image_format="tensor"``); faster on large photos, but the pixels differ
+            slightly from the reference's (features ~1e-4 relative, up to 6e-4 per image), so not the reference's.
+
     Returns:
-        The transform (PIL or uint8 tensor in, normalised float tensor out) and a description for cache keys.
+        The transform (PIL image or uint8 tensor in, normalised float tensor out) and a description for cache keys
+        that names the path.
     """
-    transform = v2.Compose([
-        v2.ToImage(),
-        v2.Resize(resize_short, antialias=True),
-        v2.Resize((size, size), antialias=True),  # aspect ratio deliberately not kept: the protocol squashes
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
-    return transform, f"resize{resize_short}-squash{size}-rgb-imagenetnorm"
+    if preprocess not in PREPROCESS_PATHS:
+        raise ValueError(f"preprocess {preprocess!r} is not one of {', '.join(PREPROCESS_PATHS)}")
+    resize = [v2.Resize(resize_short, interpolation=v2.InterpolationMode.BILINEAR, antialias=True),
+              # aspect ratio deliberately not kept: the protocol squashes
+              v2.Resize((size, size), interpolation=v2.InterpolationMode.BILINEAR, antialias=True)]
+    # "pil": PIL image -> two PIL resizes -> tensor (as ToTensor after two transforms.Resize in the reference);
+    # "tensor": uint8 tensor (or PIL image) -> tensor -> two uint8 tensor resizes.
+    steps = [_require_pil, *resize, v2.ToImage()] if preprocess == "pil" else [v2.ToImage(), *resize]
+    transform = v2.Compose([*steps, v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    return transform, f"{preprocess}-resize{resize_short}-squash{size}-rgb-imagenetnorm"
+
+
+def _require_pil(image: Any) -> Image.Image:
+    # The reference path resizes PIL images; a tensor here would silently take the tensor path instead.
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"the 'pil' preprocessing path needs a PIL image (image_format='pil'), got {type(image)}")
+    return image
 
 
 def cache_key(**identity: Any) -> str:

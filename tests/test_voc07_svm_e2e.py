@@ -54,6 +54,7 @@ def test_end_to_end_record_table_and_rerun(ckpt, tiny_data, tmp_path, capsys, mo
     (record,) = load_records(tmp_path / "records")
     assert record["tiny"] and record["preset"] == "tiny" and record["details"]["cost_selection"] == "test"
     assert record["checkpoint"]["format"] == "torchvision" and record["checkpoint"]["arch"] == "resnet18"
+    assert record["details"]["preprocess"]["path"] == "pil"  # the reference's decode/resize path ran
     assert len(record["details"]["full_svm"]["feat5"]["chosen_cost"]) == 20
     # Seeded low-shot samples are saved next to the record: k positives then 19k negatives per class.
     samples = np.load(tmp_path / "records" / record["details"]["lowshot_samples_file"])
