@@ -82,6 +82,8 @@ def test_ema_momentum_one_is_identity_and_formula_holds() -> None:
     with torch.no_grad():
         for p in model.online.parameters():
             p.add_(torch.randn_like(p))
+        for buf in model.online.buffers():  # else the buffer check below would compare equal tensors
+            buf.add_(torch.rand_like(buf) + 0.5 if buf.is_floating_point() else 1)
     before = {k: v.clone() for k, v in model.target.state_dict().items()}
     model.update_target(1.0)
     assert all(torch.equal(before[k], v) for k, v in model.target.state_dict().items())
@@ -89,9 +91,10 @@ def test_ema_momentum_one_is_identity_and_formula_holds() -> None:
     online = dict(model.online.named_parameters())
     for name, param in model.target.named_parameters():
         torch.testing.assert_close(param, 0.75 * before[name] + 0.25 * online[name], rtol=1e-6, atol=1e-6)
-    # Buffers (BN running statistics) are never averaged.
+    # Buffers (BN running statistics) are never averaged: the target keeps its own.
+    online_buffers = dict(model.online.named_buffers())
     for name, buf in model.target.named_buffers():
-        assert torch.equal(buf, before[name])
+        assert torch.equal(buf, before[name]) and not torch.equal(buf, online_buffers[name]), name
 
 
 def test_heads_match_the_recipe(byol: BYOL) -> None:
