@@ -1,4 +1,5 @@
-"""Per-run logging: a JSON-lines metrics log, progress bars, and the provenance written into every run folder.
+"""Per-run logging: a JSON-lines metrics log, progress (a bar on a terminal, plain lines off one), and the provenance
+written into every run folder.
 
 Only rank 0 writes. A run folder holds ``config.yaml`` (the config as given), ``resolved.json`` (derived values),
 ``provenance.json`` (command line, git commit, library versions, device; earlier invocations of the same run in
@@ -15,9 +16,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TextIO, TypeVar
 
 import torch
 import yaml
@@ -70,10 +71,125 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def progress(iterable: Iterable[T], desc: str, total: int | None = None, **kwargs: Any) -> Iterator[T]:
-    """A tqdm progress bar on rank 0 (silent on other ranks); ``BYOL_BENCH_NO_PROGRESS=1`` turns bars off."""
-    disable = not dist.is_main() or os.environ.get("BYOL_BENCH_NO_PROGRESS") == "1"
-    return iter(tqdm(iterable, desc=desc, total=total, disable=disable, dynamic_ncols=True, **kwargs))
+class Progress:
+    """Progress of a loop, shown on rank 0 only: a tqdm bar on a terminal, plain lines off one.
+
+    On a terminal (``stream.isatty()``, or a Jupyter kernel) this is the usual redrawing tqdm bar. Off a terminal
+    (SLURM logs, CI, ``| tee``) a bar would redraw into the file as carriage-return frames, so instead it prints
+    plain lines such as ``byol: step 120/272 (44%) loss=3.21 lr=0.0375 img/s=25.1 elapsed 0:02:10 eta 0:01:10``:
+    one each time the loop passes another ``every_percent`` but never within ``min_interval_s`` of the previous
+    one, a heartbeat after ``max_interval_s`` without a line (after one minute for the first line, as early word
+    of the rate), and the final state at the end. That is at most 100 / ``every_percent`` + 1 lines plus the
+    heartbeats: 21 for a short run, about 60 for a 24-hour one. The ETA is measured from the first
+    update on, so start-up (workers, compilation) does not inflate it. ``BYOL_BENCH_NO_PROGRESS=1`` silences both.
+
+    Args:
+        total: number of updates that make 100 % (None: unknown; then a line every minute, no percentage or ETA).
+        desc: label at the start of the bar / line.
+        initial: the count already done (a resumed run).
+        unit: the word before the count in plain lines (``"step"`` -> ``byol: step 120/272``).
+        stream: where to write (default ``sys.stderr``, as tqdm).
+        every_percent, min_interval_s, max_interval_s: the plain-line cadence (see above).
+        clock: monotonic seconds (tests substitute a fake clock).
+    """
+
+    def __init__(self, total: int | None, desc: str, *, initial: int = 0, unit: str = "", stream: TextIO | None = None,
+                 every_percent: float = 5.0, min_interval_s: float = 10.0, max_interval_s: float = 1800.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.total, self.desc, self.n, self.unit = total, desc, initial, unit
+        self.stream = stream if stream is not None else sys.stderr
+        self.every_percent, self.min_interval_s, self.max_interval_s = every_percent, min_interval_s, max_interval_s
+        self.clock = clock
+        self.postfix: dict[str, str] = {}
+        self._bar: Any = None
+        self._lines = dist.is_main() and os.environ.get("BYOL_BENCH_NO_PROGRESS") != "1"
+        if self._lines and _interactive(self.stream):
+            self._lines = False
+            self._bar = tqdm(total=total, initial=initial, desc=desc, file=self.stream, dynamic_ncols=True)
+        self._start = clock()
+        self._first: tuple[float, int] | None = None  # (time, count) at the first update: the ETA's origin
+        self._last_line: tuple[float, int] = (self._start, initial)  # (time, count) of the latest plain line
+        self._wrote = False  # until the first line, the heartbeat comes after a minute: early word of the rate
+
+    def set_postfix(self, **values: Any) -> None:
+        """Values shown after the count (``key=value``, in the given order) from now on."""
+        self.postfix = {key: str(value) for key, value in values.items()}
+        if self._bar is not None:
+            self._bar.set_postfix(ordered_dict=self.postfix, refresh=False)
+
+    def update(self, n: int = 1) -> None:
+        """Count ``n`` more done; print a line if one is due."""
+        self.n += n
+        if self._bar is not None:
+            self._bar.update(n)
+        if not self._lines:
+            return
+        now = self.clock()
+        if self._first is None:
+            self._first = (now, self.n)
+        since = now - self._last_line[0]
+        if self.total:
+            step = self.every_percent * self.total / 100
+            passed = self.n // step > self._last_line[1] // step
+            heartbeat = self.max_interval_s if self._wrote else min(self.max_interval_s, 60.0)
+            due = (passed and since >= self.min_interval_s) or since >= heartbeat
+        else:
+            due = since >= 60.0
+        if due:
+            self._write(now)
+
+    def close(self) -> None:
+        """Ends the bar; off a terminal, prints the final state unless the last line already shows it."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        if self._lines and self.n != self._last_line[1]:
+            self._write(self.clock())
+        self._lines = False
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _write(self, now: float) -> None:
+        parts = [f"{self.desc}:", f"{self.unit} {self.n}".strip()]
+        if self.total:
+            parts[-1] += f"/{self.total}"
+            parts.append(f"({100 * self.n // self.total}%)")
+        parts += [f"{key}={value}" for key, value in self.postfix.items()]
+        parts.append(f"elapsed {_hms(now - self._start)}")
+        if self.total and self._first is not None and self.n > self._first[1] and self.n < self.total:
+            rate = (self.n - self._first[1]) / max(now - self._first[0], 1e-9)
+            parts.append(f"eta {_hms((self.total - self.n) / rate)}")
+        print(" ".join(parts), file=self.stream, flush=True)
+        self._last_line, self._wrote = (now, self.n), True
+
+
+def _interactive(stream: TextIO) -> bool:
+    """A terminal (or a Jupyter kernel, where tqdm draws a widget): where a redrawing bar reads well."""
+    try:
+        if stream.isatty():
+            return True
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+    return "ipykernel" in sys.modules
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(seconds) if math.isfinite(seconds) else 0
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def progress(iterable: Iterable[T], desc: str, total: int | None = None, unit: str = "") -> Iterator[T]:
+    """Iterate with a :class:`Progress` (bar on a terminal, plain lines off one; rank 0; see there)."""
+    if total is None and hasattr(iterable, "__len__"):
+        total = len(iterable)  # type: ignore[arg-type]
+    with Progress(total, desc, unit=unit) as bar:
+        for item in iterable:
+            yield item
+            bar.update()
 
 
 def git_commit() -> str:

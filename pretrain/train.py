@@ -31,12 +31,12 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
 
 from byol_bench import dist
 from byol_bench.backbone import build_resnet
 from byol_bench.checkpoint import CheckpointError, atomic_save, load_state_dict_strict, safe_load
 from byol_bench.config import config_hash, to_dict
+from byol_bench.runlog import Progress
 from byol_bench.scaffold import open_run
 from pretrain.augment import BatchAugmenter, eval_transform
 from pretrain.config import PretrainConfig, Resolved, resolve
@@ -122,8 +122,7 @@ def run(cfg: PretrainConfig) -> dict[str, float]:
         # ================================================================ loop
         batches = iterate_batches(loader, sampler, start_step * cfg.accum_steps)
         autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=res.precision == "bf16")
-        bar = tqdm(total=res.total_steps, initial=start_step, desc="byol", dynamic_ncols=True,
-                   disable=not info.is_main or os.environ.get("BYOL_BENCH_NO_PROGRESS") == "1")
+        bar = Progress(res.total_steps, "byol", initial=start_step, unit="step")  # plain lines off a terminal
         # Per-step losses stay on the device until the next log line: reading one every step would stall the GPU.
         window_losses: list[torch.Tensor] = []
         last_ckpt = resume_path
@@ -152,7 +151,7 @@ def run(cfg: PretrainConfig) -> dict[str, float]:
                          "momentum": float(momentums[step - 1]), "img_per_s": throughput, "eta_s": eta_s}
                 log.log(step=step, epoch=(step * cfg.accum_steps - 1) // res.iters_per_epoch, **stats)
                 bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{stats['lr']:.3g}", m=f"{stats['momentum']:.5f}",
-                                img_s=f"{throughput:.1f}", refresh=False)
+                                **{"img/s": f"{throughput:.1f}"})
                 window_losses, tick, tick_step = [], now, step
             bar.update(1)
 
