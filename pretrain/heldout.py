@@ -32,12 +32,14 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from byol_bench.backbone import build_resnet
-from byol_bench.checkpoint import load_state_dict_strict, safe_load
+from byol_bench.checkpoint import safe_load
 from byol_bench.cli import main_guard
+from pretrain import train
 from pretrain.augment import BatchAugmenter
 from pretrain.config import PretrainConfig
 from pretrain.data import TwoViewDataset, open_split, sample_seed
 from pretrain.model import BYOL
+from pretrain.train import load_networks
 
 ViewPair = tuple[torch.Tensor, torch.Tensor]
 
@@ -76,13 +78,6 @@ def byol_loss(byol: BYOL, pairs: Sequence[ViewPair]) -> float:
     return sum(losses) / len(losses)
 
 
-def initial_byol(cfg: PretrainConfig) -> BYOL:
-    """The networks a run of ``cfg`` starts from (seeded as ``pretrain.train.run`` seeds them; global RNG kept)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        return BYOL(build_resnet(cfg.arch), cfg.projector_hidden_dim, cfg.projector_out_dim)
-
-
 def config_from_checkpoint(path: Path) -> PretrainConfig:
     """The config a pretraining checkpoint was written with (keys this version does not know are ignored)."""
     saved: dict[str, Any] = safe_load(path)["config"]
@@ -95,13 +90,14 @@ def byol_from_checkpoint(path: Path) -> BYOL:
     ckpt: dict[str, Any] = safe_load(path)
     cfg = ckpt["config"]
     byol = BYOL(build_resnet(cfg["arch"]), cfg["projector_hidden_dim"], cfg["projector_out_dim"])
-    for module, state in ((byol.online.backbone, ckpt["online"]["backbone"]),
-                          (byol.online.projector, ckpt["online"]["projector"]),
-                          (byol.predictor, ckpt["online"]["predictor"]),
-                          (byol.target.backbone, ckpt["target"]["backbone"]),
-                          (byol.target.projector, ckpt["target"]["projector"])):
-        load_state_dict_strict(module, state, path)
+    load_networks(byol, ckpt, path)
     return byol
+
+
+def initial_byol(cfg: PretrainConfig) -> BYOL:
+    """The networks a run of ``cfg`` starts from (:func:`pretrain.train.initial_byol`), global RNG left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        return train.initial_byol(cfg)
 
 
 def heldout_drop(checkpoint: Path, images: int = 256, pair_seed: int = 0,

@@ -77,8 +77,7 @@ def run(cfg: PretrainConfig) -> dict[str, float]:
         augmenter = BatchAugmenter(device, res.channels_last)
 
         # ================================================================ networks
-        torch.manual_seed(cfg.seed)  # same initialisation on every rank; DDP checks it by broadcasting from rank 0
-        byol = BYOL(build_resnet(cfg.arch), cfg.projector_hidden_dim, cfg.projector_out_dim)
+        byol = initial_byol(cfg)
         if cfg.sync_bn and device.type == "cuda":
             byol = dist.maybe_sync_bn(byol)  # NOTE: SyncBN needs CUDA; CPU processes keep per-process statistics
         byol = byol.to(device, memory_format=torch.channels_last if res.channels_last else torch.preserve_format)
@@ -252,6 +251,25 @@ def check_finite(value: torch.Tensor, step: int, last_ckpt: Path | None, what: s
         "train again with a lower base_lr (or longer warmup_epochs) into a new out_dir")
 
 
+def initial_byol(cfg: PretrainConfig) -> BYOL:
+    """The networks a run starts from: seeded with ``cfg.seed`` (global torch RNG), the same on every rank.
+
+    DDP checks the ranks agree by broadcasting from rank 0; ``pretrain.heldout`` rebuilds the same weights.
+    """
+    torch.manual_seed(cfg.seed)
+    return BYOL(build_resnet(cfg.arch), cfg.projector_hidden_dim, cfg.projector_out_dim)
+
+
+def load_networks(byol: BYOL, ckpt: dict[str, Any], path: Path) -> None:
+    """Load the online network, predictor and target of a checkpoint dict (:func:`checkpoint_state`), strictly."""
+    for module, state in ((byol.online.backbone, ckpt["online"]["backbone"]),
+                          (byol.online.projector, ckpt["online"]["projector"]),
+                          (byol.predictor, ckpt["online"]["predictor"]),
+                          (byol.target.backbone, ckpt["target"]["backbone"]),
+                          (byol.target.projector, ckpt["target"]["projector"])):
+        load_state_dict_strict(module, state, path)
+
+
 def checkpoint_state(cfg: PretrainConfig, res: Resolved, byol: BYOL, optimizer: LARS, step: int,
                      lrs: np.ndarray, momentums: np.ndarray, wall_time_s: float) -> dict[str, Any]:
     """The checkpoint dict (docs/PRETRAIN.md, "Run folder and resuming"): tensors, numbers, strings, lists, dicts.
@@ -330,11 +348,7 @@ def load_checkpoint(path: Path, cfg: PretrainConfig, res: Resolved, byol: BYOL,
         diffs = ", ".join(f"{k} {ckpt['resolved'][k]} -> {getattr(res, k)}" for k in changed)
         raise CheckpointError(f"{path}: {diffs}; resume with the same number of processes and the same training "
                               "images (data_root, train_list), or choose another out_dir")
-    load_state_dict_strict(byol.online.backbone, ckpt["online"]["backbone"], path)
-    load_state_dict_strict(byol.online.projector, ckpt["online"]["projector"], path)
-    load_state_dict_strict(byol.predictor, ckpt["online"]["predictor"], path)
-    load_state_dict_strict(byol.target.backbone, ckpt["target"]["backbone"], path)
-    load_state_dict_strict(byol.target.projector, ckpt["target"]["projector"], path)
+    load_networks(byol, ckpt, path)
     optimizer.load_state_dict(ckpt["optimizer"])
     torch.set_rng_state(ckpt["rng"]["torch"])
     if torch.cuda.is_available() and ckpt["rng"]["cuda"]:
