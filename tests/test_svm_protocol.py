@@ -29,23 +29,8 @@ from benchmarks.svm_solver import linear_kernel
 from byol_bench.metrics import voc_area_ap
 from byol_bench.tinydata.svm_features import make_voc_like_problem
 
-_THREADS_BEFORE = torch.get_num_threads()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # Why: the solver makes many small LAPACK calls; two OpenMP threads busy-waiting on a shared 2-core CI
-    # machine slow them down ~10x. One thread is fast everywhere at these sizes.
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(_THREADS_BEFORE)
-
-
-@pytest.fixture(scope="module")
-def problem():
-    """Structured features (600 x 2048, class signal, VOC07 positive rates), normalised as the protocol does."""
-    x_tr, y_tr, x_te, y_te = make_voc_like_problem(600, 400, 2048, seed=1)
-    return l2_normalize(x_tr), y_tr, l2_normalize(x_te), y_te
+# One torch thread, and the shared 600 x 2048 problem: fixtures in tests/conftest.py.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _reference_svc(cost: float) -> LinearSVC:

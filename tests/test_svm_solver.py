@@ -13,27 +13,13 @@ from sklearn.svm import LinearSVC
 from benchmarks.svm_protocol import l2_normalize, training_targets
 from benchmarks.svm_solver import SolverOptions, linear_kernel, solve_kernel_svms
 from byol_bench.metrics import voc_area_ap
-from byol_bench.tinydata.svm_features import make_voc_like_problem
 
-_THREADS_BEFORE = torch.get_num_threads()
 COSTS = (0.5**19, 1e-3, 0.0625, 1.0, 100.0)  # both ends of the mmselfsup grid and the middle
 CLASSES = (0, 6, 14, 16)  # aeroplane, car, person (40 % positives), sheep (2 %)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # Why: the solver makes many small LAPACK calls; two OpenMP threads busy-waiting on a shared 2-core CI
-    # machine slow them down ~10x. One thread is fast everywhere at these sizes.
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(_THREADS_BEFORE)
-
-
-@pytest.fixture(scope="module")
-def problem():
-    """Structured features (600 x 2048, class signal, VOC07 positive rates), normalised as the protocol does."""
-    x_tr, y_tr, x_te, y_te = make_voc_like_problem(600, 400, 2048, seed=1)
-    return l2_normalize(x_tr), y_tr, l2_normalize(x_te), y_te
+# One torch thread, and the shared 600 x 2048 problem: fixtures in tests/conftest.py.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _sklearn(x: torch.Tensor, targets: np.ndarray, cost: float, tight: bool) -> LinearSVC:
@@ -73,7 +59,7 @@ def test_same_optimum_as_sklearn(problem):
             assert abs(ap - ref_ap) * 100 <= 0.05
 
 
-def test_same_optimum_on_embedded_voc07_features(tiny_data):
+def test_same_optimum_on_embedded_voc07_features(tiny_data, one_torch_thread):
     """The same check on real protocol features: random-init ResNet-18 feat5 of the embedded VOC07 images."""
     from byol_bench.backbone import build_resnet
     from byol_bench.datasets.voc_cls import VOCClassification
@@ -83,7 +69,7 @@ def test_same_optimum_on_embedded_voc07_features(tiny_data):
     model = build_resnet("resnet18").eval()
     transform, _ = squash_transform()
     feats, labels = {}, {}
-    torch.set_num_threads(_THREADS_BEFORE)  # the convolutions do use both cores
+    torch.set_num_threads(one_torch_thread)  # the convolutions do use both cores
     for split in ("trainval", "test"):
         data = VOCClassification(tiny_data / "VOCdevkit", split, transform)
         keep = list(range(min(len(data), 96)))  # a few positives of most classes; forward passes are slow

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +23,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from byol_bench.datasets import DatasetError
+from byol_bench.datasets import DatasetError, read_annotation_json
 from byol_bench.datasets.images import check_image_format, image_size, load_image
 
 log = logging.getLogger(__name__)
@@ -44,21 +43,7 @@ def load_coco_json(path: Path) -> COCO:
         DatasetError: missing file, invalid JSON, a missing key, an annotation naming an unknown image or
             category (label out of range), or a malformed bbox.
     """
-    if not path.is_file():
-        raise DatasetError(f"{path}: annotation file not found")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(doc, dict):
-        raise DatasetError(f"{path}: expected a JSON object with images/annotations/categories")
-    for key, fields in _REQUIRED.items():
-        if not isinstance(doc.get(key), list):
-            raise DatasetError(f"{path}: missing key {key!r} (a list)")
-        for i, record in enumerate(doc[key]):
-            missing = [f for f in fields if f not in record]
-            if missing:
-                raise DatasetError(f"{path}: {key}[{i}] lacks {missing}")
+    doc = read_annotation_json(path, _REQUIRED)
     image_ids = {img["id"] for img in doc["images"]}
     category_ids = {cat["id"] for cat in doc["categories"]}
     for ann in doc["annotations"]:

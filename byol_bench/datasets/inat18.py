@@ -12,12 +12,11 @@ Every image needs exactly one annotation with a known category, otherwise loadin
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from byol_bench.datasets import DatasetError
+from byol_bench.datasets import DatasetError, read_annotation_json
 from byol_bench.datasets.images import check_image_format, load_image
 
 SPLITS = ("train", "val")
@@ -35,21 +34,7 @@ def load_inat_json(path: Path) -> tuple[list[tuple[str, int]], list[dict]]:
         DatasetError: missing file, invalid JSON, missing keys, an unknown category or image id, or an image
             with zero or several annotations.
     """
-    if not path.is_file():
-        raise DatasetError(f"{path}: annotation file not found")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(doc, dict):
-        raise DatasetError(f"{path}: expected a JSON object with images/annotations/categories")
-    for key, fields in _REQUIRED.items():
-        if not isinstance(doc.get(key), list):
-            raise DatasetError(f"{path}: missing key {key!r} (a list)")
-        for i, record in enumerate(doc[key]):
-            missing = [f for f in fields if f not in record]
-            if missing:
-                raise DatasetError(f"{path}: {key}[{i}] lacks {missing}")
+    doc = read_annotation_json(path, _REQUIRED)
     categories = sorted(doc["categories"], key=lambda c: c["id"])
     label_of = {c["id"]: i for i, c in enumerate(categories)}
     category_of: dict[Any, int] = {}
