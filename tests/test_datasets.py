@@ -413,6 +413,9 @@ def test_inat18_reads_json(root: Path, tmp_path: Path) -> None:
     doc = json.loads((root / "inat18" / "val2018.json").read_text())
     bad = tmp_path / "inat18"
     bad.mkdir()
+    (bad / "val2018.json").write_text(json.dumps(doc))  # the JSON without the images
+    with pytest.raises(DatasetError, match=r"val2018.json: names train_val2018/.*, which does not exist under"):
+        INat18(bad, "val")[0]
     doc["annotations"][5]["category_id"] = 12
     (bad / "val2018.json").write_text(json.dumps(doc))
     with pytest.raises(DatasetError, match=r"val2018.json: annotation for image .* unknown category_id 12"):

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from byol_bench.datasets import DatasetError
-from byol_bench.datasets.images import check_image_format, load_image
+from byol_bench.datasets.images import LabelledImages
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ def check_list_against_folders(samples: list[tuple[str, int]], classes: list[str
                                f"{folder} is class {class_to_idx[folder]} (classes are sorted folder names)")
 
 
-class ImageFolderList:
+class ImageFolderList(LabelledImages):
     """ImageNet-style classification dataset, from class folders or from a list file.
 
     Returns ``(image, label)``; the image is decoded by :func:`~byol_bench.datasets.images.load_image` and then
@@ -150,9 +150,6 @@ class ImageFolderList:
             raise ValueError(f"split {split!r} is not one of {', '.join(SPLITS)}")
         self.root = Path(root)
         self.split_dir = self.root / split
-        self.transform = transform
-        self.image_format = check_image_format(image_format)
-        self.min_size = min_size
         train_dir = self.root / "train"
         if list_file is None:
             self.classes = find_classes(train_dir)
@@ -162,7 +159,7 @@ class ImageFolderList:
                 extra = sorted(set(split_classes) - set(self.classes))[:5]
                 raise DatasetError(f"{self.split_dir}: class folders differ from {train_dir} "
                                    f"(missing {missing}, extra {extra})")
-            self.samples = scan_class_folders(self.split_dir, self.classes)
+            samples = scan_class_folders(self.split_dir, self.classes)
             self.list_file: Path | None = None
         else:
             self.list_file = Path(list_file) if Path(list_file).is_absolute() else self.root / list_file
@@ -170,14 +167,14 @@ class ImageFolderList:
                 raise DatasetError(f"{self.split_dir}: image folder not found (list paths are relative to it)")
             # Without a train/ folder there are no wnids to count; then labels are only checked to be >= 0.
             self.classes = find_classes(train_dir) if train_dir.is_dir() else []
-            self.samples = read_image_list(self.list_file, len(self.classes) or None)
+            samples = read_image_list(self.list_file, len(self.classes) or None)
             if self.classes:
-                check_list_against_folders(self.samples, self.classes, self.list_file)
+                check_list_against_folders(samples, self.classes, self.list_file)
             else:
                 log.warning("%s: no train/ folder, so the number of classes is taken from the list", self.root)
-                self.classes = [str(i) for i in range(max(label for _, label in self.samples) + 1)]
+                self.classes = [str(i) for i in range(max(label for _, label in samples) + 1)]
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
-        self.targets = [label for _, label in self.samples]
+        super().__init__(samples, self.split_dir, self.list_file, transform, image_format, min_size)
         if verify_files:
             self.verify_files()
 
@@ -188,16 +185,3 @@ class ImageFolderList:
             source = self.list_file or self.split_dir
             raise DatasetError(f"{source}: {len(missing)} listed images do not exist under {self.split_dir}, "
                                f"e.g. {missing[:3]}")
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        rel, label = self.samples[index]
-        path = self.split_dir / rel
-        if self.list_file is not None and not path.is_file():
-            raise DatasetError(f"{self.list_file}: names {rel}, which does not exist under {self.split_dir}")
-        image = load_image(path, self.image_format, self.min_size)
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, label

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from byol_bench.datasets import DatasetError, read_annotation_json
-from byol_bench.datasets.images import check_image_format, load_image
+from byol_bench.datasets.images import LabelledImages
 
 SPLITS = ("train", "val")
 _REQUIRED = {"images": ("id", "file_name"), "annotations": ("image_id", "category_id"), "categories": ("id",)}
@@ -57,7 +57,7 @@ def load_inat_json(path: Path) -> tuple[list[tuple[str, int]], list[dict]]:
     return samples, categories
 
 
-class INat18:
+class INat18(LabelledImages):
     """iNaturalist 2018 classification: ``(image, label)``.
 
     Args:
@@ -74,22 +74,6 @@ class INat18:
             raise ValueError(f"split {split!r} is not one of {', '.join(SPLITS)}")
         self.root = Path(root)
         self.json_file = self.root / f"{split}2018.json"
-        self.samples, self.categories = load_inat_json(self.json_file)
+        samples, self.categories = load_inat_json(self.json_file)
         self.classes = [c.get("name", str(c["id"])) for c in self.categories]
-        self.targets = [label for _, label in self.samples]
-        self.transform = transform
-        self.image_format = check_image_format(image_format)
-        self.min_size = min_size
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        rel, label = self.samples[index]
-        path = self.root / rel
-        if not path.is_file():
-            raise DatasetError(f"{self.json_file}: names {rel}, which does not exist under {self.root}")
-        image = load_image(path, self.image_format, self.min_size)
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, label
+        super().__init__(samples, self.root, self.json_file, transform, image_format, min_size)

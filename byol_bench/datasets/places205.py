@@ -17,14 +17,14 @@ from typing import Any
 
 from byol_bench.datasets import DatasetError
 from byol_bench.datasets.imagenet import read_image_list
-from byol_bench.datasets.images import check_image_format, load_image
+from byol_bench.datasets.images import LabelledImages
 
 SPLITS = ("train", "val")
 IMAGE_SUBDIR = "data/vision/torralba/deeplearning/images256"
 NUM_CLASSES = 205
 
 
-class Places205:
+class Places205(LabelledImages):
     """Places205 scene classification: ``(image, label)``.
 
     Args:
@@ -50,21 +50,5 @@ class Places205:
         if num_classes is None:
             num_classes = max(label for _, label in read_image_list(split_dir / "train_places205.csv")) + 1
         self.num_classes = num_classes
-        self.samples = read_image_list(self.list_file, num_classes)
-        self.targets = [label for _, label in self.samples]
-        self.transform = transform
-        self.image_format = check_image_format(image_format)
-        self.min_size = min_size
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        rel, label = self.samples[index]
-        path = self.image_dir / rel
-        if not path.is_file():
-            raise DatasetError(f"{self.list_file}: names {rel}, which does not exist under {self.image_dir}")
-        image = load_image(path, self.image_format, self.min_size)
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, label
+        super().__init__(read_image_list(self.list_file, num_classes), self.image_dir, self.list_file, transform,
+                         image_format, min_size)
