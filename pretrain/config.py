@@ -16,6 +16,7 @@ from typing import Any, Literal
 import torch
 
 from byol_bench.config import CONFIG_ROOT, opt
+from byol_bench.training import resolve_precision
 
 PRESET_DIR = CONFIG_ROOT / "pretrain"
 
@@ -121,13 +122,6 @@ class Resolved:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def resolve_precision(setting: str, device: torch.device) -> str:
-    """``precision=auto|fp32|bf16`` -> ``fp32`` or ``bf16``: auto is bf16 autocast on CUDA, fp32 elsewhere."""
-    if setting != "auto":
-        return setting
-    return "bf16" if device.type == "cuda" else "fp32"
 
 
 def resolve(cfg: PretrainConfig, world_size: int, train_images: int, device: torch.device) -> Resolved:

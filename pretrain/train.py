@@ -36,13 +36,13 @@ from byol_bench import dist
 from byol_bench.backbone import build_resnet
 from byol_bench.checkpoint import CheckpointError, atomic_save, load_state_dict_strict, safe_load
 from byol_bench.config import config_hash, to_dict
+from byol_bench.lars import LARS, param_groups
 from byol_bench.runlog import Progress
 from byol_bench.scaffold import open_run
 from pretrain.augment import BatchAugmenter, eval_transform
 from pretrain.config import PretrainConfig, Resolved, resolve
 from pretrain.data import EpochBatchSampler, TwoViewDataset, iterate_batches, make_loader, open_split
 from pretrain.knn import knn_monitor
-from pretrain.lars import LARS, param_groups
 from pretrain.model import BYOL, mmselfsup_loss
 from pretrain.schedules import lr_schedule, momentum_schedule
 

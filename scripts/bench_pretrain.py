@@ -45,10 +45,10 @@ from torch.utils.data import DataLoader
 from byol_bench.backbone import build_resnet
 from byol_bench.cli import main_guard
 from byol_bench.datasets.imagenet import ImageFolderList
+from byol_bench.lars import LARS, param_groups
+from byol_bench.training import resolve_precision
 from pretrain.augment import IMAGENET_MEAN, IMAGENET_STD, BatchAugmenter
-from pretrain.config import resolve_precision
 from pretrain.data import EpochBatchSampler, TwoViewDataset, iterate_batches, make_loader
-from pretrain.lars import LARS, param_groups
 from pretrain.model import BYOL
 from pretrain.train import train_step
 

@@ -114,7 +114,7 @@ def test_train_step_equals_a_plain_reference_loop() -> None:
     """One optimizer step (2 accumulation passes) of the trainer vs the recipe written out with Python loops."""
     import copy
 
-    from pretrain.lars import LARS, excluded_parameter_names, param_groups
+    from byol_bench.lars import LARS, excluded_parameter_names, param_groups
     from pretrain.train import train_step
 
     torch.manual_seed(0)

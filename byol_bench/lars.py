@@ -1,5 +1,7 @@
 """LARS exactly as mmselfsup v0.5.0 applies it (PROTOCOLS.md B §1.5), with the A.2 exclusions.
 
+Shared: the BYOL pretrainer uses it, and the linear probe's SimSiam setting (B §3.3).
+
 For each parameter tensor w with gradient g (You et al., "Large Batch Training of Convolutional Networks", 2017)::
 
     local = eta * ||w|| / (||g|| + wd * ||w|| + eps)      (1 if ||w|| = 0 or ||g|| = 0)
@@ -13,7 +15,7 @@ i.e. plain SGD with momentum.
 Why not timm's ``Lars``: it computes the same trust ratio and skips adaptation where wd = 0, but it keeps the
 learning rate **outside** the momentum buffer (``buf = m buf + d / lr``; ``w -= lr * buf``). That equals the rule
 above only while lr is constant; under warm-up and cosine, every step differs. mmselfsup, optax's ``lars`` and the
-BYOL reference code scale by lr before the momentum trace, as here. ``tests/test_pretrain_lars.py`` checks both
+BYOL reference code scale by lr before the momentum trace, as here. ``tests/test_lars.py`` checks both
 facts. Other references: NVIDIA apex ``LARC``, timm ``optim/lars.py``.
 """
 

@@ -8,7 +8,7 @@ from timm.optim import Lars as TimmLars
 from torch import nn
 
 from byol_bench.backbone import build_resnet
-from pretrain.lars import LARS, excluded_parameter_names, param_groups
+from byol_bench.lars import LARS, excluded_parameter_names, param_groups
 from pretrain.model import BYOL
 
 ETA, EPS, WD, MOMENTUM = 1e-3, 1e-8, 1e-2, 0.9
@@ -49,7 +49,7 @@ def test_step_equals_formula_under_changing_lr() -> None:
 
 
 def test_timm_lars_matches_only_at_constant_lr() -> None:
-    """Why pretrain/lars.py exists: timm keeps the lr outside the momentum buffer."""
+    """Why byol_bench/lars.py exists: timm keeps the lr outside the momentum buffer."""
     def run(opt_cls: type, lrs: tuple[float, ...]) -> torch.Tensor:
         torch.manual_seed(0)
         p = nn.Parameter(torch.randn(6, dtype=torch.float64))

@@ -1,0 +1,190 @@
+"""Pieces every trainer shares (linear probes, fine-tuning, detection, segmentation): small, so each loop stays visible.
+
+What lives here, and nothing else:
+
+* numerics policy: :func:`resolve_precision` (``auto`` = bf16 autocast on CUDA, fp32 elsewhere) and
+  :func:`autocast`; channels_last is the runner's one-liner (``model.to(memory_format=torch.channels_last)``);
+* distribution: :func:`wrap_ddp` (DDP only in a multi-process job; SyncBN conversion is ``dist.maybe_sync_bn``);
+* schedules as per-iteration arrays (STYLE: precomputed, logged, checkpointed): :func:`step_lr`, :func:`cosine_lr`;
+* checkpoints and ``resume=auto|none|<path>`` at epoch boundaries: :func:`find_resume`, :func:`save_training_state`,
+  :func:`load_training_state` — the trainable modules, the optimizer, the epoch, the RNG states and the config hash
+  (a resumed run must be the same run);
+* curves: :func:`plot_log` draws ``log.jsonl`` columns against a step/epoch column (loss curves, val curves).
+
+Progress/ETA lines are :class:`byol_bench.runlog.Progress`; run folders and records, :mod:`byol_bench.scaffold`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from byol_bench import dist
+from byol_bench.checkpoint import CheckpointError, atomic_save, load_state_dict_strict, safe_load
+
+CHECKPOINT_FORMAT = "byol-bench-train"
+
+
+# ---------------------------------------------------------------- numerics and distribution
+
+
+def resolve_precision(setting: str, device: torch.device) -> str:
+    """``precision=auto|fp32|bf16`` -> ``fp32`` or ``bf16``: auto is bf16 autocast on CUDA, fp32 elsewhere."""
+    if setting not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"precision={setting!r} is not one of auto, fp32, bf16")
+    if setting != "auto":
+        return setting
+    return "bf16" if device.type == "cuda" else "fp32"
+
+
+def autocast(device: torch.device, precision: str) -> torch.autocast:
+    """The autocast context of a resolved precision (disabled for fp32)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def wrap_ddp(module: nn.Module, device: torch.device) -> nn.Module:
+    """``DistributedDataParallel(module)`` in a multi-process job; ``module`` itself otherwise (one code path)."""
+    if dist.get_world_size() == 1:
+        return module
+    return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+# ---------------------------------------------------------------- schedules
+
+
+def step_lr(base_lr: float, epochs: int, iters_per_epoch: int, milestones: Sequence[int],
+            gamma: float = 0.1) -> np.ndarray:
+    """Per-iteration learning rate of mmcv's step policy: ``base_lr * gamma ** (milestones passed)``, by epoch.
+
+    The rate changes at the first iteration of each milestone epoch (epochs counted from 0; a milestone of 30 means
+    epochs 30.. run at ``base_lr * gamma``). Milestones at or beyond ``epochs`` are never reached.
+    """
+    if epochs <= 0 or iters_per_epoch <= 0:
+        raise ValueError(f"epochs={epochs} and iters_per_epoch={iters_per_epoch} must be positive")
+    epoch_of_iter = np.arange(epochs * iters_per_epoch) // iters_per_epoch
+    passed = (epoch_of_iter[:, None] >= np.asarray(sorted(milestones), dtype=np.int64)[None, :]).sum(1)
+    return base_lr * gamma ** passed.astype(np.float64)
+
+
+def cosine_lr(base_lr: float, total_iters: int, min_lr: float = 0.0) -> np.ndarray:
+    """Per-iteration cosine decay from ``base_lr`` (iteration 0) towards ``min_lr`` (reached after the last one)."""
+    if total_iters <= 0:
+        raise ValueError(f"total_iters={total_iters} must be positive")
+    t = np.arange(total_iters) / total_iters
+    return min_lr + (base_lr - min_lr) * 0.5 * (1 + np.cos(math.pi * t))
+
+
+# ---------------------------------------------------------------- checkpoints and resume
+
+
+def find_resume(run_dir: Path, resume: str, name: str = "latest.pth") -> Path | None:
+    """The checkpoint to continue from: ``auto`` (``run_dir/name`` if it exists), ``none``, or a path.
+
+    Raises:
+        ValueError: ``resume=none`` but ``run_dir`` holds a checkpoint (it would be overwritten).
+        CheckpointError: an explicit path that does not exist.
+    """
+    latest = run_dir / name
+    if resume == "auto":
+        return latest if latest.is_file() else None
+    if resume == "none":
+        if latest.is_file():
+            raise ValueError(f"{latest}: exists; continue with resume=auto, or use another out_dir")
+        return None
+    path = Path(resume)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found; resume takes auto, none or a .pth path")
+    return path
+
+
+def save_training_state(path: Path, *, modules: Mapping[str, nn.Module], optimizer: torch.optim.Optimizer,
+                        epoch: int, config_hash: str, extra: dict[str, Any] | None = None) -> None:
+    """Write (rank 0, atomically) what :func:`load_training_state` needs to continue after ``epoch`` epochs.
+
+    Args:
+        path: the checkpoint file.
+        modules: the trainable modules by name (unwrapped from DDP), e.g. ``{"heads": heads}``.
+        optimizer: its state (momentum buffers) is saved too.
+        epoch: epochs completed.
+        config_hash: the run's config hash; a resume with another config is refused.
+        extra: anything else the runner wants back (e.g. the evaluations so far), JSON-like values only.
+    """
+    if not dist.is_main():
+        return
+    state = {
+        "format": CHECKPOINT_FORMAT, "epoch": epoch, "config_hash": config_hash,
+        "modules": {name: {k: v.detach().cpu() for k, v in m.state_dict().items()} for name, m in modules.items()},
+        "optimizer": optimizer.state_dict(),
+        "rng": {"torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        "extra": extra or {},
+    }
+    atomic_save(state, path)
+
+
+def load_training_state(path: Path, *, modules: Mapping[str, nn.Module], optimizer: torch.optim.Optimizer,
+                        config_hash: str) -> tuple[int, dict[str, Any]]:
+    """Restore modules, optimizer and RNG from a :func:`save_training_state` file.
+
+    Returns:
+        The epochs completed and the ``extra`` dict.
+
+    Raises:
+        CheckpointError: not such a checkpoint, written by another config, or weights that do not fit.
+    """
+    state = safe_load(path)
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a byol-bench training checkpoint; resume=auto needs one this runner wrote")
+    if state["config_hash"] != config_hash:
+        raise CheckpointError(f"{path}: written with config {state['config_hash']}, this run is {config_hash}; resume "
+                              "with the same preset and overrides, or use another out_dir")
+    for name, module in modules.items():
+        load_state_dict_strict(module, state["modules"][name], path)
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if torch.cuda.is_available() and state["rng"]["cuda"]:
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    return int(state["epoch"]), dict(state["extra"])
+
+
+# ---------------------------------------------------------------- curves
+
+
+def plot_log(log_path: Path, png_path: Path, x: str, ys: Sequence[str], title: str, ylabel: str = "") -> Path | None:
+    """Plot the ``ys`` columns of a JSON-lines log against column ``x`` (rows lacking ``x`` are skipped).
+
+    Returns:
+        The PNG path, or None when the log has no such rows.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: clusters and CI
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in Path(log_path).read_text().splitlines() if line.strip()]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    drawn = False
+    for y in ys:
+        points = [(r[x], float(r[y])) for r in rows if x in r and y in r]
+        if points:
+            ax.plot(*zip(*points, strict=True), marker="o" if len(points) < 30 else None, label=y)
+            drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set(xlabel=x, ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    os.makedirs(Path(png_path).parent, exist_ok=True)
+    fig.savefig(png_path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return Path(png_path)

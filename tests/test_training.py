@@ -1,0 +1,87 @@
+"""byol_bench.training: schedules at known iterations, resume files, precision policy, curves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from byol_bench.checkpoint import CheckpointError
+from byol_bench.training import (
+    cosine_lr,
+    find_resume,
+    load_training_state,
+    plot_log,
+    resolve_precision,
+    save_training_state,
+    step_lr,
+)
+
+
+def test_step_lr_changes_at_the_first_iteration_of_each_milestone_epoch() -> None:
+    lrs = step_lr(0.01, epochs=90, iters_per_epoch=4, milestones=(30, 60, 90))
+    assert lrs.shape == (360,)
+    assert lrs[0] == lrs[30 * 4 - 1] == 0.01  # epochs 0..29
+    assert lrs[30 * 4] == pytest.approx(1e-3) and lrs[60 * 4 - 1] == pytest.approx(1e-3)
+    assert lrs[60 * 4] == pytest.approx(1e-4) and lrs[-1] == pytest.approx(1e-4)  # 90 is never reached
+    assert step_lr(30.0, 100, 1, (80, 60))[[59, 60, 80]] == pytest.approx([30.0, 3.0, 0.3])  # order-free
+
+
+def test_cosine_lr_formula() -> None:
+    lrs = cosine_lr(1.6, 10)
+    assert lrs[0] == 1.6 and lrs[5] == pytest.approx(0.8)
+    assert lrs == pytest.approx([1.6 * 0.5 * (1 + np.cos(np.pi * i / 10)) for i in range(10)])
+
+
+def test_precision_policy() -> None:
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert resolve_precision("auto", torch.device("cuda", 0)) == "bf16"
+    assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
+    with pytest.raises(ValueError, match="precision='fp16'"):
+        resolve_precision("fp16", torch.device("cpu"))
+
+
+def test_save_and_resume_restore_weights_optimizer_rng_and_refuse_other_configs(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    head = nn.Linear(4, 3)
+    opt = torch.optim.SGD(head.parameters(), lr=0.1, momentum=0.9)
+    head(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    path = tmp_path / "latest.pth"
+    save_training_state(path, modules={"head": head}, optimizer=opt, epoch=3, config_hash="abc",
+                        extra={"evals": [1.0]})
+    expected_next = torch.rand(3)  # what the RNG gives right after the save
+
+    fresh = nn.Linear(4, 3)
+    fresh_opt = torch.optim.SGD(fresh.parameters(), lr=0.1, momentum=0.9)
+    epoch, extra = load_training_state(path, modules={"head": fresh}, optimizer=fresh_opt, config_hash="abc")
+    assert (epoch, extra) == (3, {"evals": [1.0]})
+    assert torch.equal(torch.rand(3), expected_next)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), head.state_dict().values(), strict=True))
+    buffers = [s["momentum_buffer"] for s in fresh_opt.state_dict()["state"].values()]
+    assert buffers and all(torch.equal(a, b["momentum_buffer"]) for a, b in
+                           zip(buffers, opt.state_dict()["state"].values(), strict=True))
+    with pytest.raises(CheckpointError, match="written with config abc, this run is xyz"):
+        load_training_state(path, modules={"head": fresh}, optimizer=fresh_opt, config_hash="xyz")
+
+
+def test_find_resume(tmp_path: Path) -> None:
+    assert find_resume(tmp_path, "auto") is None and find_resume(tmp_path, "none") is None
+    (tmp_path / "latest.pth").write_bytes(b"x")
+    assert find_resume(tmp_path, "auto") == tmp_path / "latest.pth"
+    with pytest.raises(ValueError, match="continue with resume=auto"):
+        find_resume(tmp_path, "none")
+    with pytest.raises(CheckpointError, match=r"nope\.pth: checkpoint file not found"):
+        find_resume(tmp_path, str(tmp_path / "nope.pth"))
+
+
+def test_plot_log(tmp_path: Path) -> None:
+    log = tmp_path / "log.jsonl"
+    rows = [{"epoch": 1, "top1": 10.0}, {"step": 3}, {"epoch": 2, "top1": 20}]
+    log.write_text("\n".join(json.dumps(r) for r in rows))
+    assert plot_log(log, tmp_path / "val.png", "epoch", ["top1"], "val").is_file()
+    assert plot_log(log, tmp_path / "none.png", "epoch", ["loss"], "none") is None
