@@ -153,6 +153,14 @@ def train_transform(name: str, size: int = 224) -> T.Compose:
     return T.Compose(steps)
 
 
+def crop_flip_transform(size: int = 224) -> T.Compose:
+    """The AvgPool probe's train augmentation on every dataset (B §3.3, the MoCo setting): RandomResizedCrop(size,
+    bilinear, scale 0.08-1) -> HFlip -> ToTensor -> Normalize. No colour jitter or Lighting (unlike the multi-head
+    ImageNet pipeline of :func:`train_transform`)."""
+    rrc = T.RandomResizedCrop(size, scale=(0.08, 1.0), interpolation=T.InterpolationMode.BILINEAR)
+    return T.Compose([rrc, T.RandomHorizontalFlip(), *_normalize()])
+
+
 def test_transform(resize: int = 256, size: int = 224) -> T.Compose:
     """The B §3.2 test pipeline (all three datasets): Resize(short side ``resize``) -> CenterCrop(``size``)."""
     return T.Compose([T.Resize(resize), T.CenterCrop(size), *_normalize()])
