@@ -17,10 +17,16 @@ PY=${PYTHON:-python}
 # tests drive the orchestration with stand-in runners.
 PROTOCOLS=(${RUN_ALL_PROTOCOLS:-voc07_svm linear_mhead linear_avgpool semi_sup det_voc det_coco segmentation})
 MODULE_PREFIX=${RUN_ALL_MODULE_PREFIX:-benchmarks.}
-# Full-scale preset per protocol (self-describing names, configs/<protocol>/<preset>.yaml); a new runner adds its line
-# (docs/RUNNERS.md; tests/test_runner_conventions.py checks it).
+# Full-scale preset(s) per protocol (self-describing names, configs/<protocol>/<preset>.yaml); a new runner adds its line
+# (docs/RUNNERS.md; tests/test_runner_conventions.py checks it). Several space-separated presets run one after the
+# other (one per dataset of a runner that fills several tables).
 declare -A FULL_PRESET=(
   [voc07_svm]=voc07_svm_mmselfsup
+  [linear_mhead]="linear-mhead_resnet50_8xb32-steplr-90e_in1k linear-mhead_resnet50_8xb32-steplr-84e_inat18 linear-mhead_resnet50_8xb32-steplr-28e_places205"
+)
+# Tiny presets of a protocol that has several (one per dataset); the others run `tiny`.
+declare -A TINY_PRESETS=(
+  [linear_mhead]="tiny tiny-inat18 tiny-places205"
 )
 
 usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; }
@@ -72,15 +78,19 @@ for proto in "${PROTOCOLS[@]}"; do
     echo "-- $proto: not available yet, skipped"
     continue
   fi
-  preset=$PRESET
-  [[ "$PRESET" == full ]] && preset=${FULL_PRESET[$proto]:-full}
-  echo "== $proto (preset $preset)"
-  if "$PY" -m "$module" --preset "$preset" --ckpt "$CKPT" --data-root "$DATA_ROOT" --out-dir "$OUT" ${FORCE[@]+"${FORCE[@]}"}; then
-    RAN+=("$proto")
-  else
-    echo "!! $proto failed (exit $?)" >&2
-    FAILED+=("$proto")
-  fi
+  presets=${TINY_PRESETS[$proto]:-tiny}
+  [[ "$PRESET" == full ]] && presets=${FULL_PRESET[$proto]:-full}
+  for preset in $presets; do
+    label=$proto
+    [[ "$presets" == *" "* ]] && label="$proto:$preset"
+    echo "== $proto (preset $preset)"
+    if "$PY" -m "$module" --preset "$preset" --ckpt "$CKPT" --data-root "$DATA_ROOT" --out-dir "$OUT" ${FORCE[@]+"${FORCE[@]}"}; then
+      RAN+=("$label")
+    else
+      echo "!! $proto ($preset) failed (exit $?)" >&2
+      FAILED+=("$label")
+    fi
+  done
 done
 
 if [[ -d "$OUT/records" ]]; then

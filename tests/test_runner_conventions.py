@@ -33,11 +33,26 @@ def _config_class(module) -> type:
     return typing.get_type_hints(module.run)["cfg"]
 
 
-def _full_presets() -> dict[str, str]:
-    """The FULL_PRESET table of scripts/run_all_benchmarks.sh."""
+def _presets_table(name: str) -> dict[str, list[str]]:
+    """A protocol -> presets table of scripts/run_all_benchmarks.sh (values may list several, space-separated)."""
     script = (REPO / "scripts" / "run_all_benchmarks.sh").read_text()
-    block = re.search(r"declare -A FULL_PRESET=\((.*?)\n\)", script, re.S).group(1)
-    return dict(re.findall(r"\[(\w+)\]=(\S+)", block))
+    block = re.search(rf"declare -A {name}=\((.*?)\n\)", script, re.S).group(1)
+    return {proto: value.strip('"').split() for proto, value in re.findall(r'\[(\w+)\]=("[^"]*"|\S+)', block)}
+
+
+def _full_presets() -> dict[str, list[str]]:
+    """The FULL_PRESET table of scripts/run_all_benchmarks.sh."""
+    return _presets_table("FULL_PRESET")
+
+
+def _is_tiny(preset: str) -> bool:
+    """``tiny`` or, for a runner with several datasets, ``tiny-<dataset>``."""
+    return preset == "tiny" or preset.startswith("tiny-")
+
+
+def _record_datasets(module) -> tuple[str, ...]:
+    """The datasets a runner's records name: ``DATASET``, or ``DATASETS`` when a config field chooses one."""
+    return tuple(getattr(module, "DATASETS", None) or (module.DATASET,))
 
 
 def test_there_are_runners() -> None:
@@ -48,7 +63,8 @@ def test_there_are_runners() -> None:
 def test_runner_module_follows_the_conventions(name: str) -> None:
     module = importlib.import_module(f"benchmarks.{name}")
     assert name == module.PROTOCOL  # run_all_benchmarks.sh runs benchmarks.<protocol>
-    assert (module.PROTOCOL, module.DATASET) in required_fields()  # the record fills table cells
+    for dataset in _record_datasets(module):
+        assert (module.PROTOCOL, dataset) in required_fields()  # the record fills table cells
     assert module.PRESET_DIR == CONFIG_ROOT / module.PROTOCOL
     assert module.__doc__ and "python -m benchmarks." in module.__doc__  # the canonical command
     cls = _config_class(module)
@@ -67,10 +83,16 @@ def test_runner_presets_parse_and_the_full_preset_is_known(name: str) -> None:
     presets = sorted(module.PRESET_DIR.glob("*.yaml"))
     for preset in presets:
         cfg = load_config(_config_class(module), preset.stem, preset_dir=module.PRESET_DIR)
-        assert cfg.preset == preset.stem and cfg.tiny == (preset.stem == "tiny")
+        assert cfg.preset == preset.stem and cfg.tiny == _is_tiny(preset.stem)
     full = _full_presets().get(name)
-    assert full is not None, f"add [{name}]=<full preset> to FULL_PRESET in scripts/run_all_benchmarks.sh"
-    assert {"tiny", full} <= {p.stem for p in presets}
+    assert full, f"add [{name}]=<full preset(s)> to FULL_PRESET in scripts/run_all_benchmarks.sh"
+    tiny = _presets_table("TINY_PRESETS").get(name, ["tiny"])
+    assert {"tiny", *tiny, *full} <= {p.stem for p in presets}
+    if len(_record_datasets(module)) > 1:  # one full and one tiny preset per dataset the runner can write
+        by_dataset = {load_config(_config_class(module), p, preset_dir=module.PRESET_DIR).dataset for p in full}
+        assert by_dataset == set(_record_datasets(module))
+        by_dataset = {load_config(_config_class(module), p, preset_dir=module.PRESET_DIR).dataset for p in tiny}
+        assert by_dataset == set(_record_datasets(module))
 
 
 def test_pretrain_presets_parse() -> None:
