@@ -26,6 +26,8 @@ NOTE: mmselfsup evaluates only every 10 epochs, so its iNat18 (84 e) and Places2
 final weights; we always evaluate the final epoch (A.4). The val curve is in the record's ``details``.
 NOTE: the global batch is kept at ``global_batch_size`` (256) for any GPU count: each of ``world`` processes takes
 ``256 / world`` images; a world size that does not divide it is refused (no gradient accumulation).
+NOTE: a multi-process CPU job (gloo; for testing) keeps per-process BatchNorm in the heads: SyncBN runs on GPUs only.
+The record's ``details.head_bn`` says which ran.
 NOTE: ``pooling=adaptive`` (tiny presets only) replaces the fixed pooling kernels, which need >= 192 px inputs, by
 adaptive average pooling to the same grids (12/6/4/3/2), so 64 px tiny images keep the protocol's head shapes.
 NOTE: augmentation randomness is re-seeded per epoch from (seed, epoch, rank), so a run resumed at an epoch
@@ -170,7 +172,10 @@ def run(cfg: LinearMheadConfig) -> dict[str, float]:
         channels = feature_channels(backbone)
         dims = head_dims(backbone, cfg.image_size, cfg.pooling)
         heads = MultiHeads(channels, dims, train.num_classes)
-        heads = dist.maybe_sync_bn(heads).to(device)  # SyncBN only in a multi-process job
+        if device.type == "cuda":  # SyncBN in a multi-GPU job (as the reference); it has no CPU kernels
+            heads = dist.maybe_sync_bn(heads)
+        heads = heads.to(device)
+        head_bn = type(next(iter(heads.norms.values()))).__name__
         heads_ddp = training.wrap_ddp(heads, device)
         optimizer = torch.optim.SGD(heads.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                     weight_decay=cfg.weight_decay, nesterov=True)
@@ -181,7 +186,8 @@ def run(cfg: LinearMheadConfig) -> dict[str, float]:
             start_epoch, state = training.load_training_state(resume_from, modules={"heads": heads},
                                                               optimizer=optimizer, config_hash=run.config_hash)
             log.drop_after_step(start_epoch * len(loader))
-            print(f"{PROTOCOL}: resumed from {resume_from} after epoch {start_epoch}")
+            if info.is_main:
+                print(f"{PROTOCOL}: resumed from {resume_from} after epoch {start_epoch}")
 
         # ------------------------------------------------------------ loop
         progress = Progress(cfg.epochs * len(loader), f"{PROTOCOL} {cfg.dataset}", initial=start_epoch * len(loader),
@@ -213,8 +219,9 @@ def run(cfg: LinearMheadConfig) -> dict[str, float]:
                 scores = evaluate(extractor, heads, val_loader, cfg.pooling, precision, device)
                 state["evals"].append({"epoch": done, **scores})
                 log.log(step=done * len(loader), eval_epoch=done, **scores)
-                print(f"{PROTOCOL} {cfg.dataset} epoch {done}: " +
-                      " ".join(f"{k}={scores[f'top1_{k}']:.2f}" for k in FEATURE_NAMES))
+                if info.is_main:
+                    print(f"{PROTOCOL} {cfg.dataset} epoch {done}: " +
+                          " ".join(f"{k}={scores[f'top1_{k}']:.2f}" for k in FEATURE_NAMES))
             if done % cfg.ckpt_every_epochs == 0 or done == cfg.epochs or done == cfg.stop_after_epochs:
                 training.save_training_state(run.run_dir / "latest.pth", modules={"heads": heads},
                                              optimizer=optimizer, epoch=done, config_hash=run.config_hash,
@@ -242,7 +249,8 @@ def run(cfg: LinearMheadConfig) -> dict[str, float]:
             "batch_size_per_device": per_device, "precision_backbone": precision, "precision_heads": "fp32",
             "num_classes": train.num_classes, "train_images": len(train.dataset), "val_images": len(val.dataset),
             "train_source": str(train.source), "val_source": str(val.source),
-            "head_dims": dims, "pooling": cfg.pooling, "train_time_s": round(state["train_time_s"], 2),
+            "head_dims": dims, "pooling": cfg.pooling, "head_bn": head_bn,
+            "train_time_s": round(state["train_time_s"], 2),
         }
         if info.is_main:
             png = training.plot_log(log.path, run.run_dir / "val_curve.png", "eval_epoch",
@@ -251,7 +259,8 @@ def run(cfg: LinearMheadConfig) -> dict[str, float]:
             details["val_curve_plot"] = str(png)
         metrics = run.finish(metrics, checkpoint=asdict(report), seeds={"heads_and_augmentation": cfg.seed},
                              batch_size_per_device=per_device, details=details)
-        print(f"{PROTOCOL} {cfg.dataset}: feat5 top-1 {metrics['feat5']:.2f}; record {run.record_path}")
+        if info.is_main:
+            print(f"{PROTOCOL} {cfg.dataset}: feat5 top-1 {metrics['feat5']:.2f}; record {run.record_path}")
         return metrics
 
 
