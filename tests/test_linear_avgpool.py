@@ -1,0 +1,205 @@
+"""The AvgPool linear probe (benchmarks.linear_avgpool): head, settings, end-to-end record, resume, frozenness, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from torchvision import transforms as T
+
+import benchmarks.linear_avgpool as avgpool
+from benchmarks.linear_avgpool import PRESET_DIR, AvgPoolHead, LinearAvgpoolConfig, build_optimizer, lr_schedule, run
+from byol_bench.backbone import IMAGENET_MEAN, IMAGENET_STD, build_resnet
+from byol_bench.checkpoint import atomic_save, safe_load
+from byol_bench.classification import crop_flip_transform
+from byol_bench.config import load_config
+from byol_bench.lars import LARS
+from byol_bench.records import load_records
+from byol_bench.tables import render_markdown
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # robust on a shared 2-core machine (conftest)
+MOCO = "linear-avgpool_resnet50_8xb32-steplr-100e_in1k"
+SIMSIAM = "linear-avgpool_resnet50_8xb512-coslr-90e_in1k"
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    state = {k: v for k, v in build_resnet("resnet18").state_dict().items() if not k.startswith("fc.")}
+    return atomic_save(state, tmp_path_factory.mktemp("ckpt") / "random-init_resnet18.pth")
+
+
+def _cfg(preset: str, ckpt: Path, data: Path, out: Path, *extra: str) -> LinearAvgpoolConfig:
+    return load_config(LinearAvgpoolConfig, preset, [f"ckpt={ckpt}", f"data_root={data}", f"out_dir={out}", *extra],
+                       preset_dir=PRESET_DIR)
+
+
+# ---------------------------------------------------------------- head, settings, augmentation
+
+
+def test_head_is_global_average_pool_then_linear() -> None:
+    torch.manual_seed(0)
+    head = AvgPoolHead(6, 4)
+    with torch.no_grad():
+        head.fc.bias.copy_(torch.arange(4.0))  # a non-zero bias, so a missing bias term shows
+    x = torch.randn(3, 6, 5, 7)
+    expected = torch.empty(3, 4, dtype=torch.float64)
+    w, b = head.fc.weight.double(), head.fc.bias.double()
+    for n in range(3):
+        pooled = [sum(float(x[n, c, i, j]) for i in range(5) for j in range(7)) / 35 for c in range(6)]
+        for k in range(4):
+            expected[n, k] = sum(pooled[c] * w[k, c] for c in range(6)) + b[k]
+    assert torch.allclose(head(x).double(), expected, atol=1e-5)
+    assert head(x.bfloat16()).dtype == torch.float32  # the head runs in fp32 whatever the backbone gave
+
+
+def test_head_init_and_no_bn() -> None:
+    torch.manual_seed(0)
+    head = AvgPoolHead(2048, 1000)
+    assert [name for name, _ in head.named_parameters()] == ["fc.weight", "fc.bias"]  # no BN, nothing else
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._NormBase) for m in head.modules())
+    assert torch.count_nonzero(head.fc.bias) == 0
+    assert head.fc.weight.std().item() == pytest.approx(0.01, rel=0.01)
+    assert abs(head.fc.weight.mean().item()) < 1e-4
+
+
+def test_moco_setting_is_sgd_with_steps_at_60_and_80() -> None:
+    cfg = load_config(LinearAvgpoolConfig, MOCO, preset_dir=PRESET_DIR)
+    assert (cfg.setting, cfg.epochs, cfg.global_batch_size, cfg.weight_decay) == ("moco", 100, 256, 0.0)
+    lr = cfg.lr * cfg.global_batch_size / cfg.lr_reference_batch
+    lrs = lr_schedule(cfg, lr, iters_per_epoch=4)
+    assert lrs.shape == (400,)
+    assert lrs[0] == 30.0 and lrs[60 * 4 - 1] == 30.0
+    assert lrs[60 * 4] == pytest.approx(3.0) and lrs[80 * 4 - 1] == pytest.approx(3.0)
+    assert lrs[80 * 4] == pytest.approx(0.3) and lrs[-1] == pytest.approx(0.3)
+    opt = build_optimizer(cfg.setting, AvgPoolHead(8, 3), lr, cfg.momentum, cfg.weight_decay)
+    assert type(opt) is torch.optim.SGD
+    (group,) = opt.param_groups
+    assert (group["lr"], group["momentum"], group["weight_decay"], group["nesterov"]) == (30.0, 0.9, 0.0, False)
+
+
+def test_simsiam_setting_is_lars_without_exclusions_and_per_epoch_cosine() -> None:
+    cfg = load_config(LinearAvgpoolConfig, SIMSIAM, preset_dir=PRESET_DIR)
+    assert (cfg.setting, cfg.epochs, cfg.global_batch_size, cfg.weight_decay) == ("simsiam", 90, 4096, 0.0)
+    lr = cfg.lr * cfg.global_batch_size / cfg.lr_reference_batch
+    assert lr == 1.6
+    lrs = lr_schedule(cfg, lr, iters_per_epoch=3)
+    assert lrs.shape == (270,)
+    for epoch in (0, 1, 45, 89):
+        expected = 1.6 * 0.5 * (1 + math.cos(math.pi * epoch / 90))
+        assert lrs[epoch * 3: epoch * 3 + 3] == pytest.approx([expected] * 3)  # constant within the epoch
+    assert lrs[45 * 3] == pytest.approx(0.8)
+    head = AvgPoolHead(8, 3)
+    opt = build_optimizer(cfg.setting, head, lr, cfg.momentum, cfg.weight_decay)
+    assert isinstance(opt, LARS)
+    (group,) = opt.param_groups  # one group: the bias is adapted too (no exclusions, B §3.3)
+    assert group["lars_adapt"] and group["weight_decay"] == 0.0 and group["lr"] == 1.6 and group["momentum"] == 0.9
+    assert {id(p) for p in group["params"]} == {id(p) for p in head.parameters()}
+
+
+def test_crop_flip_transform_matches_the_torchvision_chain() -> None:
+    image = Image.fromarray(torch.randint(0, 256, (70, 90, 3), dtype=torch.uint8).numpy())
+    reference = T.Compose([T.RandomResizedCrop(32, scale=(0.08, 1.0), interpolation=T.InterpolationMode.BILINEAR),
+                           T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    for seed in range(5):
+        torch.manual_seed(seed)
+        ours = crop_flip_transform(32)(image)
+        torch.manual_seed(seed)
+        assert torch.equal(ours, reference(image))
+
+
+# ---------------------------------------------------------------- end to end on the embedded data
+
+
+def test_tiny_imagenet_end_to_end_record_table_learning_and_rerun(ckpt, tiny_data, tmp_path, capsys) -> None:
+    cfg = _cfg("tiny", ckpt, tiny_data, tmp_path)
+    metrics = run(cfg)
+    (record,) = load_records(tmp_path / "records")
+    assert record["protocol"] == "linear_avgpool" and record["dataset"] == "imagenet" and record["tiny"]
+    assert metrics == record["metrics"] and set(metrics) == {"top1", "top5"}
+    details = record["details"]
+    assert details["setting"] == "moco" and details["optimizer"] == "SGD"
+    assert details["global_batch_size"] == 64 and details["batch_size_per_device"] == 64
+    assert details["world_size"] == 1 and record["batch_size_per_device"] == 64
+    assert details["encoder"] == "online" and record["checkpoint"]["encoder"] == "online"
+    # Evaluated every 2 epochs and at the final one (3); the table's number is the final epoch's.
+    assert [e["epoch"] for e in details["val_curve"]] == [2, 3] and details["evaluated_epoch"] == 3
+    assert metrics["top1"] == details["val_curve"][-1]["top1"] and metrics["top5"] >= metrics["top1"]
+    assert details["frozen_backbone"]["checked"] and details["frozen_backbone"]["tensors"] == 122
+    assert Path(details["val_curve_plot"]).is_file()
+    # Learning signal: 10 classes (chance 10 %); measured 28.0 % for this seed and preset.
+    assert metrics["top1"] > 20.0
+    # The record fills the AvgPool cell of the ImageNet table.
+    table = render_markdown([record]).split("## ImageNet Linear Evaluation")[1].split("##")[0]
+    row = next(line for line in table.splitlines() if line.startswith("| random-init_resnet18"))
+    assert row.endswith(f"| {metrics['top1']:.2f} |")  # the last column is AvgPool
+
+    capsys.readouterr()
+    assert run(cfg) == metrics  # skipped: the record exists
+    assert "skip linear_avgpool" in capsys.readouterr().out
+    assert run(_cfg("tiny", ckpt, tiny_data, tmp_path, "force=true")) == pytest.approx(metrics)
+
+
+def test_interrupted_run_resumes_to_the_same_final_weights(ckpt, tiny_data, tmp_path) -> None:
+    # The SimSiam setting (LARS momentum buffers in the state) on the small Places205 set, 3 epochs, cosine;
+    # 16 px crops keep it quick (the sizes do not matter here, the state handling does).
+    extra = ("setting=simsiam", "lr=1.6", "lr_reference_batch=4096", "ckpt_every_epochs=5", "image_size=16",
+             "test_resize=18")
+    whole = run(_cfg("tiny-places205", ckpt, tiny_data, tmp_path / "whole", *extra))
+    assert run(_cfg("tiny-places205", ckpt, tiny_data, tmp_path / "split", *extra, "stop_after_epochs=2")) == {}
+    assert not (tmp_path / "split" / "records").exists()  # no record from an interrupted run
+    (state_file,) = (tmp_path / "split" / "runs").rglob("latest.pth")
+    assert safe_load(state_file)["epoch"] == 2  # saved at the stop although ckpt_every_epochs=5
+    resumed = run(_cfg("tiny-places205", ckpt, tiny_data, tmp_path / "split", *extra))
+    assert resumed == whole
+    heads = [safe_load(next((tmp_path / name / "runs").rglob("latest.pth")))["modules"]["head"]
+             for name in ("whole", "split")]
+    assert heads[0].keys() == heads[1].keys()
+    for key in heads[0]:
+        assert torch.equal(heads[0][key], heads[1][key]), key
+    records = [load_records(tmp_path / name / "records")[0] for name in ("whole", "split")]
+    assert records[0]["details"]["val_curve"] == records[1]["details"]["val_curve"]
+    assert records[0]["details"]["optimizer"] == "LARS"
+    log = (next((tmp_path / "split" / "runs").rglob("log.jsonl"))).read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in log] == [1, 2, 3]  # no epoch logged twice
+
+
+def test_frozenness_proof_catches_a_backbone_that_changes_during_the_run(ckpt, tiny_data, tmp_path,
+                                                                         monkeypatch) -> None:
+    real_load = avgpool.load_backbone
+
+    def load_with_bn_left_in_train_mode(*args, **kwargs):
+        model, report = real_load(*args, **kwargs)
+        model.eval = lambda: model  # the bug: BN stays in train mode, its running statistics move
+        return model, report
+
+    monkeypatch.setattr(avgpool, "load_backbone", load_with_bn_left_in_train_mode)
+    with pytest.raises(RuntimeError, match="frozen backbone changed"):
+        run(_cfg("tiny-places205", ckpt, tiny_data, tmp_path, "epochs=1", "milestones=[]",
+                 "image_size=16", "test_resize=18"))
+    assert not (tmp_path / "records").exists()
+
+
+def test_cli_errors_are_one_line(ckpt, tiny_data, tmp_path) -> None:
+    base = [sys.executable, "-m", "benchmarks.linear_avgpool", "--preset", "tiny", "--out-dir", str(tmp_path)]
+    for extra, needle in (
+            (["--data-root", str(tiny_data), "--ckpt", str(tmp_path / "missing.pth")], "checkpoint file not found"),
+            (["--data-root", str(tiny_data), "--ckpt", str(ckpt), "setting=adam"], "is not one of 'moco', 'simsiam'"),
+            (["--data-root", str(tmp_path / "nodata"), "--ckpt", str(ckpt)], "nodata/imagenet")):
+        proc = subprocess.run([*base, *extra], capture_output=True, text=True, cwd=REPO, timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], proc.stderr
+
+
+def test_global_batch_must_divide_by_the_process_count() -> None:
+    assert avgpool._batch_per_device(4096, 8) == 512
+    with pytest.raises(ValueError, match="global_batch_size=256 does not divide by the 3 processes"):
+        avgpool._batch_per_device(256, 3)
