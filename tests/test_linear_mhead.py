@@ -3,6 +3,7 @@ record (final-epoch evaluation, frozenness proof, learning signal), resume exact
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -166,16 +167,29 @@ def test_cli_errors_are_one_line(ckpt, tiny_data, tmp_path):
     wrong_arch = tmp_path / "r50.pth"
     atomic_save({k: v for k, v in build_resnet("resnet50").state_dict().items() if not k.startswith("fc.")},
                 wrong_arch)
-    bad_list = tmp_path / "data"
-    subprocess.run(["cp", "-r", str(tiny_data / "imagenet"), str(bad_list)], check=True)
-    (bad_list / "meta" / "val.txt").write_text("n01440764/x.JPEG 12\n")
-    (tmp_path / "root").mkdir()
-    (tmp_path / "root" / "imagenet").symlink_to(bad_list)
+
+    def broken_root(name, damage):  # a copy of the tiny ImageNet, damaged
+        root = tmp_path / name
+        root.mkdir()
+        shutil.copytree(tiny_data / "imagenet", root / "imagenet")
+        damage(root / "imagenet")
+        return str(root)
+
+    def drop_lists_and_a_val_class(imagenet):
+        shutil.rmtree(imagenet / "meta")
+        shutil.rmtree(imagenet / "val" / "n01440764")
+
     cases = [
         (["--ckpt", str(tmp_path / "missing.pth")], "checkpoint file not found"),
         (["--ckpt", str(ckpt), "dataset=cifar"], "cifar"),
         (["--ckpt", str(wrong_arch), "arch=resnet18"], "r50.pth"),
-        (["--ckpt", str(ckpt), "--data-root", str(tmp_path / "root")], "val.txt:1: label 12 out of range"),
+        (["--ckpt", str(ckpt), "--data-root", broken_root(
+            "label", lambda d: (d / "meta" / "val.txt").write_text("n01440764/x.JPEG 12\n"))],
+         "val.txt:1: label 12 out of range"),
+        (["--ckpt", str(ckpt), "--data-root", broken_root(
+            "empty", lambda d: (d / "meta" / "train.txt").write_text("\n"))], "train.txt: list is empty"),
+        (["--ckpt", str(ckpt), "--data-root", broken_root("folders", drop_lists_and_a_val_class)],
+         "class folders differ"),
         (["--ckpt", str(ckpt), "--preset", "linear-mhead_resnet50_8xb32-steplr-90e_in1k"], "use a tiny preset"),
     ]
     for extra, needle in cases:
