@@ -31,6 +31,8 @@ NOTE: ``lr`` is the rate at ``lr_reference_batch``; a different global batch (th
 At the full presets the two are equal and the lr is the reference's.
 NOTE: iNat18 and Places205 have no AvgPool config in the reference (the seed leaves those cells empty); we use the
 MoCo setting unchanged (its augmentation, schedule and lr), which fills the cells comparably across datasets.
+NOTE: the shuffling is ``DistributedSampler(seed).set_epoch(epoch)`` and the augmentations are reseeded per epoch
+from (seed, epoch, rank), so a run resumed at an epoch boundary ends with the same head as an uninterrupted one.
 NOTE: on GPU the backbone runs under ``torch.inference_mode()`` with bf16 autocast and channels_last
 (``precision=auto``); the head (pool + linear) and its loss run in fp32.
 """
@@ -56,6 +58,7 @@ from byol_bench.lars import LARS
 from byol_bench.metrics import topk_correct
 from byol_bench.runlog import Progress
 from byol_bench.scaffold import open_run
+from byol_bench.seeding import rng_for
 from byol_bench.training import (
     autocast,
     cosine_lr,
@@ -196,7 +199,8 @@ def run(cfg: LinearAvgpoolConfig) -> dict[str, float]:
         bar = Progress(cfg.epochs * len(train_loader), f"{PROTOCOL} {cfg.dataset}",
                        initial=start_epoch * len(train_loader), unit="step")
         for epoch in range(start_epoch, cfg.epochs):
-            sampler.set_epoch(epoch)
+            sampler.set_epoch(epoch)  # the shuffling: a function of (seed, epoch)
+            torch.manual_seed(_epoch_seed(cfg.seed, epoch, info.rank))  # the crops/flips (and worker seeds)
             loss_sum, seen = torch.zeros((), device=device), 0
             for i, (images, labels) in enumerate(train_loader):
                 step = epoch * len(train_loader) + i
@@ -295,6 +299,12 @@ def evaluate(trunk: nn.Module, head: nn.Module, loader: DataLoader, device: torc
     head.train()
     total = dist.all_reduce_sum(correct)
     return {f"top{k}": 100.0 * float(total[i]) / float(total[-1]) for i, k in enumerate(TOPK)}
+
+
+def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """The torch seed of one epoch's augmentations on one process: a resumed run redraws the same crops, and the
+    processes draw different ones."""
+    return int(rng_for(seed, PROTOCOL, "augment", epoch, rank).integers(2**62))
 
 
 def _to_memory_format(images: torch.Tensor, device: torch.device) -> torch.Tensor:

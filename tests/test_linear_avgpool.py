@@ -134,7 +134,7 @@ def test_tiny_imagenet_end_to_end_record_table_learning_and_rerun(ckpt, tiny_dat
     assert metrics["top1"] == details["val_curve"][-1]["top1"] and metrics["top5"] >= metrics["top1"]
     assert details["frozen_backbone"]["checked"] and details["frozen_backbone"]["tensors"] == 122
     assert Path(details["val_curve_plot"]).is_file()
-    # Learning signal: 10 classes (chance 10 %); measured 28.0 % for this seed and preset.
+    # Learning signal: 10 classes (chance 10 %); measured 30.4 % for this seed and preset (seeds 1, 2: 28.8, 26.0).
     assert metrics["top1"] > 20.0
     # The record fills the AvgPool cell of the ImageNet table.
     table = render_markdown([record]).split("## ImageNet Linear Evaluation")[1].split("##")[0]
