@@ -29,7 +29,7 @@ NOTE: the global batch is kept at ``global_batch_size`` (256) for any GPU count:
 NOTE: a multi-process CPU job (gloo; for testing) keeps per-process BatchNorm in the heads: SyncBN runs on GPUs only.
 The record's ``details.head_bn`` says which ran.
 NOTE: ``pooling=adaptive`` (tiny presets only) replaces the fixed pooling kernels, which need >= 192 px inputs, by
-adaptive average pooling to the same grids (12/6/4/3/2), so 64 px tiny images keep the protocol's head shapes.
+adaptive average pooling to the same grids (12/6/4/3/2), so 48 px tiny images keep the protocol's head shapes.
 NOTE: augmentation randomness is re-seeded per epoch from (seed, epoch, rank), so a run resumed at an epoch
 boundary (``resume=auto``) continues exactly as if it had not stopped (tested on CPU).
 """

@@ -50,8 +50,8 @@ def tiny_run(ckpt, tiny_data, tmp_path_factory):
 def test_head_dims_per_layer(arch, dims):
     backbone = build_resnet(arch)
     assert list(mhead.head_dims(backbone, 224, "specified").values()) == dims
-    # tiny presets: adaptive pooling to the same grids keeps the dims at 64 px
-    assert list(mhead.head_dims(backbone, 64, "adaptive").values()) == dims
+    # tiny presets: adaptive pooling to the same grids keeps the dims at the tiny presets' 48 px
+    assert list(mhead.head_dims(backbone, 48, "adaptive").values()) == dims
     heads = mhead.MultiHeads(feature_channels(backbone), mhead.head_dims(backbone, 224, "specified"), 1000)
     assert [heads.fcs[k].in_features for k in FEATURE_NAMES] == dims
     assert all(not any(p.requires_grad for p in n.parameters()) and n.running_mean is not None
