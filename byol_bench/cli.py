@@ -17,6 +17,16 @@ def main_guard(fn: Callable[[], Any]) -> None:
     try:
         fn()
     except USER_ERRORS as exc:
-        message = " ".join(str(exc).split())
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def one_line(exc: BaseException) -> str:
+    """The error's message on one line. An error re-raised from a DataLoader worker carries the worker's traceback
+    in its message ("Caught DatasetError in DataLoader worker process 0. Original Traceback ..."): its last line,
+    ``module.ErrorClass: message``, holds the message (which names the file), so that is what is kept."""
+    text = str(exc).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return " ".join(text.split())

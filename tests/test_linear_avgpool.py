@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -188,15 +189,24 @@ def test_frozenness_proof_catches_a_backbone_that_changes_during_the_run(ckpt, t
 
 
 def test_cli_errors_are_one_line(ckpt, tiny_data, tmp_path) -> None:
+    # A truncated image, read in a DataLoader worker: the error names the file, not the worker's traceback.
+    bad_root = tmp_path / "bad"
+    shutil.copytree(tiny_data / "places205", bad_root / "places205")
+    rel = (bad_root / "places205" / "trainvalsplit_places205" / "train_places205.csv").read_text().split()[0]
+    bad_image = bad_root / "places205" / "data/vision/torralba/deeplearning/images256" / rel
+    bad_image.write_bytes(bad_image.read_bytes()[:100])
     base = [sys.executable, "-m", "benchmarks.linear_avgpool", "--preset", "tiny", "--out-dir", str(tmp_path)]
     for extra, needle in (
             (["--data-root", str(tiny_data), "--ckpt", str(tmp_path / "missing.pth")], "checkpoint file not found"),
             (["--data-root", str(tiny_data), "--ckpt", str(ckpt), "setting=adam"], "is not one of 'moco', 'simsiam'"),
-            (["--data-root", str(tmp_path / "nodata"), "--ckpt", str(ckpt)], "nodata/imagenet")):
+            (["--data-root", str(tmp_path / "nodata"), "--ckpt", str(ckpt)], "nodata/imagenet"),
+            (["--data-root", str(bad_root), "--ckpt", str(ckpt), "dataset=places205", "num_workers=1", "epochs=1",
+              "image_size=16", "test_resize=18"], f"{bad_image}: corrupt or truncated image")):
         proc = subprocess.run([*base, *extra], capture_output=True, text=True, cwd=REPO, timeout=120)
         assert proc.returncode == 2, proc.stderr
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], proc.stderr
+        assert "Traceback" not in lines[0] and len(lines[0]) < 400, lines[0]
 
 
 def test_global_batch_must_divide_by_the_process_count() -> None:
