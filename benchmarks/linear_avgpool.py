@@ -4,7 +4,7 @@
 Canonical command (full scale; ``torchrun --nproc-per-node 8 -m benchmarks.linear_avgpool ...`` on 8 GPUs, or
 ``GPUS=8 scripts/linear_avgpool.sh byol.pth /datasets``: the global batch is the same on any GPU count)::
 
-    python -m benchmarks.linear_avgpool --preset linear-avgpool_resnet50_8xb32-steplr-100e_in1k --ckpt byol.pth \
+    python -m benchmarks.linear_avgpool --preset linear-avgpool_resnet50_8xb32-steplr-100e_in1k --ckpt byol.pth \\
         --data-root /datasets
 
 Fixed protocol:
