@@ -113,8 +113,8 @@ def test_tiny_run_record_final_eval_and_table_row(tiny_run):
 
 
 def test_random_init_feature5_beats_chance_clearly(tiny_run):
-    # Embedded ImageNet: 10 classes, chance 10 %. Measured: the random-init ResNet-18's feat5 head reaches ~40 %
-    # after the 3 tiny epochs (docs/LINEAR.md); a broken head, label or feature path stays near 10 %.
+    # Embedded ImageNet: 10 classes, chance 10 %. Measured: the random-init ResNet-18's feat5 head reaches 48.0 %
+    # after the 3 tiny epochs at 48 px (docs/LINEAR.md); with shuffled labels the test fails (seen).
     metrics, _, _ = tiny_run
     assert metrics["feat5"] > 25.0
     assert max(metrics.values()) > 30.0
