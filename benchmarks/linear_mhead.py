@@ -181,7 +181,8 @@ def run(cfg: LinearMheadConfig) -> dict[str, float]:
                                     weight_decay=cfg.weight_decay, nesterov=True)
         lrs = training.step_lr(cfg.lr, cfg.epochs, len(loader), cfg.milestones)
         start_epoch, state = 0, {"evals": [], "train_time_s": 0.0}
-        resume_from = training.find_resume(run.run_dir, cfg.resume)
+        # --force redoes the training too: a finished run's latest.pth is not resumed from (it is overwritten)
+        resume_from = None if cfg.force and cfg.resume == "auto" else training.find_resume(run.run_dir, cfg.resume)
         if resume_from is not None:
             start_epoch, state = training.load_training_state(resume_from, modules={"heads": heads},
                                                               optimizer=optimizer, config_hash=run.config_hash)

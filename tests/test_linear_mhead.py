@@ -120,7 +120,7 @@ def test_random_init_feature5_beats_chance_clearly(tiny_run):
     assert max(metrics.values()) > 30.0
 
 
-def test_rerun_is_skipped_and_force_redoes(tiny_run, ckpt, tiny_data, capsys):
+def test_rerun_is_skipped(tiny_run, ckpt, tiny_data, capsys):
     metrics, _, out = tiny_run
     capsys.readouterr()
     assert mhead.run(_cfg(ckpt, tiny_data, out)) == pytest.approx(metrics)
@@ -133,7 +133,7 @@ def _small(ckpt, data, out, *extra):
                 "eval_every_epochs=1", "ckpt_every_epochs=5", *extra, preset="tiny-places205")
 
 
-def test_resume_reaches_the_same_final_weights(ckpt, tiny_data, tmp_path):
+def test_resume_reaches_the_same_final_weights(ckpt, tiny_data, tmp_path, capsys):
     whole = mhead.run(_small(ckpt, tiny_data, tmp_path / "a"))
     assert mhead.run(_small(ckpt, tiny_data, tmp_path / "b", "stop_after_epochs=1")) == {}
     assert not (tmp_path / "b" / "records").exists() or not list((tmp_path / "b" / "records").iterdir())
@@ -145,6 +145,10 @@ def test_resume_reaches_the_same_final_weights(ckpt, tiny_data, tmp_path):
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     (record,) = load_records(tmp_path / "b" / "records")
     assert record["details"]["eval_epochs"] == [1, 2]  # the evaluation before the stop came back with the state
+    # --force retrains from scratch (the finished latest.pth is not resumed from) and, seeded, agrees
+    capsys.readouterr()
+    assert mhead.run(_small(ckpt, tiny_data, tmp_path / "b", "force=true")) == whole
+    assert "resumed from" not in capsys.readouterr().out
 
 
 def test_frozenness_proof_catches_a_modified_backbone(ckpt, tiny_data, tmp_path, monkeypatch):
