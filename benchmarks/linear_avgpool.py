@@ -58,10 +58,11 @@ from byol_bench.lars import LARS
 from byol_bench.metrics import topk_correct
 from byol_bench.runlog import Progress
 from byol_bench.scaffold import open_run
-from byol_bench.seeding import rng_for
 from byol_bench.training import (
     autocast,
+    batch_per_device,
     cosine_lr,
+    epoch_seed,
     find_resume,
     load_training_state,
     plot_log,
@@ -149,7 +150,7 @@ def run(cfg: LinearAvgpoolConfig) -> dict[str, float]:
         if run.done is not None:
             return run.done
         info, device = run.info, run.info.device
-        per_device = _batch_per_device(cfg.global_batch_size, info.world_size)
+        per_device = batch_per_device(cfg.global_batch_size, info.world_size)
         resolved = Resolved(world_size=info.world_size, batch_size_per_device=per_device,
                             global_batch_size=cfg.global_batch_size,
                             lr=cfg.lr * cfg.global_batch_size / cfg.lr_reference_batch,
@@ -200,7 +201,7 @@ def run(cfg: LinearAvgpoolConfig) -> dict[str, float]:
                        initial=start_epoch * len(train_loader), unit="step")
         for epoch in range(start_epoch, cfg.epochs):
             sampler.set_epoch(epoch)  # the shuffling: a function of (seed, epoch)
-            torch.manual_seed(_epoch_seed(cfg.seed, epoch, info.rank))  # the crops/flips (and worker seeds)
+            torch.manual_seed(epoch_seed(cfg.seed, epoch, info.rank))  # the crops/flips (and worker seeds)
             loss_sum, seen = torch.zeros((), device=device), 0
             for i, (images, labels) in enumerate(train_loader):
                 step = epoch * len(train_loader) + i
@@ -301,21 +302,8 @@ def evaluate(trunk: nn.Module, head: nn.Module, loader: DataLoader, device: torc
     return {f"top{k}": 100.0 * float(total[i]) / float(total[-1]) for i, k in enumerate(TOPK)}
 
 
-def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
-    """The torch seed of one epoch's augmentations on one process: a resumed run redraws the same crops, and the
-    processes draw different ones."""
-    return int(rng_for(seed, PROTOCOL, "augment", epoch, rank).integers(2**62))
-
-
 def _to_memory_format(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     return images.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else images
-
-
-def _batch_per_device(global_batch: int, world_size: int) -> int:
-    if global_batch % world_size:
-        raise ValueError(f"global_batch_size={global_batch} does not divide by the {world_size} processes; choose a "
-                         "multiple of the process count (the recipe fixes the global batch)")
-    return global_batch // world_size
 
 
 def _check_inputs(cfg: LinearAvgpoolConfig) -> None:

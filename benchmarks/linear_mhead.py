@@ -140,10 +140,7 @@ def run(cfg: LinearMheadConfig) -> dict[str, float]:
             return run.done
         info, device = run.info, run.info.device
         precision = training.resolve_precision(cfg.precision, device)
-        if cfg.global_batch_size % info.world_size:
-            raise ValueError(f"global_batch_size={cfg.global_batch_size} is not divisible by the {info.world_size} "
-                             "processes; launch a world size that divides it (the protocol keeps 256 per step)")
-        per_device = cfg.global_batch_size // info.world_size
+        per_device = training.batch_per_device(cfg.global_batch_size, info.world_size)
         log = run.start(Resolved(info.world_size, per_device, precision, str(device)))
 
         # ------------------------------------------------------------ data (decode and crop in the workers)
@@ -195,7 +192,7 @@ def run(cfg: LinearMheadConfig) -> dict[str, float]:
                             unit="step")
         for epoch in range(start_epoch, cfg.epochs):
             started = time.time()
-            torch.manual_seed(epoch_seed(cfg.seed, epoch, info.rank))  # augmentation: a function of the epoch
+            torch.manual_seed(training.epoch_seed(cfg.seed, epoch, info.rank))  # augmentation: a function of the epoch
             sampler.set_epoch(epoch)
             heads.train()
             for i, (images, labels) in enumerate(loader):
@@ -275,11 +272,6 @@ def check_inputs(cfg: LinearMheadConfig) -> None:
         raise ValueError(f"global_batch_size={cfg.global_batch_size} must be positive")
     if cfg.epochs <= 0 or cfg.eval_every_epochs <= 0 or cfg.ckpt_every_epochs <= 0:
         raise ValueError("epochs, eval_every_epochs and ckpt_every_epochs must be positive")
-
-
-def epoch_seed(seed: int, epoch: int, rank: int) -> int:
-    """The torch seed of one epoch's augmentation on one rank (independent of where a run was resumed)."""
-    return (seed * 1_000_003 + epoch) * 4099 + rank
 
 
 def head_dims(backbone: nn.Module, image_size: int, pooling: str) -> dict[str, int]:

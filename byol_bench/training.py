@@ -4,7 +4,9 @@ What lives here, and nothing else:
 
 * numerics policy: :func:`resolve_precision` (``auto`` = bf16 autocast on CUDA, fp32 elsewhere) and
   :func:`autocast`; channels_last is the runner's one-liner (``model.to(memory_format=torch.channels_last)``);
-* distribution: :func:`wrap_ddp` (DDP only in a multi-process job; SyncBN conversion is ``dist.maybe_sync_bn``);
+* distribution: :func:`wrap_ddp` (DDP only in a multi-process job; SyncBN conversion is ``dist.maybe_sync_bn``),
+  :func:`batch_per_device` (the recipe fixes the global batch, whatever the process count);
+* augmentation seeds: :func:`epoch_seed` (a resumed run redraws the same crops; processes draw different ones);
 * schedules as per-iteration arrays (STYLE: precomputed, logged, checkpointed): :func:`step_lr`, :func:`cosine_lr`;
 * checkpoints and ``resume=auto|none|<path>`` at epoch boundaries: :func:`find_resume`, :func:`save_training_state`,
   :func:`load_training_state` — the trainable modules, the optimizer, the epoch, the RNG states and the config hash
@@ -30,6 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from byol_bench import dist
 from byol_bench.checkpoint import CheckpointError, atomic_save, load_state_dict_strict, safe_load
+from byol_bench.seeding import rng_for
 
 CHECKPOINT_FORMAT = "byol-bench-train"
 
@@ -56,6 +59,23 @@ def wrap_ddp(module: nn.Module, device: torch.device) -> nn.Module:
     if dist.get_world_size() == 1:
         return module
     return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def batch_per_device(global_batch: int, world_size: int) -> int:
+    """``global_batch / world_size``; a process count that does not divide the recipe's global batch is refused."""
+    if global_batch % world_size:
+        raise ValueError(f"global_batch_size={global_batch} does not divide by the {world_size} processes; launch a "
+                         "process count that divides it (the recipe fixes the global batch)")
+    return global_batch // world_size
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """The torch seed of one epoch's augmentations (and DataLoader worker seeds) on one process.
+
+    A function of (seed, epoch, rank) only, so a run resumed at an epoch boundary draws the same crops as one that
+    never stopped, and the processes of a job draw different ones.
+    """
+    return int(rng_for(seed, "augment", epoch, rank).integers(2**62))
 
 
 # ---------------------------------------------------------------- schedules

@@ -135,7 +135,7 @@ def test_tiny_imagenet_end_to_end_record_table_learning_and_rerun(ckpt, tiny_dat
     assert metrics["top1"] == details["val_curve"][-1]["top1"] and metrics["top5"] >= metrics["top1"]
     assert details["frozen_backbone"]["checked"] and details["frozen_backbone"]["tensors"] == 122
     assert Path(details["val_curve_plot"]).is_file()
-    # Learning signal: 10 classes (chance 10 %); measured 30.4 % for this seed and preset (seeds 1, 2: 28.8, 26.0).
+    # Learning signal: 10 classes (chance 10 %); measured 23.6 % for this seed and preset (seeds 1-3: 26.8, 23.6, 30.0).
     assert metrics["top1"] > 20.0
     # The record fills the AvgPool cell of the ImageNet table.
     table = render_markdown([record]).split("## ImageNet Linear Evaluation")[1].split("##")[0]
@@ -207,9 +207,3 @@ def test_cli_errors_are_one_line(ckpt, tiny_data, tmp_path) -> None:
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], proc.stderr
         assert "Traceback" not in lines[0] and len(lines[0]) < 400, lines[0]
-
-
-def test_global_batch_must_divide_by_the_process_count() -> None:
-    assert avgpool._batch_per_device(4096, 8) == 512
-    with pytest.raises(ValueError, match="global_batch_size=256 does not divide by the 3 processes"):
-        avgpool._batch_per_device(256, 3)

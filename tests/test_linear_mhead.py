@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -113,7 +112,7 @@ def test_tiny_run_record_final_eval_and_table_row(tiny_run):
 
 
 def test_random_init_feature5_beats_chance_clearly(tiny_run):
-    # Embedded ImageNet: 10 classes, chance 10 %. Measured: the random-init ResNet-18's feat5 head reaches 48.0 %
+    # Embedded ImageNet: 10 classes, chance 10 %. Measured: the random-init ResNet-18's feat5 head reaches 51.6 %
     # after the 3 tiny epochs at 48 px (docs/LINEAR.md); with shuffled labels the test fails (seen).
     metrics, _, _ = tiny_run
     assert metrics["feat5"] > 25.0
@@ -203,6 +202,3 @@ def test_cli_errors_are_one_line(ckpt, tiny_data, tmp_path):
         assert result.stderr.strip().count("\n") == 0
 
 
-def test_epoch_seed_depends_on_epoch_and_rank_only():
-    seeds = {mhead.epoch_seed(0, e, r) for e in range(50) for r in range(8)}
-    assert len(seeds) == 400 and np.int64(mhead.epoch_seed(3, 7, 1)) == mhead.epoch_seed(3, 7, 1)

@@ -12,7 +12,9 @@ from torch import nn
 
 from byol_bench.checkpoint import CheckpointError
 from byol_bench.training import (
+    batch_per_device,
     cosine_lr,
+    epoch_seed,
     find_resume,
     load_training_state,
     plot_log,
@@ -85,3 +87,14 @@ def test_plot_log(tmp_path: Path) -> None:
     log.write_text("\n".join(json.dumps(r) for r in rows))
     assert plot_log(log, tmp_path / "val.png", "epoch", ["top1"], "val").is_file()
     assert plot_log(log, tmp_path / "none.png", "epoch", ["loss"], "none") is None
+
+
+def test_global_batch_per_process_and_epoch_seeds() -> None:
+    assert batch_per_device(4096, 8) == 512 and batch_per_device(256, 1) == 256
+    with pytest.raises(ValueError, match="global_batch_size=256 does not divide by the 3 processes"):
+        batch_per_device(256, 3)
+    seeds = {epoch_seed(0, e, r) for e in range(50) for r in range(8)}
+    first = epoch_seed(3, 7, 1)
+    torch.manual_seed(123)
+    np.random.seed(123)  # the global generators do not enter: a resumed process gets the same seed
+    assert len(seeds) == 400 and epoch_seed(3, 7, 1) == first != epoch_seed(4, 7, 1)
