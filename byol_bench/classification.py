@@ -79,11 +79,13 @@ def open_split(name: str, data_root: str | Path, split: str, transform=None, *, 
     check_dataset(name)
     root = Path(data_root) / DATA_DIRS[name]
     if name == "imagenet":
-        list_file = root / "meta" / f"{split}.txt"
+        listed = (root / "meta" / f"{split}.txt").is_file()
+        # The list is named relative to the dataset folder (ImageFolderList joins it to root; a relative data_root
+        # joined twice would point nowhere).
         dataset: LabelledImages = ImageFolderList(root, split, transform,
-                                                  list_file=list_file if list_file.is_file() else None,
+                                                  list_file=f"meta/{split}.txt" if listed else None,
                                                   image_format=image_format)
-        found, source = len(dataset.classes), (list_file if list_file.is_file() else root / split)
+        found, source = len(dataset.classes), (root / "meta" / f"{split}.txt" if listed else root / split)
     elif name == "inat18":
         dataset = INat18(root, split, transform, image_format=image_format)
         found, source = len(dataset.classes), dataset.json_file

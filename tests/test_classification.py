@@ -51,8 +51,9 @@ def test_imagenet_train_pipeline_has_the_reference_steps():
 
 
 @pytest.mark.parametrize(("name", "classes"), [("imagenet", 10), ("inat18", 12), ("places205", 10)])
-def test_splits_open_on_the_tiny_data(tiny_data, name, classes):
-    train = cls.open_split(name, tiny_data, "train", cls.test_transform(73, 64), tiny=True)
+def test_splits_open_on_the_tiny_data(tiny_data, name, classes, monkeypatch):
+    monkeypatch.chdir(tiny_data.parent)  # a relative data root, as the demo passes it (data/tiny)
+    train = cls.open_split(name, tiny_data.name, "train", cls.test_transform(73, 64), tiny=True)
     val = cls.open_split(name, tiny_data, "val", tiny=True)
     assert train.num_classes == val.num_classes == classes
     image, label = train.dataset[0]
