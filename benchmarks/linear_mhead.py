@@ -199,14 +199,8 @@ def run(cfg: LinearMheadConfig) -> dict[str, float]:
                 step = epoch * len(loader) + i
                 for group in optimizer.param_groups:
                     group["lr"] = float(lrs[step])
-                pooled = pooled_features(extractor, images.to(device, non_blocking=True), cfg.pooling, precision)
-                logits = heads_ddp(pooled)
-                labels = labels.to(device, non_blocking=True)
-                losses = {k: F.cross_entropy(v, labels) for k, v in logits.items()}
-                loss = sum(losses.values())
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                loss, losses = train_step(extractor, heads_ddp, optimizer, images, labels, cfg.pooling, precision,
+                                          device)
                 progress.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lrs[step]:.2g}")
                 progress.update()
                 log.log(step=step + 1, epoch=epoch, loss=loss.item(), lr=float(lrs[step]),
@@ -300,6 +294,25 @@ def pooled_features(extractor: MultiLayerFeatures, images: torch.Tensor, pooling
         else:
             pooled = {k: extractor.pools[k](v) for k, v in maps.items()}
     return {k: v.float().clone() for k, v in pooled.items()}
+
+
+def train_step(extractor: MultiLayerFeatures, heads: nn.Module, optimizer: torch.optim.Optimizer,
+               images: torch.Tensor, labels: torch.Tensor, pooling: str, precision: str,
+               device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One optimizer step of the heads: frozen backbone pass (:func:`pooled_features`), the five heads in fp32, the
+    summed cross-entropy, backward, SGD step. Returns the summed loss and the per-head losses (device tensors).
+
+    ``heads`` is :class:`MultiHeads` or its DDP wrapper; ``scripts/bench_linear.py`` times this very function.
+    """
+    pooled = pooled_features(extractor, images.to(device, non_blocking=True), pooling, precision)
+    logits = heads(pooled)
+    labels = labels.to(device, non_blocking=True)
+    losses = {k: F.cross_entropy(v, labels) for k, v in logits.items()}
+    loss = sum(losses.values())
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss, losses
 
 
 @torch.no_grad()
