@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from benchmarks.svm_protocol import l2_normalize
+from byol_bench.backbone import build_resnet
+from byol_bench.checkpoint import atomic_save
 from byol_bench.tinydata import ensure_tiny_data
 from byol_bench.tinydata.svm_features import make_voc_like_problem
 
@@ -16,6 +18,15 @@ from byol_bench.tinydata.svm_features import make_voc_like_problem
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Root of the generated mini-datasets (seed 0), shared by every test module in the session."""
     return ensure_tiny_data(tmp_path_factory.getbasetemp() / "tiny-data-seed0")
+
+
+@pytest.fixture(scope="session")
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A seeded random-init ResNet-18 trunk (torchvision keys, no fc), saved once: the runners' e2e checkpoint."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        state = {k: v for k, v in build_resnet("resnet18").state_dict().items() if not k.startswith("fc.")}
+    return atomic_save(state, tmp_path_factory.mktemp("ckpt") / "random-init_resnet18.pth")
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ from torchvision import transforms as T
 
 import benchmarks.linear_avgpool as avgpool
 from benchmarks.linear_avgpool import PRESET_DIR, AvgPoolHead, LinearAvgpoolConfig, build_optimizer, lr_schedule, run
-from byol_bench.backbone import IMAGENET_MEAN, IMAGENET_STD, build_resnet
-from byol_bench.checkpoint import atomic_save, safe_load
+from byol_bench.backbone import IMAGENET_MEAN, IMAGENET_STD
+from byol_bench.checkpoint import safe_load
 from byol_bench.classification import crop_flip_transform
 from byol_bench.config import load_config
 from byol_bench.lars import LARS
@@ -28,13 +28,6 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # robust on a shared 2-core machine (conftest)
 MOCO = "linear-avgpool_resnet50_8xb32-steplr-100e_in1k"
 SIMSIAM = "linear-avgpool_resnet50_8xb512-coslr-90e_in1k"
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    state = {k: v for k, v in build_resnet("resnet18").state_dict().items() if not k.startswith("fc.")}
-    return atomic_save(state, tmp_path_factory.mktemp("ckpt") / "random-init_resnet18.pth")
 
 
 def _cfg(preset: str, ckpt: Path, data: Path, out: Path, *extra: str) -> LinearAvgpoolConfig:

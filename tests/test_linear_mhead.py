@@ -23,13 +23,6 @@ from byol_bench.tables import render_markdown
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    state = {k: v for k, v in build_resnet("resnet18").state_dict().items() if not k.startswith("fc.")}
-    return atomic_save(state, tmp_path_factory.mktemp("ckpt") / "random-init_resnet18.pth")
-
-
 def _cfg(ckpt: Path, data: Path, out: Path, *extra: str, preset: str = "tiny") -> mhead.LinearMheadConfig:
     return load_config(mhead.LinearMheadConfig, preset,
                        [f"ckpt={ckpt}", f"data_root={data}", f"out_dir={out}", *extra], preset_dir=mhead.PRESET_DIR)

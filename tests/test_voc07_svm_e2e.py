@@ -8,25 +8,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import adapters.loading
 from benchmarks.voc07_svm import PRESET_DIR, Voc07SvmConfig, run
 from byol_bench import scaffold
-from byol_bench.backbone import build_resnet
-from byol_bench.checkpoint import atomic_save, sha256_file
+from byol_bench.checkpoint import sha256_file
 from byol_bench.config import load_config
 from byol_bench.records import load_records
 from byol_bench.tables import render_markdown
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    state = {k: v for k, v in build_resnet("resnet18").state_dict().items() if not k.startswith("fc.")}
-    return atomic_save(state, tmp_path_factory.mktemp("ckpt") / "random-init_resnet18.pth")
 
 
 def _cfg(ckpt: Path, data: Path, out: Path, *extra: str) -> Voc07SvmConfig:
