@@ -195,3 +195,27 @@ def test_cli_errors_are_one_line(ckpt, tiny_data, tmp_path):
         assert result.stderr.strip().count("\n") == 0
 
 
+
+
+def test_overfit_a_few_images(ckpt, tiny_data):
+    """Train -> predict -> score on the same 16 images: the heads must fit them (fails if train_step does not learn)."""
+    from torch.utils.data import DataLoader, Subset
+
+    from adapters import load_backbone
+    from byol_bench.backbone import MultiLayerFeatures
+    from byol_bench.classification import open_split, test_transform
+
+    split = open_split("imagenet", tiny_data, "train", test_transform(73, 64), tiny=True)
+    images = Subset(split.dataset, range(0, len(split.dataset), len(split.dataset) // 16)[:16])
+    loader = DataLoader(images, batch_size=16)
+    backbone, _ = load_backbone(ckpt)
+    extractor = MultiLayerFeatures(backbone.eval().requires_grad_(False), FEATURE_NAMES, pooled=False).eval()
+    torch.manual_seed(0)
+    heads = mhead.MultiHeads(feature_channels(backbone), mhead.head_dims(backbone, 64, "adaptive"), split.num_classes)
+    optimizer = torch.optim.SGD(heads.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    batch, labels = next(iter(loader))
+    for _ in range(200):
+        mhead.train_step(extractor, heads, optimizer, batch, labels, "adaptive", "fp32", torch.device("cpu"))
+    heads.eval()
+    scores = mhead.evaluate(extractor, heads, loader, "adaptive", "fp32", torch.device("cpu"))
+    assert min(scores[f"top1_{k}"] for k in FEATURE_NAMES) == 100.0, scores
