@@ -233,7 +233,7 @@ def run(cfg: LinearAvgpoolConfig) -> dict[str, float]:
                             else "-")
             done = epoch + 1
             if done % cfg.ckpt_every_epochs == 0 or done == cfg.epochs or done == cfg.stop_after_epochs:
-                save_training_state(latest, modules={"head": head}, optimizer=optimizer, epoch=done,
+                save_training_state(latest, modules={"head": head}, optimizer=optimizer, done=done,
                                     config_hash=run.config_hash, extra={"evals": evals})
             if done == cfg.stop_after_epochs and done < cfg.epochs:
                 bar.close()

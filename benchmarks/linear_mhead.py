@@ -216,7 +216,7 @@ def run(cfg: LinearMheadConfig) -> dict[str, float]:
                           " ".join(f"{k}={scores[f'top1_{k}']:.2f}" for k in FEATURE_NAMES))
             if done % cfg.ckpt_every_epochs == 0 or done == cfg.epochs or done == cfg.stop_after_epochs:
                 training.save_training_state(run.run_dir / "latest.pth", modules={"heads": heads},
-                                             optimizer=optimizer, epoch=done, config_hash=run.config_hash,
+                                             optimizer=optimizer, done=done, config_hash=run.config_hash,
                                              extra=state)
             if done == cfg.stop_after_epochs and done < cfg.epochs:
                 progress.close()

@@ -7,10 +7,11 @@ What lives here, and nothing else:
 * distribution: :func:`wrap_ddp` (DDP only in a multi-process job; SyncBN conversion is ``dist.maybe_sync_bn``),
   :func:`batch_per_device` (the recipe fixes the global batch, whatever the process count);
 * augmentation seeds: :func:`epoch_seed` (a resumed run redraws the same crops; processes draw different ones);
-* schedules as per-iteration arrays (STYLE: precomputed, logged, checkpointed): :func:`step_lr`, :func:`cosine_lr`;
-* checkpoints and ``resume=auto|none|<path>`` at epoch boundaries: :func:`find_resume`, :func:`save_training_state`,
-  :func:`load_training_state` — the trainable modules, the optimizer, the epoch, the RNG states and the config hash
-  (a resumed run must be the same run);
+* schedules as per-iteration arrays (STYLE: precomputed, logged, checkpointed): :func:`step_lr`, :func:`cosine_lr`
+  (epoch-based recipes), :func:`warmup_multistep_lr` (detectron2/mmdet iteration recipes), :func:`poly_lr` (mmseg);
+* checkpoints and ``resume=auto|none|<path>`` at epoch (or every-N-iteration) boundaries: :func:`find_resume`,
+  :func:`save_training_state`, :func:`load_training_state` — the trainable modules, the optimizer, the epochs or
+  iterations done, the RNG states and the config hash (a resumed run must be the same run);
 * curves: :func:`plot_log` draws ``log.jsonl`` columns against a step/epoch column (loss curves, val curves).
 
 Progress/ETA lines are :class:`byol_bench.runlog.Progress`; run folders and records, :mod:`byol_bench.scaffold`.
@@ -103,6 +104,35 @@ def cosine_lr(base_lr: float, total_iters: int, min_lr: float = 0.0) -> np.ndarr
     return min_lr + (base_lr - min_lr) * 0.5 * (1 + np.cos(math.pi * t))
 
 
+def warmup_multistep_lr(base_lr: float, total_iters: int, steps: Sequence[int], gamma: float = 0.1,
+                        warmup_iters: int = 0, warmup_factor: float = 0.001) -> np.ndarray:
+    """Per-iteration rate of detectron2's ``WarmupMultiStepLR`` (mmdet's step policy with linear warm-up).
+
+    ``base_lr * gamma ** (steps passed)``, where step ``s`` is passed from iteration ``s`` on (iterations counted
+    from 0), times a linear warm-up factor ``warmup_factor * (1 - t) + t`` with ``t = i / warmup_iters`` for
+    ``i < warmup_iters`` (detectron2 ``_get_warmup_factor_at_iter``, method "linear").
+    """
+    if total_iters <= 0:
+        raise ValueError(f"total_iters={total_iters} must be positive")
+    i = np.arange(total_iters)
+    passed = (i[:, None] >= np.asarray(sorted(steps), dtype=np.int64)[None, :]).sum(1)
+    lr = base_lr * gamma ** passed.astype(np.float64)
+    if warmup_iters > 0:
+        t = np.minimum(i / warmup_iters, 1.0)
+        lr = lr * np.where(i < warmup_iters, warmup_factor * (1 - t) + t, 1.0)
+    return lr
+
+
+def poly_lr(base_lr: float, total_iters: int, power: float = 0.9, min_lr: float = 0.0) -> np.ndarray:
+    """Per-iteration rate of mmcv's ``PolyLrUpdaterHook`` / mmengine ``PolyLR`` (``by_epoch=False``).
+
+    ``(base_lr - min_lr) * (1 - i / total_iters) ** power + min_lr`` at iteration ``i`` (counted from 0).
+    """
+    if total_iters <= 0:
+        raise ValueError(f"total_iters={total_iters} must be positive")
+    return (base_lr - min_lr) * (1 - np.arange(total_iters) / total_iters) ** power + min_lr
+
+
 # ---------------------------------------------------------------- checkpoints and resume
 
 
@@ -127,21 +157,21 @@ def find_resume(run_dir: Path, resume: str, name: str = "latest.pth") -> Path | 
 
 
 def save_training_state(path: Path, *, modules: Mapping[str, nn.Module], optimizer: torch.optim.Optimizer,
-                        epoch: int, config_hash: str, extra: dict[str, Any] | None = None) -> None:
-    """Write (rank 0, atomically) what :func:`load_training_state` needs to continue after ``epoch`` epochs.
+                        done: int, config_hash: str, extra: dict[str, Any] | None = None) -> None:
+    """Write (rank 0, atomically) what :func:`load_training_state` needs to continue after ``done`` epochs/iterations.
 
     Args:
         path: the checkpoint file.
         modules: the trainable modules by name (unwrapped from DDP), e.g. ``{"heads": heads}``.
         optimizer: its state (momentum buffers) is saved too.
-        epoch: epochs completed.
+        done: epochs (or, for an iteration-based recipe, iterations) completed: the runner's unit.
         config_hash: the run's config hash; a resume with another config is refused.
         extra: anything else the runner wants back (e.g. the evaluations so far), JSON-like values only.
     """
     if not dist.is_main():
         return
     state = {
-        "format": CHECKPOINT_FORMAT, "epoch": epoch, "config_hash": config_hash,
+        "format": CHECKPOINT_FORMAT, "done": done, "config_hash": config_hash,
         "modules": {name: {k: v.detach().cpu() for k, v in m.state_dict().items()} for name, m in modules.items()},
         "optimizer": optimizer.state_dict(),
         "rng": {"torch": torch.get_rng_state(),
@@ -156,7 +186,7 @@ def load_training_state(path: Path, *, modules: Mapping[str, nn.Module], optimiz
     """Restore modules, optimizer and RNG from a :func:`save_training_state` file.
 
     Returns:
-        The epochs completed and the ``extra`` dict.
+        The epochs (iterations) completed and the ``extra`` dict.
 
     Raises:
         CheckpointError: not such a checkpoint, written by another config, or weights that do not fit.
@@ -173,7 +203,7 @@ def load_training_state(path: Path, *, modules: Mapping[str, nn.Module], optimiz
     torch.set_rng_state(state["rng"]["torch"])
     if torch.cuda.is_available() and state["rng"]["cuda"]:
         torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    return int(state["epoch"]), dict(state["extra"])
+    return int(state["done"]), dict(state["extra"])
 
 
 # ---------------------------------------------------------------- curves

@@ -150,7 +150,7 @@ def test_interrupted_run_resumes_to_the_same_final_weights(ckpt, tiny_data, tmp_
     assert run(_cfg("tiny-places205", ckpt, tiny_data, tmp_path / "split", *extra, "stop_after_epochs=2")) == {}
     assert not (tmp_path / "split" / "records").exists()  # no record from an interrupted run
     (state_file,) = (tmp_path / "split" / "runs").rglob("latest.pth")
-    assert safe_load(state_file)["epoch"] == 2  # saved at the stop although ckpt_every_epochs=5
+    assert safe_load(state_file)["done"] == 2  # saved at the stop although ckpt_every_epochs=5
     resumed = run(_cfg("tiny-places205", ckpt, tiny_data, tmp_path / "split", *extra))
     assert resumed == whole
     heads = [safe_load(next((tmp_path / name / "runs").rglob("latest.pth")))["modules"]["head"]

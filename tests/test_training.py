@@ -18,9 +18,11 @@ from byol_bench.training import (
     find_resume,
     load_training_state,
     plot_log,
+    poly_lr,
     resolve_precision,
     save_training_state,
     step_lr,
+    warmup_multistep_lr,
 )
 
 
@@ -31,6 +33,32 @@ def test_step_lr_changes_at_the_first_iteration_of_each_milestone_epoch() -> Non
     assert lrs[30 * 4] == pytest.approx(1e-3) and lrs[60 * 4 - 1] == pytest.approx(1e-3)
     assert lrs[60 * 4] == pytest.approx(1e-4) and lrs[-1] == pytest.approx(1e-4)  # 90 is never reached
     assert step_lr(30.0, 100, 1, (80, 60))[[59, 60, 80]] == pytest.approx([30.0, 3.0, 0.3])  # order-free
+
+
+def test_warmup_multistep_lr_at_known_iterations() -> None:
+    # detectron2 pascal_voc_R_50_C4_24k: lr 0.02, steps 18k/22k, linear warm-up 100 iterations from factor 0.001
+    lrs = warmup_multistep_lr(0.02, 24000, steps=(18000, 22000), warmup_iters=100, warmup_factor=0.001)
+    assert lrs[0] == pytest.approx(0.02 * 0.001)
+    assert lrs[50] == pytest.approx(0.02 * (0.001 * 0.5 + 0.5))  # detectron2: factor * (1 - t) + t, t = 50/100
+    assert lrs[100] == lrs[17999] == pytest.approx(0.02)
+    assert lrs[18000] == pytest.approx(0.002) and lrs[21999] == pytest.approx(0.002)
+    assert lrs[22000] == pytest.approx(0.0002) and lrs[-1] == pytest.approx(0.0002)
+    assert warmup_multistep_lr(0.1, 10, steps=(5,))[[0, 4, 5]] == pytest.approx([0.1, 0.1, 0.01])  # no warm-up
+
+
+def test_poly_lr_matches_torch_polynomial_decay() -> None:
+    # mmseg: poly power 0.9, min_lr 1e-4, per iteration; torch's PolynomialLR is the min_lr=0 case
+    lrs = poly_lr(0.01, 200, power=0.9, min_lr=1e-4)
+    assert lrs[0] == pytest.approx(0.01)
+    assert lrs[100] == pytest.approx((0.01 - 1e-4) * 0.5 ** 0.9 + 1e-4)
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.01)
+    sched = torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=200, power=0.9)
+    torch_lrs = []
+    for _ in range(200):
+        torch_lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    np.testing.assert_allclose(poly_lr(0.01, 200, power=0.9), torch_lrs, rtol=1e-9, atol=1e-12)
 
 
 def test_cosine_lr_formula() -> None:
@@ -54,7 +82,7 @@ def test_save_and_resume_restore_weights_optimizer_rng_and_refuse_other_configs(
     head(torch.randn(2, 4)).sum().backward()
     opt.step()
     path = tmp_path / "latest.pth"
-    save_training_state(path, modules={"head": head}, optimizer=opt, epoch=3, config_hash="abc",
+    save_training_state(path, modules={"head": head}, optimizer=opt, done=3, config_hash="abc",
                         extra={"evals": [1.0]})
     expected_next = torch.rand(3)  # what the RNG gives right after the save
 
