@@ -113,3 +113,30 @@ def pooled_dims(backbone: nn.Module, image_size: int = 224) -> dict[str, int]:
     with torch.no_grad():
         out = extractor(torch.zeros(1, 3, image_size, image_size))
     return {name: value.shape[1] for name, value in out.items()}
+
+
+def dilate_resnet(backbone: nn.Module, strides: tuple[int, ...] = (1, 2, 1, 1),
+                  dilations: tuple[int, ...] = (1, 1, 2, 4), contract_dilation: bool = True) -> nn.Module:
+    """Turn a (loaded) torchvision ResNet into mmseg's dilated ResNet in place: the "D8" of FCN R50-D8.
+
+    Per stage ``i``, the first block strides by ``strides[i]`` and every block's spatial 3x3 conv gets dilation
+    ``dilations[i]`` (padding = dilation, so sizes are kept); with ``contract_dilation`` the first block of a dilated
+    stage uses ``dilations[i] // 2`` (mmseg ``ResLayer(contract_dilation=True)``). Bottleneck blocks dilate
+    ``conv2``; BasicBlocks dilate ``conv1`` only, as mmseg's BasicBlock does (torchvision refuses dilated
+    BasicBlocks, so ResNet-18/34 tiny runs need this too). Weights are untouched: only strides and dilations change.
+    For Bottleneck ResNets the result equals torchvision's ``replace_stride_with_dilation=[False, True, True]``
+    with the default arguments (tested).
+    """
+    stages = (backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4)
+    if len(strides) != 4 or len(dilations) != 4:
+        raise ValueError(f"strides {strides} and dilations {dilations} need one value per stage (4)")
+    for stage, stride, dilation in zip(stages, strides, dilations, strict=True):
+        for index, block in enumerate(stage):
+            first = index == 0
+            d = dilation // 2 if first and contract_dilation and dilation > 1 else dilation
+            conv = block.conv2 if hasattr(block, "conv3") else block.conv1
+            conv.stride = (stride, stride) if first else (1, 1)
+            conv.dilation, conv.padding = (d, d), (d, d)
+            if first and block.downsample is not None:
+                block.downsample[0].stride = (stride, stride)
+    return backbone
