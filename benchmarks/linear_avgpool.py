@@ -249,7 +249,8 @@ def run(cfg: LinearAvgpoolConfig) -> dict[str, float]:
         details = _details(cfg, resolved, train, val, evals, report.encoder, len(loaded))
         if info.is_main:
             curve = plot_log(log.path, run.run_dir / "val_curve.png", x="epoch", ys=["val_top1", "val_top5"],
-                             title=f"AvgPool probe, {cfg.dataset}: {cfg.preset}", ylabel="val accuracy (%)")
+                             title=run.plot_title(f"AvgPool linear probe, {cfg.dataset} val"),
+                             ylabel="val accuracy (%)")
             details["val_curve_plot"] = str(curve) if curve else None
         metrics = run.finish(metrics, checkpoint=asdict(report), seeds={"head_and_sampler": cfg.seed},
                              batch_size_per_device=per_device, details=details)

@@ -246,7 +246,8 @@ def run(cfg: LinearMheadConfig) -> dict[str, float]:
         }
         if info.is_main:
             png = training.plot_log(log.path, run.run_dir / "val_curve.png", "eval_epoch",
-                                    [f"top1_{k}" for k in FEATURE_NAMES], f"{cfg.dataset}: {cfg.preset}",
+                                    [f"top1_{k}" for k in FEATURE_NAMES],
+                                    run.plot_title(f"multi-head linear probe, {cfg.dataset} val"),
                                     "val top-1 (%)")
             details["val_curve_plot"] = str(png)
         metrics = run.finish(metrics, checkpoint=asdict(report), seeds={"heads_and_augmentation": cfg.seed},

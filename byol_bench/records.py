@@ -50,6 +50,7 @@ SCHEMA: dict[str, tuple[type, ...]] = {
     "tiny": (bool,),
 }
 CHECKPOINT_FIELDS = ("path", "sha256", "format", "arch", "encoder")
+SOURCE_FIELDS = ("ref", "version", "table")  # details.source of a published record (checkpoint format "published")
 
 
 class RecordError(ValueError):
@@ -116,6 +117,11 @@ def validate_record(record: Any, source: str = "record") -> None:
     missing_ckpt = [k for k in CHECKPOINT_FIELDS if not isinstance(record["checkpoint"].get(k), str)]
     if missing_ckpt:
         raise RecordError(f"{source}: checkpoint is missing {missing_ckpt}")
+    if record["checkpoint"]["format"] == "published":  # a number read from a paper or model zoo: say where
+        cited = record["details"].get("source")
+        if not isinstance(cited, dict) or not all(isinstance(cited.get(k), str) and cited[k] for k in SOURCE_FIELDS):
+            raise RecordError(f"{source}: a published record needs details.source with {list(SOURCE_FIELDS)} "
+                              "(paper or page, version, table)")
 
 
 def record_path(records_dir: str | os.PathLike, protocol: str, dataset: str, ckpt_sha256: str,

@@ -102,6 +102,10 @@ class Run:
         """Where this run's record goes (files that belong to the record are written next to it)."""
         return record_path(self.records_dir, self.protocol, self.dataset, self._sha(), self.config_hash)
 
+    def plot_title(self, what: str) -> str:
+        """A plot's title: what it shows, then the checkpoint and preset it belongs to (plots travel alone)."""
+        return f"{what}\n{model_label(self.ckpt_path)} ({self._sha()[:8]}) · {self.cfg.preset}"
+
     def identify(self, ckpt: str | os.PathLike) -> dict[str, float] | None:
         """Hash ``ckpt`` and look for this run's record; return (and keep in ``done``) its metrics if it exists.
 

@@ -23,16 +23,26 @@ segmentation       voc12aug, cityscapes                         mIoU
 =================  ===========================================  ==================================================
 
 The config column shows the record's ``preset`` of the table's ``config_source`` protocol.
+
+Published rows: a record whose checkpoint ``format`` is ``"published"`` (``results/published/``) holds a number read
+from a paper or a model-zoo page, with its source in ``details["source"]`` (``ref``, ``version``, ``table``). It
+renders as a row marked "(published)" below the measured rows, and the sources are listed under the tables, so a
+checkpoint is seen next to the reference on the same protocol.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 TINY_MARK = " †"
+PUBLISHED_FORMAT = "published"
+PUBLISHED_MARK = " (published)"
+PLOT_SUFFIX = "_plot"  # details keys ending so hold the path of a plot the report links
 TINY_NOTE = "† tiny embedded data: checks the pipeline end to end; not comparable with published numbers."
 
 
@@ -131,16 +141,24 @@ def table_rows(table: Table, records: list[dict[str, Any]]) -> list[list[str]]:
     latest = _latest_by_key(records)
     labels = _row_labels(records)
     tiny = {r["checkpoint"]["sha256"] for r in records if r["tiny"]}
+    published = {r["checkpoint"]["sha256"] for r in records if is_published(r)}
     rows = [["Model", table.config_header, *(c.header for c in table.columns)]]
-    for sha, label in sorted(labels.items(), key=lambda item: item[1]):
+    for sha, label in sorted(labels.items(), key=lambda item: (item[0] in published, item[1])):
         config_record = latest.get((sha, *table.config_source))
         cells = []
         for column in table.columns:
             record = latest.get((sha, column.protocol, column.dataset))
             cells.append(_cell(record, column))
-        rows.append([label + (TINY_MARK if sha in tiny else ""), config_record["preset"] if config_record else "",
-                     *cells])
+        if sha in published and not any(cells):
+            continue  # a published source that has no figure for this table
+        mark = TINY_MARK if sha in tiny else PUBLISHED_MARK if sha in published else ""
+        rows.append([label + mark, config_record["preset"] if config_record else "", *cells])
     return rows
+
+
+def is_published(record: dict[str, Any]) -> bool:
+    """A record of published numbers (``results/published/``), not of a run."""
+    return record["checkpoint"]["format"] == PUBLISHED_FORMAT
 
 
 def _cell(record: dict[str, Any] | None, column: Column) -> str:
@@ -155,8 +173,14 @@ def _cell(record: dict[str, Any] | None, column: Column) -> str:
     return _FEATURE_LABELS.get(str(value), str(value))
 
 
-def render_markdown(records: list[dict[str, Any]]) -> str:
-    """All seed tables as markdown sections."""
+def render_markdown(records: list[dict[str, Any]], link_root: str | os.PathLike | None = None) -> str:
+    """All seed tables as markdown sections; then the sources of published rows and the runs' plots.
+
+    Args:
+        records: measured and published records.
+        link_root: the folder the markdown file is written to: plot links are made relative to it (so the report
+            reads on GitHub or in any viewer); None lists no plots.
+    """
     parts = ["# Model zoo", ""]
     for table in TABLES:
         rows = table_rows(table, records)
@@ -166,7 +190,36 @@ def render_markdown(records: list[dict[str, Any]]) -> str:
         parts.append("")
     if any(r["tiny"] for r in records):
         parts += [TINY_NOTE, ""]
+    parts += _sources_section(records)
+    if link_root is not None:
+        parts += _plots_section(records, Path(link_root))
     return "\n".join(parts)
+
+
+def _sources_section(records: list[dict[str, Any]]) -> list[str]:
+    """One line per published model: where its numbers were read (page, version) and from which tables."""
+    cited: dict[str, dict[tuple[str, str], list[str]]] = {}
+    for record in sorted((r for r in records if is_published(r)), key=lambda r: (r["protocol"], r["dataset"])):
+        src = record["details"]["source"]
+        cited.setdefault(record["model"], {}).setdefault((src["ref"], src["version"]), []).append(src["table"])
+    lines = [f"- {model}: " + " — ".join(f"{ref} ({version}): {'; '.join(tables)}"
+                                         for (ref, version), tables in by_ref.items())
+             for model, by_ref in sorted(cited.items())]
+    return ["## Sources of the published rows", "", *lines, ""] if lines else []
+
+
+def _plots_section(records: list[dict[str, Any]], link_root: Path) -> list[str]:
+    lines = []
+    for record in sorted((r for r in records if not is_published(r)),
+                         key=lambda r: (r["model"], r["protocol"], r["dataset"], r["preset"])):
+        links = [f"[{key.removesuffix(PLOT_SUFFIX).replace('_', ' ')}]"
+                 f"({Path(os.path.relpath(value, link_root)).as_posix()})"
+                 for key, value in sorted(record["details"].items())
+                 if key.endswith(PLOT_SUFFIX) and isinstance(value, str) and Path(value).is_file()]
+        if links:
+            lines.append(f"- {record['model']} · {record['protocol']} / {record['dataset']} "
+                         f"({record['preset']}): " + ", ".join(links))
+    return ["## Plots", "", *lines, ""] if lines else []
 
 
 def render_csv(records: list[dict[str, Any]]) -> str:

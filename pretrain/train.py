@@ -172,7 +172,8 @@ def run(cfg: PretrainConfig) -> dict[str, float]:
         final = out_dir / "final.pth"
         if info.is_main:
             link_named_checkpoint(final, out_dir / f"{cfg.name}.pth")
-            plot_loss_curve(out_dir / "log.jsonl", out_dir / "loss_curve.png")
+            plot_loss_curve(out_dir / "log.jsonl", out_dir / "loss_curve.png",
+                            f"BYOL pretraining\n{cfg.name} · {cfg.preset}")
         dist.barrier()
 
         # ================================================================ kNN monitor
@@ -193,6 +194,7 @@ def run(cfg: PretrainConfig) -> dict[str, float]:
                             "img_per_s_last_window": throughput if math.isfinite(throughput) else None,
                             "knn": {"k": cfg.knn_k, "temperature": cfg.knn_temperature, "weighting": "exp(cos/T)",
                                     "features": "global-pooled online backbone, eval mode, centre crop"},
+                            "loss_curve_plot": str(out_dir / "loss_curve.png"),
                             "steps_this_invocation": step - start_step,
                             "wall_time_s_this_invocation": time.time() - run.started,
                             "loss_range": "[0, 8]; mmselfsup logs loss - 4"})
@@ -369,7 +371,7 @@ def link_named_checkpoint(final: Path, named: Path) -> None:
     os.replace(tmp, named)
 
 
-def plot_loss_curve(log_path: Path, png_path: Path) -> None:
+def plot_loss_curve(log_path: Path, png_path: Path, title: str) -> None:
     """Loss (and lr) against optimizer step, from the JSON-lines log."""
     import matplotlib
 
@@ -387,6 +389,7 @@ def plot_loss_curve(log_path: Path, png_path: Path) -> None:
     lr_ax = ax.twinx()
     lr_ax.plot([r["step"] for r in rows], [r["lr"] for r in rows], color="tab:orange", alpha=0.6, label="lr")
     lr_ax.set_ylabel("learning rate")
+    ax.set_title(title)
     fig.legend(loc="upper right")
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)

@@ -1,8 +1,13 @@
 #!/usr/bin/env python
 """Render the model-zoo tables from result records.
 
-    python scripts/make_tables.py --records results/demo/records [--format md|csv] [--out results/demo/model_zoo.md]
+    python scripts/make_tables.py --records results/demo/records [--published [results/published]]
+                                  [--format md|csv] [--out results/demo/model_zoo.md]
                                   [--all-csv results/demo/all_records.csv]
+
+--published adds the rows of published numbers (records in results/published/, each citing its source) below the
+measured ones, so each checkpoint is read next to the reference on the same protocol. With --out, the markdown
+also links every plot the runs wrote, relative to the output file.
 """
 
 from __future__ import annotations
@@ -15,16 +20,23 @@ from byol_bench.fileio import atomic_write_text
 from byol_bench.records import load_records
 from byol_bench.tables import records_frame, render_csv, render_markdown
 
+PUBLISHED = Path(__file__).resolve().parent.parent / "results" / "published"
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", required=True, type=Path, help="folder of result records (searched recursively)")
+    parser.add_argument("--published", nargs="?", const=PUBLISHED, type=Path,
+                        help=f"also render the published rows of this folder (default {PUBLISHED})")
     parser.add_argument("--format", choices=("md", "csv"), default="md", help="table format printed and written")
     parser.add_argument("--out", type=Path, help="also write the tables to this file")
     parser.add_argument("--all-csv", type=Path, help="also write every metric of every record to this CSV")
     args = parser.parse_args()
     records = load_records(args.records)
-    text = render_markdown(records) if args.format == "md" else render_csv(records)
+    if args.published:
+        records += load_records(args.published)
+    link_root = args.out.parent if args.out else None
+    text = render_markdown(records, link_root) if args.format == "md" else render_csv(records)
     print(text)
     if args.out:
         atomic_write_text(args.out, text)

@@ -104,3 +104,64 @@ def test_make_tables_cli(tmp_path):
     bad = subprocess.run([sys.executable, str(REPO / "scripts/make_tables.py"), "--records", str(tmp_path / "none")],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and bad.stderr.count("\n") == 1
+
+
+# ---------------------------------------------------------------- published rows and the report's plots
+
+
+PUBLISHED = REPO / "results" / "published"
+
+
+def _published(**changes):
+    record = _record(model="BYOL R50 (paper)", tiny=False, metrics={"svm": 86.31}, details={
+        "source": {"ref": "https://example.org/zoo.md", "version": "v1", "table": "VOC SVM"}})
+    record["checkpoint"] = {**record["checkpoint"], "format": "published", "sha256": "published:byol", "path": ""}
+    record.update(changes)
+    return record
+
+
+def test_a_published_record_must_cite_its_source():
+    validate_record(_published())
+    for source in ({}, {"ref": "x", "version": "v1"}, {"ref": "", "version": "v1", "table": "t"}):
+        with pytest.raises(RecordError, match=r"needs details\.source with \['ref', 'version', 'table'\]"):
+            validate_record(_published(details={"source": source}))
+
+
+def test_published_rows_are_marked_below_the_measured_ones_and_cited(tmp_path):
+    md = render_markdown([_record(model="zzz_mine"), _published()])
+    voc = md.split("## VOC SVM")[1].split("##")[0]
+    rows = [line for line in voc.splitlines() if line.startswith("| ") and "Model" not in line]
+    assert rows[0].startswith("| zzz_mine †") and rows[1].startswith("| BYOL R50 (paper) (published) |")
+    assert "BYOL R50 (paper) (published)" not in md.split("## ImageNet Linear Evaluation")[1].split("##")[0]
+    assert "- BYOL R50 (paper): https://example.org/zoo.md (v1): VOC SVM" in md
+
+
+def test_committed_published_records_are_valid_and_fill_table_cells():
+    from byol_bench.tables import required_fields
+
+    records = load_records(PUBLISHED)
+    assert {r["model"] for r in records} >= {"BYOL R50 200e (mmselfsup)", "Supervised torchvision R50 (OpenSelfSup)"}
+    fields = required_fields()
+    for record in records:
+        assert record["checkpoint"]["format"] == "published" and not record["tiny"]
+        assert (record["protocol"], record["dataset"]) in fields, record
+        assert set(record["metrics"]) & fields[(record["protocol"], record["dataset"])]["metrics"], record
+    seed_row = render_markdown(records).split("## VOC SVM")[1]
+    assert "| BYOL R50 200e (mmselfsup) (published) | svm_voc07 | feature5 | 86.31 | 45.37 | 56.83 |" in seed_row
+
+
+def test_report_links_the_runs_plots_relative_to_the_markdown(tmp_path):
+    plot = tmp_path / "runs" / "voc07_svm" / "lowshot.png"
+    plot.parent.mkdir(parents=True)
+    plot.write_bytes(b"png")
+    record = _record(details={"lowshot_plot": str(plot), "gone_plot": str(tmp_path / "missing.png"), "k": 1})
+    md = render_markdown([record], link_root=tmp_path / "report")
+    assert "- m · voc07_svm / voc07 (tiny): [lowshot](../runs/voc07_svm/lowshot.png)" in md
+    assert "missing.png" not in md
+    assert "## Plots" not in render_markdown([record])  # no output file: no links
+
+
+def test_make_tables_cli_adds_published_rows(tmp_path):
+    out = subprocess.run([sys.executable, str(REPO / "scripts/make_tables.py"), "--records", str(GOLDEN / "records"),
+                          "--published"], capture_output=True, text=True, check=True)
+    assert "(published)" in out.stdout and "## Sources of the published rows" in out.stdout
