@@ -107,6 +107,36 @@ TABLES: tuple[Table, ...] = (
 )
 
 
+# The one figure per protocol that the end-of-run summary quotes: (metric, how to say it).
+HEADLINE: dict[str, tuple[str, str]] = {
+    "voc07_svm": ("svm", "SVM mAP"), "linear_mhead": ("feat5", "top-1 feature5"), "linear_avgpool": ("top1", "top-1"),
+    "semi_sup": ("top1", "top-1"), "det_voc": ("AP50", "AP50"), "det_coco": ("bbox_AP", "box AP"),
+    "segmentation": ("mIoU", "mIoU"),
+}
+
+
+def render_summary(records: list[dict[str, Any]], runs: list[tuple[str, str, float, str]]) -> str:
+    """One line per protocol run of an invocation: its preset, wall time, status and headline figure.
+
+    Args:
+        records: the records the runs wrote (the newest one of a protocol and preset is quoted).
+        runs: ``(protocol, preset, seconds, status)`` in the order they ran.
+    """
+    newest: dict[tuple[str, str], dict[str, Any]] = {}
+    for record in sorted(records, key=lambda r: r["created"]):
+        newest[(record["protocol"], record["preset"])] = record
+    lines = []
+    for protocol, preset, seconds, status in runs:
+        record = newest.get((protocol, preset))
+        figure = ""
+        if record is not None and protocol in HEADLINE:
+            metric, said = HEADLINE[protocol]
+            value = record["metrics"].get(metric)
+            figure = f"{said} {value:.2f} ({record['dataset']})" if value is not None else ""
+        lines.append(f"{protocol:<15} {preset:<16} {seconds:>6.0f} s  {status:<7} {figure}".rstrip())
+    return "\n".join(lines)
+
+
 def required_fields() -> dict[tuple[str, str], dict[str, set[str]]]:
     """What a record must hold to fill its cells: ``{(protocol, dataset): {"metrics": {...}, "details": {...}}}``."""
     fields: dict[tuple[str, str], dict[str, set[str]]] = {}

@@ -18,7 +18,7 @@ from pathlib import Path
 from byol_bench.cli import main_guard
 from byol_bench.fileio import atomic_write_text
 from byol_bench.records import load_records
-from byol_bench.tables import records_frame, render_csv, render_markdown
+from byol_bench.tables import records_frame, render_csv, render_markdown, render_summary
 
 PUBLISHED = Path(__file__).resolve().parent.parent / "results" / "published"
 
@@ -30,6 +30,8 @@ def main() -> None:
                         help=f"also render the published rows of this folder (default {PUBLISHED})")
     parser.add_argument("--format", choices=("md", "csv"), default="md", help="table format printed and written")
     parser.add_argument("--out", type=Path, help="also write the tables to this file")
+    parser.add_argument("--timings", type=Path,
+                        help="run_all_benchmarks.sh's protocol<TAB>preset<TAB>seconds<TAB>status file: print a summary")
     parser.add_argument("--all-csv", type=Path, help="also write every metric of every record to this CSV")
     args = parser.parse_args()
     records = load_records(args.records)
@@ -42,6 +44,10 @@ def main() -> None:
         atomic_write_text(args.out, text)
     if args.all_csv:
         atomic_write_text(args.all_csv, records_frame(records).to_csv(index=False))
+    if args.timings:
+        runs = [(p, preset, float(s), status) for p, preset, s, status in
+                (line.split("\t") for line in args.timings.read_text().splitlines() if line.strip())]
+        print(f"\n== summary: protocol, preset, wall time, headline figure\n{render_summary(records, runs)}")
 
 
 if __name__ == "__main__":

@@ -73,6 +73,9 @@ DATA_ROOT=${DATA_ROOT:-data}
 OUT=${OUT:-results/$(basename "${CKPT%.*}")}
 
 FAILED=() RAN=()
+mkdir -p "$OUT"
+TIMINGS="$OUT/run_times.tsv"  # protocol, preset, seconds, status of this invocation: the closing summary
+: > "$TIMINGS"
 for proto in "${PROTOCOLS[@]}"; do
   if [[ -n "$ONLY" && ",$ONLY," != *",$proto,"* ]]; then continue; fi
   module="$MODULE_PREFIX$proto"
@@ -86,18 +89,23 @@ for proto in "${PROTOCOLS[@]}"; do
     label=$proto
     [[ "$presets" == *" "* ]] && label="$proto:$preset"
     echo "== $proto (preset $preset)"
+    began=$SECONDS
     if "$PY" -m "$module" --preset "$preset" --ckpt "$CKPT" --data-root "$DATA_ROOT" --out-dir "$OUT" ${FORCE[@]+"${FORCE[@]}"}; then
-      RAN+=("$label")
+      RAN+=("$label") status=ok
     else
       echo "!! $proto ($preset) failed (exit $?)" >&2
-      FAILED+=("$label")
+      FAILED+=("$label") status=FAILED
     fi
+    printf '%s\t%s\t%s\t%s\n' "$proto" "$preset" "$((SECONDS - began))" "$status" >> "$TIMINGS"
   done
 done
 
 if [[ -d "$OUT/records" ]]; then
-  "$PY" scripts/make_tables.py --records "$OUT/records" --out "$OUT/model_zoo.md" --all-csv "$OUT/all_records.csv"
-  echo "tables written to $OUT/model_zoo.md and $OUT/all_records.csv"
+  # Published rows (results/published/) go beside the measured ones; the report links the runs' plots.
+  "$PY" scripts/make_tables.py --records "$OUT/records" --published --out "$OUT/model_zoo.md" \
+    --all-csv "$OUT/all_records.csv" --timings "$TIMINGS"
+  echo "report (tables, published rows, links to every plot): $OUT/model_zoo.md"
+  echo "records: $OUT/records/   run folders (logs, curves, result files): $OUT/runs/   all metrics: $OUT/all_records.csv"
 fi
 echo "protocols run: ${RAN[*]:-none}"
 if [[ ${#FAILED[@]} -gt 0 ]]; then

@@ -20,7 +20,7 @@ from byol_bench.records import (
     validate_record,
     write_record,
 )
-from byol_bench.tables import records_frame, render_csv, render_markdown
+from byol_bench.tables import records_frame, render_csv, render_markdown, render_summary
 
 GOLDEN = Path(__file__).parent / "golden"
 REPO = Path(__file__).resolve().parents[1]
@@ -165,3 +165,11 @@ def test_make_tables_cli_adds_published_rows(tmp_path):
     out = subprocess.run([sys.executable, str(REPO / "scripts/make_tables.py"), "--records", str(GOLDEN / "records"),
                           "--published"], capture_output=True, text=True, check=True)
     assert "(published)" in out.stdout and "## Sources of the published rows" in out.stdout
+
+
+def test_summary_quotes_each_runs_headline_figure():
+    older = _record(metrics={"svm": 10.0}, created="2026-01-01T00:00:00+0000")
+    text = render_summary([older, _record()], [("voc07_svm", "tiny", 41.4, "ok"), ("det_voc", "tiny", 3.0, "FAILED")])
+    first, second = text.splitlines()
+    assert first.split()[:4] == ["voc07_svm", "tiny", "41", "s"] and first.endswith("ok      SVM mAP 50.00 (voc07)")
+    assert second.split() == ["det_voc", "tiny", "3", "s", "FAILED"]

@@ -29,6 +29,9 @@ def test_rerun_is_idempotent_and_force_redoes(tmp_path):
     first = _run(tmp_path, str(ckpt), "--out", str(out))
     assert first.returncode == 0, first.stderr
     assert "| random-init_r18 † | tiny |  | 42.00 |" in first.stdout
+    assert "(published) |" in first.stdout  # the published rows beside the measured one
+    summary = first.stdout.split("== summary")[1].splitlines()
+    assert any(line.split()[:2] == ["ok", "tiny"] and line.split()[-1] == "ok" for line in summary), summary
     second = _run(tmp_path, str(ckpt), "--out", str(out))
     assert second.returncode == 0 and "skip voc07_svm:" in second.stdout
     assert (out / "runs.txt").read_text() == "ran\n"
