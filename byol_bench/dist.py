@@ -106,6 +106,15 @@ def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
+def all_gather_objects(obj: object) -> list[object]:
+    """Every rank's picklable ``obj``, in rank order (``[obj]`` when not distributed); e.g. per-rank detections."""
+    if not is_initialized():
+        return [obj]
+    parts: list[object] = [None] * get_world_size()
+    torch_dist.all_gather_object(parts, obj)
+    return parts
+
+
 def maybe_sync_bn(model: nn.Module) -> nn.Module:
     """Convert BatchNorm to SyncBatchNorm only in a multi-process job (SyncBN needs a process group)."""
     if get_world_size() > 1:
