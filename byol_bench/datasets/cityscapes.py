@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+from PIL import Image
 
 from byol_bench.datasets import DatasetError
 from byol_bench.datasets.images import check_image_format, image_size, load_image, load_label_map
@@ -105,6 +106,12 @@ def label_ids_to_train_ids(label_ids: np.ndarray, source: str | Path = "<array>"
 TARGET_TYPES = ("labelIds", "labelTrainIds")
 
 
+def _png_mode(path: Path) -> str:
+    """The PIL mode of an image file (reads the header only)."""
+    with Image.open(path) as img:
+        return img.mode
+
+
 class Cityscapes:
     """Cityscapes fine segmentation: ``(image, target)`` with target uint8 (H, W) trainIds (255 = ignore).
 
@@ -154,6 +161,10 @@ class Cityscapes:
         image_path, label_path = self.samples[index]
         image = load_image(image_path, self.image_format)
         labels = load_label_map(label_path)
+        if _png_mode(label_path) == "P":
+            # A palette PNG is a colour rendering or another dataset's format: its indices are not official ids.
+            raise DatasetError(f"{label_path}: palette PNG, expected a single-channel (L) {self.target_type} map as "
+                               "cityscapesScripts writes it")
         if self.target_type == "labelIds":
             target = label_ids_to_train_ids(labels, label_path)
         else:

@@ -71,10 +71,11 @@ class VOCAugSegmentation:
         for list_name, ann_dir in SPLITS[split]:
             list_file = self.root / "ImageSets" / "Segmentation" / f"{list_name}.txt"
             for image_id in read_id_list(list_file):
-                label = self.root / ann_dir / f"{image_id}.png"
-                if not label.is_file():
-                    raise DatasetError(f"{list_file}: names {image_id}, but {label} does not exist")
-                self.samples.append((self.root / "JPEGImages" / f"{image_id}.jpg", label))
+                image, label = self.root / "JPEGImages" / f"{image_id}.jpg", self.root / ann_dir / f"{image_id}.png"
+                for path in (label, image):
+                    if not path.is_file():
+                        raise DatasetError(f"{list_file}: names {image_id}, but {path} does not exist")
+                self.samples.append((image, label))
         self.transform = transform
         self.image_format = check_image_format(image_format)
 

@@ -1,0 +1,538 @@
+"""FCN R50-D8 semantic segmentation (mmselfsup v0.5.0 ``benchmarks/mmsegmentation``; PROTOCOLS.md A.7, B §6).
+
+Canonical command (Pascal VOC 2012 + Aug; ``fcn_r50-d8_4xb2-40k_cityscapes-769x769`` for Cityscapes)::
+
+    torchrun --nproc-per-node 4 -m benchmarks.segmentation --preset fcn_r50-d8_4xb4-20k_voc12aug-512x512 \\
+        --ckpt byol.pth --data-root /datasets
+
+    python -m benchmarks.segmentation --preset tiny --ckpt byol.pth --data-root data/tiny   (embedded data)
+
+Fixed protocol (B §6.1-6.2):
+  * model: the checkpoint's torchvision ResNet (plain 7x7 stem, ``adapters.load_backbone``) made dilated by
+    ``byol_bench.backbone.dilate_resnet``: strides (1, 2, 1, 1), dilations (1, 1, 2, 4), mmseg's contract_dilation
+    -> output stride 8; FCN head on layer4 (two 3x3 ConvBNReLU of 512, the input concatenated and fused by a third,
+    Dropout2d 0.1, 1x1 classifier) and the auxiliary FCN head on layer3 (one ConvBNReLU of 256, no concat, dropout
+    0.1), loss = CE(decode) + 0.4 CE(aux), both on logits resized to the label size (bilinear, ``align_corners``);
+    SyncBN in a multi-GPU job; nothing frozen, BN in train mode;
+  * SGD lr 0.01, momentum 0.9, wd 5e-4 on every parameter; poly lr (power 0.9, to 1e-4) per iteration;
+    ``batch_size_per_device`` images per process (the recipe's 4 GPUs: VOC 4 x 4 = 16, Cityscapes 4 x 2 = 8);
+  * train pipeline (mmseg 0.x ``mmseg/datasets/pipelines/transforms.py``, whose defaults are the recipe's):
+    Resize to ``scale`` x ratio U(0.5, 2.0) keeping the aspect ratio (mmcv ``imrescale``; bilinear image, nearest
+    label) -> RandomCrop ``crop_size`` with cat_max_ratio 0.75 (up to 10 redraws until no class, 255 aside, covers
+    >= 75 % of the crop and there are >= 2 classes) -> horizontal flip p 0.5 -> PhotoMetricDistortion with mmseg's
+    defaults (each step p 0.5: brightness +-32, contrast 0.5-1.5 before or after the HSV steps, saturation 0.5-1.5,
+    hue +-18 in OpenCV units of 2 degrees) -> normalise RGB (mean 123.675/116.28/103.53, std 58.395/57.12/57.375)
+    -> pad to the crop (image 0, label 255);
+  * test: resize to ``test_scale`` keeping the aspect ratio, single scale, no flip; ``whole`` image (VOC) or
+    ``slide`` windows (Cityscapes: crop 769, stride 513, ``byol_bench.segmentation.slide_logits``); logits resized
+    back to the original size, argmax;
+  * metric: the val predictions are written as PNG label maps next to the record (VOC: palette PNGs of the class
+    indices; Cityscapes: official labelIds, as cityscapesScripts reads them), read back and scored with mmseg's
+    ``IoUMetric`` (``byol_bench.segmentation``: dataset-level intersection/union, ignore 255, NaN classes out of the
+    mean); the table reads mIoU (%), per-class IoU, mAcc and aAcc are in ``details``.
+
+NOTE: the CE loss is mmseg's default (``avg_non_ignore=False``): summed over the non-ignored pixels and divided by
+ALL pixels of the batch, padding included. This is what the reference trained with.
+NOTE: mmseg evaluates every 2,000 (4,000) iterations; we score the final weights only (the reported figure).
+NOTE: PhotoMetricDistortion's saturation and hue steps use a float HSV round trip instead of OpenCV's uint8 HSV
+(cv2 is not a dependency); the image is still rounded to uint8 after every step, as there. Pixel values can
+differ from OpenCV's by a few levels.
+NOTE: augmentation randomness is a function of (seed, global sample number) and the shuffling of (seed, pass over
+the data), so a run resumed at any saved iteration (``resume=auto``) continues exactly (tested on CPU) and the
+result does not depend on the worker count.
+NOTE: the per-device batch is fixed by the recipe; the global batch is ``batch_size_per_device x world size``
+(the record says which). Run the full presets on 4 GPUs to match mmseg's usual setup (B §9: an assumption).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from adapters import load_backbone
+from byol_bench import dist, training
+from byol_bench.backbone import dilate_resnet, feature_channels
+from byol_bench.cli import main_guard
+from byol_bench.config import CONFIG_ROOT, opt, parse_args
+from byol_bench.datasets.cityscapes import LABELS, TRAIN_CLASSES, Cityscapes, label_ids_to_train_ids
+from byol_bench.datasets.images import load_label_map
+from byol_bench.datasets.voc import VOC_CLASSES
+from byol_bench.datasets.voc_seg import VOCAugSegmentation
+from byol_bench.runlog import Progress
+from byol_bench.scaffold import open_run
+from byol_bench.seeding import rng_for
+from byol_bench.segmentation import intersect_and_union, segmentation_scores, slide_logits
+from byol_bench.tinydata.voc import voc_palette
+
+PROTOCOL = "segmentation"
+DATASETS = ("voc12aug", "cityscapes")
+PRESET_DIR = CONFIG_ROOT / PROTOCOL
+IGNORE_INDEX = 255
+CLASS_NAMES = {"voc12aug": ("background", *VOC_CLASSES), "cityscapes": TRAIN_CLASSES}
+AUX_WEIGHT = 0.4  # B §6.1: auxiliary head loss weight
+MEAN = torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)  # B §6.1, RGB, on 0..255 pixels
+STD = torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1)
+# trainId -> official labelId (the Cityscapes prediction files hold labelIds)
+TRAIN_ID_TO_ID = np.array([next(lb.id for lb in LABELS if lb.train_id == t) for t in range(len(TRAIN_CLASSES))],
+                          dtype=np.uint8)
+
+
+@dataclass(frozen=True)
+class SegmentationConfig:
+    """FCN R50-D8 settings (defaults = the VOC12+Aug recipe)."""
+
+    preset: str = opt("custom", "preset name (set by --preset; names the record's config column)")
+    ckpt: str = opt("", "checkpoint to evaluate: any format `python -m adapters inspect` recognises")
+    arch: str | None = opt(None, "ResNet name; None infers it from the weights")
+    encoder: str = opt("online", "which encoder of a two-encoder checkpoint: online (as published) or target")
+    dataset: Literal["voc12aug", "cityscapes"] = opt("voc12aug", "the dataset (and table) to evaluate on")
+    data_root: str = opt("data", "folder holding VOCdevkit/ and cityscapes/ (docs/DATASETS.md)", identity=False)
+    out_dir: str = opt("results/segmentation", "output: records/ and runs/ go here", identity=False)
+    max_iters: int = opt(20000, "training iterations")
+    lr: float = opt(0.01, "SGD learning rate")
+    momentum: float = opt(0.9, "SGD momentum")
+    weight_decay: float = opt(5e-4, "SGD weight decay (every parameter)")
+    poly_power: float = opt(0.9, "poly schedule power")
+    min_lr: float = opt(1e-4, "poly schedule floor")
+    batch_size_per_device: int = opt(4, "images per process per iteration (the recipe's per-GPU batch)")
+    scale: tuple[int, ...] = opt((2048, 512), "train resize base (long, short) before the 0.5-2.0 ratio")
+    ratio_range: tuple[float, ...] = opt((0.5, 2.0), "train resize ratio range")
+    crop_size: int = opt(512, "train crop (square), also the pad size")
+    cat_max_ratio: float = opt(0.75, "largest share one class may cover in a train crop (redrawn up to 10 times)")
+    test_scale: tuple[int, ...] = opt((2048, 512), "test resize (long, short), keeping the aspect ratio")
+    test_mode: Literal["whole", "slide"] = opt("whole", "whole image or sliding-window inference")
+    test_crop: int = opt(512, "slide: window size")
+    test_stride: int = opt(341, "slide: window stride")
+    align_corners: bool = opt(False, "align_corners of every logit resize (Cityscapes: true)")
+    seed: int = opt(0, "seed of the heads' initialisation, the shuffling and the augmentation")
+    ckpt_every_iters: int = opt(2000, "save the training state every this many iterations (and at the end)",
+                                identity=False)
+    resume: str = opt("auto", "auto (continue from the run folder's latest.pth), none, or a checkpoint path",
+                      identity=False)
+    stop_after_iters: int = opt(0, "stop after this many iterations without a record (0: never; for tests of resume)",
+                                identity=False)
+    precision: Literal["auto", "fp32", "bf16"] = opt("auto", "autocast: auto = bf16 on CUDA, fp32 on CPU; the loss "
+                                                     "is computed in fp32", identity=False)
+    num_workers: int = opt(4, "DataLoader workers per process (decode and augment)", identity=False)
+    device: Literal["auto", "cpu", "cuda"] = opt("auto", "auto: CUDA when available", identity=False)
+    tiny: bool = opt(False, "tiny sizes on the embedded data: the record is marked not comparable")
+    force: bool = opt(False, "redo even when a record for this checkpoint and config exists", identity=False)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """Values derived from the config and the machine; written as the run folder's ``resolved.json``."""
+
+    world_size: int
+    global_batch_size: int  # batch_size_per_device x world_size
+    precision: str
+    device: str
+
+
+class FCNHead(nn.Module):
+    """mmseg ``FCNHead``: ``num_convs`` 3x3 ConvBNReLU, optionally concat the input and fuse (3x3), Dropout2d,
+    1x1 classifier. Convs have no bias (BN follows), Kaiming-normal fan_out init; classifier N(0, 0.01), bias 0."""
+
+    def __init__(self, in_channels: int, channels: int, num_convs: int, concat_input: bool, num_classes: int,
+                 dropout: float = 0.1) -> None:
+        super().__init__()
+
+        def conv_bn_relu(c_in: int) -> nn.Sequential:
+            conv = nn.Conv2d(c_in, channels, 3, padding=1, bias=False)
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+            return nn.Sequential(conv, nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
+
+        self.convs = nn.Sequential(*[conv_bn_relu(in_channels if i == 0 else channels) for i in range(num_convs)])
+        self.conv_cat = conv_bn_relu(in_channels + channels) if concat_input else None
+        self.dropout = nn.Dropout2d(dropout)
+        self.conv_seg = nn.Conv2d(channels, num_classes, 1)
+        nn.init.normal_(self.conv_seg.weight, std=0.01)
+        nn.init.zeros_(self.conv_seg.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.convs(x)
+        if self.conv_cat is not None:
+            out = self.conv_cat(torch.cat([x, out], dim=1))
+        return self.conv_seg(self.dropout(out))
+
+
+class FCN(nn.Module):
+    """Dilated ResNet (output stride 8) + FCN decode head on layer4 + auxiliary FCN head on layer3.
+
+    ``forward`` returns ``(logits, aux_logits)`` at 1/8 of the input size; ``aux_logits`` is None in eval mode.
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int) -> None:
+        super().__init__()
+        self.backbone = dilate_resnet(backbone)
+        self.backbone.fc = nn.Identity()  # never part of the transferred weights; keeps the state dict small
+        channels = feature_channels(self.backbone)
+        self.decode_head = FCNHead(channels["feat5"], 512, 2, True, num_classes)
+        self.aux_head = FCNHead(channels["feat4"], 256, 1, False, num_classes)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        net = self.backbone
+        x = net.maxpool(net.relu(net.bn1(net.conv1(images))))
+        c3 = net.layer3(net.layer2(net.layer1(x)))
+        logits = self.decode_head(net.layer4(c3))
+        return logits, self.aux_head(c3) if self.training else None
+
+
+def run(cfg: SegmentationConfig) -> dict[str, float]:
+    """Train FCN R50-D8 from ``cfg.ckpt`` on ``cfg.dataset``; score the val set; write the record."""
+    check_inputs(cfg)
+    with open_run(PROTOCOL, cfg.dataset, cfg, ckpt=cfg.ckpt) as run:
+        if run.done is not None:
+            return run.done
+        info, device = run.info, run.info.device
+        precision = training.resolve_precision(cfg.precision, device)
+        batch = cfg.batch_size_per_device
+        log = run.start(Resolved(info.world_size, batch * info.world_size, precision, str(device)))
+
+        # ------------------------------------------------------------ data
+        train_set, val_set = open_dataset(cfg.dataset, cfg.data_root, "train"), open_dataset(
+            cfg.dataset, cfg.data_root, "val")
+        stream = TrainStream(train_set, cfg, info.rank, info.world_size)
+
+        # ------------------------------------------------------------ model, optimizer, schedule, resume
+        backbone, report = load_backbone(cfg.ckpt, cfg.arch, cfg.encoder, sha256=run.ckpt_sha256)
+        torch.manual_seed(cfg.seed)  # the heads' initialisation
+        model = FCN(backbone, len(CLASS_NAMES[cfg.dataset]))
+        if device.type == "cuda":  # SyncBN in a multi-GPU job (as the reference); it has no CPU kernels
+            model = dist.maybe_sync_bn(model)
+        model = model.to(device)
+        if device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        model_ddp = training.wrap_ddp(model, device)
+        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                    weight_decay=cfg.weight_decay)
+        lrs = training.poly_lr(cfg.lr, cfg.max_iters, cfg.poly_power, cfg.min_lr)
+        start, state = 0, {"train_time_s": 0.0}
+        resume_from = None if cfg.force and cfg.resume == "auto" else training.find_resume(run.run_dir, cfg.resume)
+        if resume_from is not None:
+            start, state = training.load_training_state(resume_from, modules={"model": model}, optimizer=optimizer,
+                                                        config_hash=run.config_hash)
+            log.drop_after_step(start)
+            if info.is_main:
+                print(f"{PROTOCOL}: resumed from {resume_from} after iteration {start}")
+
+        # ------------------------------------------------------------ loop (iteration-based)
+        loader = DataLoader(stream, batch, sampler=range(start * batch, cfg.max_iters * batch),
+                            num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
+        progress = Progress(cfg.max_iters, f"{PROTOCOL} {cfg.dataset}", initial=start, unit="it")
+        model.train()
+        started, it = time.time(), start
+        for it, (images, labels) in enumerate(loader, start=start + 1):
+            for group in optimizer.param_groups:
+                group["lr"] = float(lrs[it - 1])
+            losses = train_step(model_ddp, optimizer, images, labels, cfg.align_corners, precision, device)
+            progress.set_postfix(loss=f"{losses['loss']:.3f}", lr=f"{lrs[it - 1]:.2g}")
+            progress.update()
+            log.log(step=it, lr=float(lrs[it - 1]), **losses)
+            if it % cfg.ckpt_every_iters == 0 or it == cfg.max_iters or it == cfg.stop_after_iters:
+                state["train_time_s"] += time.time() - started
+                started = time.time()
+                training.save_training_state(run.run_dir / "latest.pth", modules={"model": model},
+                                             optimizer=optimizer, done=it, config_hash=run.config_hash, extra=state)
+            if it == cfg.stop_after_iters and it < cfg.max_iters:
+                progress.close()
+                print(f"{PROTOCOL}: stopped after iteration {it} (stop_after_iters); rerun to resume")
+                return {}
+        progress.close()
+
+        # ------------------------------------------------------------ predictions (PNG files) -> metric
+        pred_dir = run.record_path.with_suffix(".predictions")
+        written = predict_val(model, val_set, cfg, pred_dir, info.rank, info.world_size, precision, device)
+        areas = score_files(val_set, written, cfg.dataset, pred_dir)
+        areas = dist.all_reduce_sum(torch.from_numpy(areas).to(device)).cpu().numpy()
+        scores = segmentation_scores(areas, CLASS_NAMES[cfg.dataset])
+        details = {
+            "IoU": scores["IoU"], "Acc": scores["Acc"], "mAcc": scores["mAcc"], "aAcc": scores["aAcc"],
+            "predictions": str(pred_dir),
+            "prediction_format": "labelIds PNG (cityscapesScripts)" if cfg.dataset == "cityscapes"
+            else "palette PNG of class indices (VOC SegmentationClass)",
+            "iterations": cfg.max_iters, "world_size": info.world_size, "batch_size_per_device": batch,
+            "global_batch_size": batch * info.world_size, "reference_global_batch_size": 4 * batch,
+            "precision": precision, "norm": "SyncBN" if dist.get_world_size() > 1 and device.type == "cuda" else "BN",
+            "num_classes": len(CLASS_NAMES[cfg.dataset]), "train_images": len(train_set),
+            "val_images": len(val_set), "test_mode": cfg.test_mode, "encoder_evaluated": cfg.encoder,
+            "loss": "CE(decode) + 0.4 CE(aux), mean over all pixels (mmseg avg_non_ignore=False)",
+            "train_time_s": round(state["train_time_s"], 2),
+        }
+        if info.is_main:
+            png = training.plot_log(log.path, run.run_dir / "loss_curve.png", "step",
+                                    ["loss", "loss_decode", "loss_aux"], run.plot_title("training loss"), "loss")
+            details["loss_curve_plot"] = str(png)
+        metrics = run.finish({"mIoU": scores["mIoU"]}, checkpoint=asdict(report),
+                             seeds={"heads_shuffle_augmentation": cfg.seed}, batch_size_per_device=batch,
+                             details=details)
+        if info.is_main:
+            print(f"{PROTOCOL} {cfg.dataset}: mIoU {metrics['mIoU']:.2f}; record {run.record_path}")
+        return metrics
+
+
+def check_inputs(cfg: SegmentationConfig) -> None:
+    """One-line errors for a bad config, before anything is written."""
+    if not cfg.ckpt:
+        raise ValueError("no checkpoint given: pass --ckpt PATH")
+    if cfg.max_iters <= 0 or cfg.batch_size_per_device <= 0 or cfg.ckpt_every_iters <= 0:
+        raise ValueError("max_iters, batch_size_per_device and ckpt_every_iters must be positive")
+    if len(cfg.scale) != 2 or len(cfg.test_scale) != 2 or len(cfg.ratio_range) != 2:
+        raise ValueError("scale and test_scale take (long, short), ratio_range (low, high): two values each")
+    if not 0 < cfg.test_stride <= cfg.test_crop:
+        raise ValueError(f"test_stride={cfg.test_stride} must be in 1..test_crop ({cfg.test_crop})")
+
+
+def open_dataset(name: str, data_root: str, split: str) -> Dataset:
+    """The train (VOC: train + aug) or val split; images as uint8 CHW tensors, labels uint8 (H, W) class indices."""
+    if name == "voc12aug":
+        return VOCAugSegmentation(Path(data_root) / "VOCdevkit", "trainaug" if split == "train" else split,
+                                  image_format="tensor")
+    return Cityscapes(Path(data_root) / "cityscapes", split, image_format="tensor")
+
+
+# ---------------------------------------------------------------- training pieces
+
+
+class TrainStream(Dataset):
+    """Item ``k`` = this process's ``k``-th training sample, augmented: the sampler is ``range(start, end)``.
+
+    Global sample ``g = k * world + rank`` is image ``perm_p[g mod n]`` of pass ``p = g // n`` (a seeded
+    permutation per pass, as a distributed sampler shards it), augmented with ``rng_for(seed, "augment", g)``.
+    Everything is a function of ``g``: resuming, worker counts and process counts do not change the draws.
+    """
+
+    def __init__(self, dataset: Dataset, cfg: SegmentationConfig, rank: int, world: int) -> None:
+        self.dataset, self.cfg, self.rank, self.world = dataset, cfg, rank, world
+        self._perm: tuple[int, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return self.cfg.max_iters * self.cfg.batch_size_per_device
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        g, n = k * self.world + self.rank, len(self.dataset)
+        if self._perm is None or self._perm[0] != g // n:
+            self._perm = (g // n, rng_for(self.cfg.seed, "shuffle", g // n).permutation(n))
+        image, label = self.dataset[int(self._perm[1][g % n])]
+        return train_transform(image, torch.from_numpy(label), rng_for(self.cfg.seed, "augment", g), self.cfg)
+
+
+def rescale_size(w: int, h: int, scale: tuple[float, float]) -> tuple[int, int]:
+    """mmcv ``rescale_size`` with a (long, short) bound: the largest aspect-kept size within it, rounded."""
+    factor = min(max(scale) / max(h, w), min(scale) / min(h, w))
+    return int(w * factor + 0.5), int(h * factor + 0.5)
+
+
+def resize(image: torch.Tensor, label: torch.Tensor | None, size: tuple[int, int]):
+    """Image bilinear (float CHW), label nearest, to ``size`` = (w, h)."""
+    image = F.interpolate(image[None].float(), size=(size[1], size[0]), mode="bilinear", align_corners=False)[0]
+    if label is not None:
+        label = F.interpolate(label[None, None].float(), size=(size[1], size[0]), mode="nearest")[0, 0].to(torch.uint8)
+    return image, label
+
+
+def crop_box(h: int, w: int, crop: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """mmseg ``RandomCrop.get_crop_bbox``: a uniformly placed window (clipped to the image when it is smaller)."""
+    y = int(rng.integers(0, max(h - crop, 0) + 1))
+    x = int(rng.integers(0, max(w - crop, 0) + 1))
+    return y, min(y + crop, h), x, min(x + crop, w)
+
+
+def cat_max_crop(label: torch.Tensor, crop: int, cat_max_ratio: float,
+                 rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """mmseg ``RandomCrop`` with ``cat_max_ratio``: redraw (up to 10 times) while the crop holds < 2 classes or one
+    class (255 aside) covers >= ``cat_max_ratio`` of its labelled pixels; the 11th draw is kept unchecked."""
+    h, w = label.shape
+    box = crop_box(h, w, crop, rng)
+    if cat_max_ratio < 1.0:
+        for _ in range(10):
+            y1, y2, x1, x2 = box
+            counts = torch.bincount(label[y1:y2, x1:x2].flatten().long(), minlength=256)[:IGNORE_INDEX]
+            counts = counts[counts > 0]
+            if len(counts) > 1 and counts.max() / counts.sum() < cat_max_ratio:
+                break
+            box = crop_box(h, w, crop, rng)
+    return box
+
+
+def _rgb_to_hsv(rgb: torch.Tensor) -> torch.Tensor:
+    """RGB (0..255) -> H in degrees [0, 360), S in [0, 1], V in [0, 255] (OpenCV's formulas, in float)."""
+    r, g, b = rgb
+    v, _ = rgb.max(0)
+    delta = v - rgb.min(0).values
+    s = torch.where(v > 0, delta / v.clamp(min=1e-12), torch.zeros_like(v))
+    safe = delta.clamp(min=1e-12)
+    h = torch.where(v == r, 60 * (g - b) / safe, torch.where(v == g, 120 + 60 * (b - r) / safe,
+                                                               240 + 60 * (r - g) / safe))
+    h = torch.where(delta > 0, h % 360, torch.zeros_like(h))
+    return torch.stack([h, s, v])
+
+
+def _hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
+    h, s, v = hsv
+    k = torch.stack([(5 + h / 60) % 6, (3 + h / 60) % 6, (1 + h / 60) % 6])
+    return v - v * s * torch.clamp(torch.minimum(k, 4 - k), 0, 1)
+
+
+def photometric_distortion(image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """mmseg ``PhotoMetricDistortion`` with its defaults on a float CHW 0..255 image; each step clips and rounds
+    down to uint8 values, as ``convert`` does (``astype(np.uint8)``)."""
+    def convert(x: torch.Tensor, alpha: float = 1.0, beta: float = 0.0) -> torch.Tensor:
+        return (x * alpha + beta).clamp(0, 255).floor()
+
+    image = image.clamp(0, 255).floor()
+    if rng.integers(2):
+        image = convert(image, beta=float(rng.uniform(-32, 32)))
+    contrast_first = bool(rng.integers(2))  # mmseg: mode 1 = contrast before the HSV steps, mode 0 after them
+    if contrast_first and rng.integers(2):
+        image = convert(image, alpha=float(rng.uniform(0.5, 1.5)))
+    if rng.integers(2):
+        hsv = _rgb_to_hsv(image)
+        hsv[1] = (hsv[1] * float(rng.uniform(0.5, 1.5))).clamp(0, 1)
+        image = _hsv_to_rgb(hsv).round().clamp(0, 255)
+    if rng.integers(2):
+        hsv = _rgb_to_hsv(image)
+        hsv[0] = (hsv[0] + 2 * int(rng.integers(-18, 18))) % 360  # OpenCV hue unit = 2 degrees
+        image = _hsv_to_rgb(hsv).round().clamp(0, 255)
+    if not contrast_first and rng.integers(2):
+        image = convert(image, alpha=float(rng.uniform(0.5, 1.5)))
+    return image
+
+
+def train_transform(image: torch.Tensor, label: torch.Tensor, rng: np.random.Generator,
+                    cfg: SegmentationConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The train pipeline (module docstring): uint8 CHW image, uint8 label -> normalised padded float, int64 label."""
+    ratio = float(rng.uniform(*cfg.ratio_range))
+    size = rescale_size(image.shape[2], image.shape[1], (cfg.scale[0] * ratio, cfg.scale[1] * ratio))
+    image, label = resize(image, label, size)
+    y1, y2, x1, x2 = cat_max_crop(label, cfg.crop_size, cfg.cat_max_ratio, rng)
+    image, label = image[:, y1:y2, x1:x2], label[y1:y2, x1:x2]
+    if rng.random() < 0.5:
+        image, label = image.flip(-1), label.flip(-1)
+    image = (photometric_distortion(image, rng) - MEAN) / STD
+    pad_h, pad_w = cfg.crop_size - image.shape[1], cfg.crop_size - image.shape[2]
+    image = F.pad(image, (0, pad_w, 0, pad_h), value=0.0)
+    label = F.pad(label, (0, pad_w, 0, pad_h), value=IGNORE_INDEX)
+    return image.contiguous(), label.long()
+
+
+def seg_losses(logits: torch.Tensor, aux_logits: torch.Tensor, labels: torch.Tensor,
+               align_corners: bool) -> dict[str, torch.Tensor]:
+    """``loss = CE(decode) + AUX_WEIGHT * CE(aux)``; each CE on logits resized to the labels, ignore 255, summed
+    over the labelled pixels and divided by all pixels (mmseg ``avg_non_ignore=False``)."""
+    def ce(x: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x.float(), size=labels.shape[-2:], mode="bilinear", align_corners=align_corners)
+        return F.cross_entropy(x, labels, ignore_index=IGNORE_INDEX, reduction="sum") / labels.numel()
+
+    decode, aux = ce(logits), ce(aux_logits)
+    return {"loss": decode + AUX_WEIGHT * aux, "loss_decode": decode, "loss_aux": aux}
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
+               align_corners: bool, precision: str, device: torch.device) -> dict[str, float]:
+    """One SGD step on a batch; returns the losses as floats. ``scripts/bench_seg.py`` times this very function."""
+    images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+    if device.type == "cuda":
+        images = images.contiguous(memory_format=torch.channels_last)
+    with training.autocast(device, precision):
+        logits, aux_logits = model(images)
+    losses = seg_losses(logits, aux_logits, labels, align_corners)
+    optimizer.zero_grad(set_to_none=True)
+    losses["loss"].backward()
+    optimizer.step()
+    return {k: v.item() for k, v in losses.items()}
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def predict(model: FCN, image: torch.Tensor, cfg: SegmentationConfig, precision: str) -> torch.Tensor:
+    """Class map (H, W) of one uint8 CHW image: test resize, normalise, whole or slide logits, resize back, argmax."""
+    device = next(model.parameters()).device
+    h, w = image.shape[1:]
+    resized, _ = resize(image.to(device), None, rescale_size(w, h, cfg.test_scale))
+    x = ((resized - MEAN.to(device)) / STD.to(device))[None]
+
+    def forward(crop: torch.Tensor) -> torch.Tensor:
+        with training.autocast(device, precision):
+            logits = model(crop)[0]
+        return F.interpolate(logits.float(), size=crop.shape[-2:], mode="bilinear", align_corners=cfg.align_corners)
+
+    if cfg.test_mode == "slide":
+        logits = slide_logits(forward, x, (cfg.test_crop, cfg.test_crop), (cfg.test_stride, cfg.test_stride))
+    else:
+        logits = forward(x)
+    logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=cfg.align_corners)
+    return logits[0].argmax(0).to(torch.uint8).cpu()
+
+
+def prediction_name(dataset: Dataset, index: int) -> str:
+    """The PNG name of one val prediction: VOC ``<id>.png``; Cityscapes the image's ``..._leftImg8bit.png``."""
+    return dataset.samples[index][0].with_suffix(".png").name
+
+
+def predict_val(model: FCN, val_set: Dataset, cfg: SegmentationConfig, out: Path, rank: int, world: int,
+                precision: str, device: torch.device) -> list[int]:
+    """Write this process's share of the val predictions (every ``world``-th image) as PNGs; returns their indices."""
+    model.eval()
+    out.mkdir(parents=True, exist_ok=True)
+    indices = list(range(rank, len(val_set), world))
+    loader = DataLoader(_Indexed(val_set, indices), batch_size=None, num_workers=cfg.num_workers)
+    progress = Progress(len(indices), f"{PROTOCOL} {cfg.dataset} val", unit="img")
+    for index, image in loader:
+        pred = predict(model, image, cfg, precision).numpy()
+        if cfg.dataset == "cityscapes":
+            png = Image.fromarray(TRAIN_ID_TO_ID[pred], mode="L")
+        else:
+            png = Image.fromarray(pred, mode="P")
+            png.putpalette(voc_palette())
+        png.save(out / prediction_name(val_set, index))
+        progress.update()
+    progress.close()
+    model.train()
+    return indices
+
+
+class _Indexed(Dataset):
+    """``(index, image)`` for the given val indices (decoding in the workers; labels are read when scoring)."""
+
+    def __init__(self, dataset: Dataset, indices: list[int]) -> None:
+        self.dataset, self.indices = dataset, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor]:
+        return self.indices[i], self.dataset[self.indices[i]][0]
+
+
+def score_files(val_set: Dataset, indices: list[int], dataset: str, pred_dir: Path) -> np.ndarray:
+    """Summed :func:`intersect_and_union` areas of the prediction PNGs (read back from disk) against the labels."""
+    num_classes = len(CLASS_NAMES[dataset])
+    areas = np.zeros((4, num_classes), dtype=np.int64)
+    for index in indices:
+        _, label = val_set[index]
+        path = pred_dir / prediction_name(val_set, index)
+        pred = load_label_map(path)
+        if dataset == "cityscapes":
+            pred = label_ids_to_train_ids(pred, path)
+        areas += intersect_and_union(pred, label, num_classes, IGNORE_INDEX)
+    return areas
+
+
+def main() -> None:
+    run(parse_args(SegmentationConfig, preset_dir=PRESET_DIR, description=__doc__))
+
+
+if __name__ == "__main__":
+    main_guard(main)
