@@ -23,11 +23,13 @@ import torch
 from torchvision import transforms as T
 
 from byol_bench.backbone import IMAGENET_MEAN, IMAGENET_STD
-from byol_bench.datasets import DatasetError
+from byol_bench.checkpoint import sha256_file
+from byol_bench.datasets import DatasetError, imagenet
 from byol_bench.datasets.imagenet import ImageFolderList
 from byol_bench.datasets.images import LabelledImages
 from byol_bench.datasets.inat18 import INat18
 from byol_bench.datasets.places205 import Places205
+from byol_bench.seeding import rng_for
 
 DatasetName = Literal["imagenet", "inat18", "places205"]
 DATASETS: tuple[str, ...] = ("imagenet", "inat18", "places205")
@@ -169,3 +171,80 @@ def test_transform(resize: int = 256, size: int = 224) -> T.Compose:
 
 
 test_transform.__test__ = False  # a test module importing it by name must not have pytest collect it
+
+
+# ---------------------------------------------------------------- labelled ImageNet subsets (semi-supervised)
+
+
+@dataclass
+class SubsetInfo:
+    """Where a labelled subset came from, for the record (PROTOCOLS.md A.5: "the record says which")."""
+
+    kind: str  # "simclr_list" (file names + label map), "list" ('wnid/file label') or "generated" (seeded, balanced)
+    given: str | None  # the user's list file, None when generated
+    given_sha256: str | None
+    label_map: str | None  # the label map a SimCLR list was read with
+    images: int
+    per_class_min: int
+    per_class_max: int
+
+
+def labelled_subset(data_root: str | Path, fraction: float, *, subset_list: str = "", label_map: str = "",
+                    seed: int = 0, tiny: bool = False) -> tuple[list[tuple[str, int]], SubsetInfo]:
+    """The labelled ImageNet subset as ``(wnid/file, label)`` samples (B §4, A.5), and where it came from.
+
+    - ``subset_list`` a SimCLR ``1percent.txt`` / ``10percent.txt`` (one file name per line): each wnid's label from
+      ``label_map`` (a ``wnid/file label`` list such as mmselfsup's ``meta/train_labeled.txt``);
+    - ``subset_list`` a ``wnid/file label`` list (mmselfsup's ``meta/train_1percent.txt``): taken as it is;
+    - no ``subset_list``: ``fraction`` of the train split, class-balanced, drawn with ``rng_for(seed, "subset")``.
+
+    Relative paths are under ``<data_root>/imagenet``. Either way the subset must name existing files under
+    ``train/``, each once, with every class present. Write it with ``imagenet.write_image_list`` and open it with
+    :func:`open_subset`.
+
+    Raises:
+        DatasetError: one line naming the file at fault.
+    """
+    root = Path(data_root) / DATA_DIRS["imagenet"]
+    train_dir = root / "train"
+    classes = imagenet.find_classes(train_dir)
+    given = (root / subset_list if not Path(subset_list).is_absolute() else Path(subset_list)) if subset_list else None
+    map_file = None
+    if given is None:
+        full = open_split("imagenet", data_root, "train", tiny=tiny)
+        samples = imagenet.balanced_subset(full.dataset.samples, len(classes), fraction, rng_for(seed, "subset"),
+                                           full.source)
+        kind = "generated"
+    elif imagenet.is_simclr_list(given):
+        if not label_map:
+            raise DatasetError(f"{given}: a SimCLR list names files only; pass label_map=PATH (a 'wnid/file label' "
+                               "list such as meta/train_labeled.txt) to give its labels")
+        map_file = root / label_map if not Path(label_map).is_absolute() else Path(label_map)
+        samples = imagenet.read_simclr_list(given, imagenet.read_label_map(map_file))
+        kind = "simclr_list"
+    else:
+        samples = imagenet.read_image_list(given, len(classes))
+        kind = "list"
+    source = given or root / "train"
+    imagenet.check_subset(samples, classes, train_dir, source)
+    imagenet.check_list_against_folders(samples, classes, source)
+    counts = [0] * len(classes)
+    for _, label in samples:
+        counts[label] += 1
+    return samples, SubsetInfo(kind, str(given) if given else None, sha256_file(given) if given else None,
+                               str(map_file) if map_file else None, len(samples), min(counts), max(counts))
+
+
+def open_subset(data_root: str | Path, list_file: Path, transform=None, *, tiny: bool = False) -> Split:
+    """A labelled subset list (from :func:`labelled_subset`), as the ImageNet train split restricted to it.
+
+    Raises:
+        DatasetError: as :func:`open_split` (wrong class count for real data, bad list).
+    """
+    root = Path(data_root) / DATA_DIRS["imagenet"]
+    dataset = imagenet.ImageFolderList(root, "train", transform, list_file=list_file.resolve())
+    num_classes = len(dataset.classes) if tiny else NUM_CLASSES["imagenet"]
+    if not tiny and len(dataset.classes) != num_classes:
+        raise DatasetError(f"{root / 'train'}: imagenet has {len(dataset.classes)} classes here, expected "
+                           f"{num_classes} (use a tiny preset for the embedded data, or check the data root)")
+    return Split(dataset, num_classes, list_file)

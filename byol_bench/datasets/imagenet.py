@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from byol_bench.datasets import DatasetError
 from byol_bench.datasets.images import LabelledImages
 
@@ -185,3 +187,104 @@ class ImageFolderList(LabelledImages):
             source = self.list_file or self.split_dir
             raise DatasetError(f"{source}: {len(missing)} listed images do not exist under {self.split_dir}, "
                                f"e.g. {missing[:3]}")
+
+
+# ---------------------------------------------------------------- labelled subsets (semi-supervised fine-tuning)
+
+
+def read_label_map(label_map_file: Path) -> dict[str, int]:
+    """wnid -> label from a ``wnid/file label`` list (mmselfsup's ``meta/train_labeled.txt``, B §4).
+
+    The first path component of each line is the key, as ``convert_imagenet_subsets.py`` reads it.
+
+    Raises:
+        DatasetError: the file is missing or malformed, or one wnid carries two labels.
+    """
+    if not label_map_file.is_file():
+        raise DatasetError(f"{label_map_file}: label map not found; a SimCLR subset list names files only, so its "
+                           "labels come from a 'wnid/file label' list (pass label_map=PATH, e.g. "
+                           "meta/train_labeled.txt or meta/train.txt)")
+    labels: dict[str, int] = {}
+    for path, label in read_image_list(label_map_file):
+        wnid = path.split("/", 1)[0]
+        if labels.setdefault(wnid, label) != label:
+            raise DatasetError(f"{label_map_file}: wnid {wnid} has two labels ({labels[wnid]} and {label})")
+    return labels
+
+
+def is_simclr_list(list_file: Path) -> bool:
+    """True for a SimCLR ``1percent.txt``-style list (one file name per line, no label); False for ``path label``.
+
+    Raises:
+        DatasetError: the file is missing or has no entries.
+    """
+    if not list_file.is_file():
+        raise DatasetError(f"{list_file}: subset list not found (a SimCLR 1percent.txt / 10percent.txt, or "
+                           "'wnid/file label' lines)")
+    for line in list_file.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            return len(line.split()) == 1
+    raise DatasetError(f"{list_file}: subset list is empty")
+
+
+def read_simclr_list(list_file: Path, label_map: dict[str, int]) -> list[tuple[str, int]]:
+    """``n04235860_14959.JPEG`` lines -> ``(n04235860/n04235860_14959.JPEG, label)``: the wnid is the file name's
+    part before the first ``_`` and its label comes from ``label_map`` (what ``convert_imagenet_subsets.py`` writes).
+
+    Raises:
+        DatasetError: a line that is not one ``<wnid>_<n>.<ext>`` file name, or a wnid the label map lacks
+            (``file:line``).
+    """
+    samples = []
+    for lineno, line in enumerate(list_file.read_text(encoding="utf-8").splitlines(), start=1):
+        name = line.strip()
+        if not name:
+            continue
+        wnid = name.split("_", 1)[0]
+        if len(name.split()) != 1 or "/" in name or "_" not in name:
+            raise DatasetError(f"{list_file}:{lineno}: expected one file name such as n01440764_10026.JPEG, "
+                               f"got {line!r}")
+        if wnid not in label_map:
+            raise DatasetError(f"{list_file}:{lineno}: wnid {wnid} is not in the label map")
+        samples.append((f"{wnid}/{name}", label_map[wnid]))
+    return samples
+
+
+def check_subset(samples: list[tuple[str, int]], classes: list[str], train_dir: Path, list_file: Path) -> None:
+    """A labelled subset must name existing files under ``train/``, each once, and cover every class.
+
+    Raises:
+        DatasetError: a file not under ``train_dir``, a duplicate entry or a class with no image; the message
+            names ``list_file`` and the first offenders.
+    """
+    missing = [path for path, _ in samples if not (train_dir / path).is_file()]
+    if missing:
+        raise DatasetError(f"{list_file}: {len(missing)} entries are not files under {train_dir}, e.g. {missing[:3]}")
+    seen: set[str] = set()
+    duplicates = [path for path, _ in samples if path in seen or seen.add(path)]
+    if duplicates:
+        raise DatasetError(f"{list_file}: {len(duplicates)} duplicate entries, e.g. {duplicates[:3]}")
+    empty = sorted(set(range(len(classes))) - {label for _, label in samples})
+    if empty:
+        raise DatasetError(f"{list_file}: {len(empty)} classes have no image in the subset, e.g. "
+                           f"{[classes[i] for i in empty[:3]]}")
+
+
+def balanced_subset(samples: list[tuple[str, int]], num_classes: int, fraction: float, rng: np.random.Generator,
+                    source: Path) -> list[tuple[str, int]]:
+    """A class-balanced subset: ``k = max(1, round(fraction * len(samples) / num_classes))`` images drawn without
+    replacement from every class (12-13 per class at 1 % of ImageNet-1k, as the SimCLR lists hold), sorted by path.
+
+    Raises:
+        DatasetError: a class of ``source`` (the full train list or folder) has fewer than ``k`` images.
+    """
+    k = max(1, round(fraction * len(samples) / num_classes))
+    by_class: list[list[tuple[str, int]]] = [[] for _ in range(num_classes)]
+    for sample in sorted(samples):
+        by_class[sample[1]].append(sample)
+    short = [label for label, members in enumerate(by_class) if len(members) < k]
+    if short:
+        raise DatasetError(f"{source}: class {short[0]} has {len(by_class[short[0]])} training images, fewer than "
+                           f"the {k} per class a {fraction:.0%} balanced subset needs")
+    chosen = [members[i] for members in by_class for i in sorted(rng.choice(len(members), k, replace=False))]
+    return sorted(chosen)

@@ -1,0 +1,483 @@
+"""Semi-supervised ImageNet fine-tuning on 1 % / 10 % of the labels (mmselfsup v0.5.0
+``imagenet_{1percent,10percent}/resnet50_head{1,10,100}_4xb64-steplr{1e-1,1e-2,1e-3}-20e_in1k-{1,10}pct.py``;
+PROTOCOLS.md A.5, B §4): the seed table "Semi-Supervised Classification".
+
+Canonical command (the 9-cell grid of one fraction in one process; ``..._in1k-10pct`` for 10 %)::
+
+    python -m benchmarks.semi_sup --preset resnet50_grid9_4xb64-steplr-20e_in1k-1pct --ckpt byol.pth \\
+        --data-root /datasets subset_list=1percent.txt
+
+    torchrun --nproc-per-node 4 -m benchmarks.semi_sup --preset ... (global batch stays 256)
+
+One cell per job (e.g. a SLURM array: one single-cell preset per task, ``resnet50_head10_4xb64-steplr1e-2-20e_in1k-
+1pct`` ...) works too: the cells keep their state in ``<out_dir>/runs/semi_sup/cells/``, shared with the grid
+presets, so a grid run afterwards trains nothing that the jobs finished and writes the record with the best cell.
+
+Fixed protocol (B §4):
+  * model: the checkpoint's ResNet (``adapters.load_backbone``), **every layer trained**, BN in train mode (SyncBN
+    when distributed on GPUs) -> global average pool -> ``Linear(C -> 1000)``, Normal(0, 0.01), bias 0;
+  * SGD momentum 0.9, weight decay 5e-4 (1 %) / 1e-4 (10 %) on **every** parameter (BN and biases too), global
+    batch 256, 20 epochs, lr x 0.2 at epochs 12 and 16;
+  * grid: base lr in {0.1, 0.01, 0.001} x head lr multiplier in {1, 10, 100} (``'\\Ahead.'`` lr_mult: the head's
+    rate is M x the backbone's through the decays);
+  * data: the labelled subset (below); train RandomResizedCrop 224 + horizontal flip, test Resize 256 ->
+    CenterCrop 224 (``byol_bench.classification``), RGB; top-1/top-5 on the full val split every
+    ``eval_every_epochs`` and at the final epoch;
+  * the record holds every cell (top-1/top-5 per evaluation) and, as its metrics, the best cell by final val top-1
+    (the seed README: "choose the best performing setting"); ``details.best_cell`` names it;
+  * subsets: a SimCLR ``1percent.txt``/``10percent.txt`` (``subset_list=``; labels by wnid from ``label_map``,
+    as ``convert_imagenet_subsets.py``) or a ``wnid/file label`` list; without one, a seeded class-balanced subset.
+    The list used is saved next to the record (``.subset.txt``), its sha256 and origin in ``details.subset``.
+
+NOTE: ``grid=one_pass`` (default) trains all cells in one process over one data stream: each batch is decoded and
+augmented once, then every cell takes its step. The augmentations are drawn from (seed, epoch, rank) only, never
+from a cell, so a cell of the grid is tensor-equal to the same cell trained alone (tested on CPU); ``grid=
+sequential`` trains the cells one after another (one model in memory at a time: 9 x ResNet-50 with momentum is
+~2.7 GB).
+NOTE: a cell whose loss becomes non-finite (lr 0.1 x head 100 can) stops training and is reported as diverged;
+the best cell is chosen among the others.
+NOTE: ``deterministic=true`` (the seed asks for ``--deterministic``: cuDNN deterministic, no benchmark) also
+turns on torch's deterministic algorithms in warn-only mode (an op without one warns rather than stops the grid);
+it is in the full presets. CPU runs are reproducible either way (tested: two runs, identical records).
+NOTE: on GPU the cells run under bf16 autocast with channels_last (``precision=auto``); the reference is fp32.
+NOTE: the lists ``subset_list`` / ``label_map`` are not identity fields by path: the list's sha256 is in the
+record; a run with another list of the same name at the same path would be skipped (use ``force=true``).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+from adapters import load_backbone
+from byol_bench import dist, training
+from byol_bench.backbone import MultiLayerFeatures, feature_channels
+from byol_bench.checkpoint import sha256_file
+from byol_bench.classification import (
+    crop_flip_transform,
+    labelled_subset,
+    open_split,
+    open_subset,
+    test_transform,
+)
+from byol_bench.cli import main_guard
+from byol_bench.config import CONFIG_ROOT, config_hash, opt, parse_args
+from byol_bench.datasets.imagenet import write_image_list
+from byol_bench.metrics import topk_correct
+from byol_bench.runlog import Progress
+from byol_bench.scaffold import open_run
+from byol_bench.seeding import rng_for
+
+PROTOCOL = "semi_sup"
+DATASETS = ("imagenet_1pct", "imagenet_10pct")  # the record's dataset is cfg.dataset
+FRACTIONS = {"imagenet_1pct": 0.01, "imagenet_10pct": 0.10}
+PRESET_DIR = CONFIG_ROOT / PROTOCOL
+TOPK = (1, 5)
+
+
+@dataclass(frozen=True)
+class SemiSupConfig:
+    """Semi-supervised fine-tuning settings (defaults = the 1 % grid of the reference, B §4)."""
+
+    preset: str = opt("custom", "preset name (set by --preset; names the record's config column)")
+    ckpt: str = opt("", "checkpoint to fine-tune: any format `python -m adapters inspect` recognises")
+    arch: str | None = opt(None, "ResNet name; None infers it from the weights")
+    encoder: str = opt("online", "which encoder of a two-encoder checkpoint: online (as published) or target")
+    dataset: Literal["imagenet_1pct", "imagenet_10pct"] = opt("imagenet_1pct", "the label fraction (and table cell)")
+    data_root: str = opt("data", "folder holding imagenet/ (docs/DATASETS.md)", identity=False)
+    out_dir: str = opt("results/semi_sup", "output: records/ and runs/ go here", identity=False)
+    subset_list: str = opt("", "the labelled subset: a SimCLR 1percent.txt/10percent.txt or a 'wnid/file label' "
+                               "list (relative to <data_root>/imagenet or absolute); empty = a seeded class-balanced "
+                               "subset of the fraction")
+    label_map: str = opt("meta/train_labeled.txt", "'wnid/file label' list giving a SimCLR list its labels (B §4)")
+    subset_seed: int = opt(0, "seed of the generated subset (without subset_list)")
+    base_lrs: tuple[float, ...] = opt((0.1, 0.01, 0.001), "grid: base learning rates (global batch 256)")
+    head_lr_mults: tuple[float, ...] = opt((1.0, 10.0, 100.0), "grid: head lr multipliers (kept through decays)")
+    grid: Literal["one_pass", "sequential"] = opt(
+        "one_pass", "one_pass: all cells step on each decoded batch (one data stream); sequential: one cell after "
+        "another (less memory). Same numbers either way", identity=False)
+    epochs: int = opt(20, "training epochs")
+    milestones: tuple[int, ...] = opt((12, 16), "epochs at which the lr is multiplied by gamma")
+    gamma: float = opt(0.2, "lr decay factor at each milestone")
+    momentum: float = opt(0.9, "SGD momentum (not nesterov)")
+    weight_decay: float = opt(5e-4, "SGD weight decay on every parameter: 5e-4 at 1 %, 1e-4 at 10 %")
+    global_batch_size: int = opt(256, "images per optimizer step over all processes (kept whatever the GPU count)")
+    image_size: int = opt(224, "train RandomResizedCrop and test CenterCrop size")
+    test_resize: int = opt(256, "test resize (short side) before the center crop")
+    eval_every_epochs: int = opt(10, "evaluate every this many epochs (and always after the final one)")
+    seed: int = opt(0, "seed of the head initialisation (the same in every cell), shuffling and augmentations")
+    deterministic: bool = opt(False, "cuDNN deterministic + torch deterministic algorithms (the seed's "
+                                     "--deterministic)")
+    ckpt_every_epochs: int = opt(10, "save every cell's state every this many epochs (and at the end)",
+                                 identity=False)
+    resume: str = opt("auto", "auto (continue each cell from its latest.pth) or none", identity=False)
+    stop_after_epochs: int = opt(0, "stop after this many epochs without a record (0: never; for tests of resume)",
+                                 identity=False)
+    precision: Literal["auto", "fp32", "bf16"] = opt("auto", "autocast: auto = bf16 on CUDA, fp32 on CPU")
+    num_workers: int = opt(8, "DataLoader workers per process (decode and crop)", identity=False)
+    device: Literal["auto", "cpu", "cuda"] = opt("auto", "auto: CUDA when available", identity=False)
+    tiny: bool = opt(False, "tiny sizes on the embedded data: the record is marked not comparable")
+    force: bool = opt(False, "redo (cells retrained from scratch) even when a record exists", identity=False)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """Values derived from the config and the machine; written as the run folder's ``resolved.json``."""
+
+    world_size: int
+    batch_size_per_device: int  # global_batch_size / world_size
+    cells: tuple[str, ...]
+    precision: str
+    device: str
+
+
+class FineTuneNet(nn.Module):
+    """mmselfsup ``Classification``: the whole ResNet trunk -> global average pool -> ``head`` (Linear).
+
+    The head's init (Normal(0, 0.01), bias 0) is drawn from ``generator``, so every cell starts from the same head.
+    """
+
+    def __init__(self, resnet: nn.Module, num_classes: int, generator: torch.Generator) -> None:
+        super().__init__()
+        resnet.fc = nn.Identity()  # the trunk's own classifier is never used (and must not be decayed or synced)
+        self.backbone = MultiLayerFeatures(resnet, ("feat5",), pooled=False)
+        self.head = nn.Linear(feature_channels(resnet)["feat5"], num_classes)
+        with torch.no_grad():
+            self.head.weight.normal_(0.0, 0.01, generator=generator)
+            self.head.bias.zero_()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        # mean over H, W rather than AdaptiveAvgPool2d: same numbers, and its CUDA backward is deterministic
+        return self.head(self.backbone(images)["feat5"].mean(dim=(2, 3)).float())
+
+
+@dataclass
+class Cell:
+    """One grid cell: its model, optimizer, lr schedule, state file and results so far."""
+
+    base_lr: float
+    head_lr_mult: float
+    model: FineTuneNet
+    ddp: nn.Module
+    optimizer: torch.optim.SGD
+    lrs: np.ndarray  # per-iteration base lr; the head group runs at head_lr_mult x this
+    state_file: Path
+    key: str  # config hash of this cell alone: a single-cell run and the grid share its state
+    done: int = 0
+    state: dict = field(default_factory=lambda: {"evals": [], "train_loss": [], "diverged_epoch": None})
+
+    @property
+    def name(self) -> str:
+        return cell_name(self.base_lr, self.head_lr_mult)
+
+
+def run(cfg: SemiSupConfig) -> dict[str, float]:
+    """Fine-tune every grid cell on the labelled subset, evaluate, write the record (best cell); return its metrics."""
+    check_inputs(cfg)
+    with open_run(PROTOCOL, cfg.dataset, cfg, ckpt=cfg.ckpt) as run, deterministic_algorithms(cfg.deterministic):
+        if run.done is not None:
+            return run.done
+        info, device = run.info, run.info.device
+        per_device = training.batch_per_device(cfg.global_batch_size, info.world_size)
+        precision = training.resolve_precision(cfg.precision, device)
+        grid = [(lr, m) for lr in cfg.base_lrs for m in cfg.head_lr_mults]
+        log = run.start(Resolved(info.world_size, per_device, tuple(cell_name(*g) for g in grid), precision,
+                                 str(device)))
+
+        # ------------------------------------------------------------ labelled subset (a list file) and data
+        samples, subset = labelled_subset(cfg.data_root, FRACTIONS[cfg.dataset], subset_list=cfg.subset_list,
+                                          label_map=cfg.label_map, seed=cfg.subset_seed, tiny=cfg.tiny)
+        subset_file = run.run_dir / "subset.txt"
+        if info.is_main:
+            write_image_list(subset_file, samples)
+        dist.barrier()
+        train = open_subset(cfg.data_root, subset_file, crop_flip_transform(cfg.image_size), tiny=cfg.tiny)
+        val = open_split("imagenet", cfg.data_root, "val", test_transform(cfg.test_resize, cfg.image_size),
+                         tiny=cfg.tiny)
+        sampler = DistributedSampler(train.dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True,
+                                     seed=cfg.seed)
+        loader = DataLoader(train.dataset, per_device, sampler=sampler, num_workers=cfg.num_workers,
+                            pin_memory=device.type == "cuda")
+        # Evaluation: every rank scores a disjoint stride of val (no padding), counts are summed over ranks.
+        val_loader = DataLoader(Subset(val.dataset, range(info.rank, len(val.dataset), info.world_size)), per_device,
+                                num_workers=cfg.num_workers)
+
+        # ------------------------------------------------------------ the grid: a model and optimizer per cell
+        backbone, report = load_backbone(cfg.ckpt, cfg.arch, cfg.encoder, sha256=run.ckpt_sha256)
+        cells_dir = Path(cfg.out_dir) / "runs" / PROTOCOL / "cells"
+        cells = [make_cell(cfg, backbone, train.num_classes, lr, m, len(loader), device, cells_dir, run.ckpt_sha256)
+                 for lr, m in grid]
+        for cell in cells:  # resume=auto: each cell from its own state (--force starts every cell afresh)
+            resume_from = None if cfg.force and cfg.resume == "auto" else training.find_resume(
+                cell.state_file.parent, cfg.resume)
+            if resume_from is not None:
+                cell.done, cell.state = training.load_training_state(
+                    resume_from, modules={"model": cell.model}, optimizer=cell.optimizer, config_hash=cell.key)
+                if info.is_main:
+                    print(f"{PROTOCOL}: cell {cell.name} resumed after epoch {cell.done} from {resume_from}")
+        log.drop_after_step(min(c.done for c in cells) * len(loader))
+
+        # ------------------------------------------------------------ loop: one data stream per group of cells
+        started = time.time()
+        progress = Progress(sum(cfg.epochs - c.done for c in cells) * len(loader), f"{PROTOCOL} {cfg.dataset}",
+                            unit="step")
+        groups = [cells] if cfg.grid == "one_pass" else [[c] for c in cells]
+        stopped = False
+        for group in groups:
+            stopped = train_cells(cfg, group, loader, sampler, val_loader, precision, device, log, progress)
+        progress.close()
+        if stopped:
+            print(f"{PROTOCOL}: stopped after epoch {cfg.stop_after_epochs} (stop_after_epochs); rerun to resume")
+            return {}
+
+        # ------------------------------------------------------------ best cell, metrics, record
+        results = {c.name: cell_result(c) for c in cells}
+        best = best_cell(results)
+        metrics = {"top1": results[best]["top1"], "top5": results[best]["top5"]}
+        subset_copy = run.record_path.with_suffix(".subset.txt")
+        details = {
+            "best_cell": {"name": best, **results[best],
+                          "reference_config": reference_config(cfg.dataset, results[best]["base_lr"],
+                                                               results[best]["head_lr_mult"])},
+            "cells": results,
+            "subset": {**asdict(subset), "list_file": str(subset_copy), "list_sha256": sha256_file(subset_file)},
+            "grid": cfg.grid, "deterministic": cfg.deterministic,
+            "global_batch_size": cfg.global_batch_size, "world_size": info.world_size,
+            "batch_size_per_device": per_device, "precision": precision, "bn": _bn_kind(cells[0].model),
+            "num_classes": train.num_classes, "train_images": len(train.dataset), "val_images": len(val.dataset),
+            "train_time_s_this_invocation": round(time.time() - started, 2),
+        }
+        if info.is_main:
+            os.makedirs(subset_copy.parent, exist_ok=True)
+            shutil.copyfile(subset_file, subset_copy)
+            png = training.plot_log(log.path, run.run_dir / "val_curve.png", "eval_epoch",
+                                    [f"top1_{c.name}" for c in cells], f"{cfg.dataset}: {cfg.preset}",
+                                    "val top-1 (%)")
+            details["val_curve_plot"] = str(png) if png else None
+        metrics = run.finish(metrics, checkpoint=asdict(report),
+                             seeds={"head_shuffle_augment": cfg.seed, "subset": cfg.subset_seed},
+                             batch_size_per_device=per_device, details=details)
+        if info.is_main:
+            print(f"{PROTOCOL} {cfg.dataset}: best cell {best}: top-1 {metrics['top1']:.2f} top-5 "
+                  f"{metrics['top5']:.2f}; record {run.record_path}")
+        return metrics
+
+
+def train_cells(cfg: SemiSupConfig, cells: list[Cell], loader: DataLoader, sampler: DistributedSampler,
+                val_loader: DataLoader, precision: str, device: torch.device, log, progress: Progress) -> bool:
+    """Train ``cells`` to ``cfg.epochs`` over one data stream: each batch is decoded and augmented once, then every
+    cell of the group that is at this epoch takes its step. Returns True when ``stop_after_epochs`` stopped it."""
+    rank = dist.get_rank()
+    for epoch in range(min(c.done for c in cells), cfg.epochs):
+        active = [c for c in cells if c.done == epoch and c.state["diverged_epoch"] is None]
+        if active:
+            sampler.set_epoch(epoch)  # shuffling and augmentations: functions of (seed, epoch, rank), not of a cell
+            torch.manual_seed(training.epoch_seed(cfg.seed, epoch, rank))
+            losses = {c.name: torch.zeros((), dtype=torch.float64, device=device) for c in active}
+            seen = 0
+            for i, (images, labels) in enumerate(loader):
+                images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+                if device.type == "cuda":
+                    images = images.contiguous(memory_format=torch.channels_last)
+                for cell in active:
+                    loss = train_step(cell, images, labels, float(cell.lrs[epoch * len(loader) + i]), precision)
+                    losses[cell.name] += loss.detach().double() * len(labels)
+                    progress.update()
+                seen += len(labels)
+            total = float(dist.all_reduce_sum(torch.tensor(float(seen), device=device)))
+            row = {}
+            for cell in active:
+                cell.done = epoch + 1
+                loss = float(dist.all_reduce_sum(losses[cell.name])) / total
+                cell.state["train_loss"].append(loss if math.isfinite(loss) else None)
+                if not math.isfinite(loss):
+                    cell.state["diverged_epoch"] = epoch + 1
+                    if dist.is_main():
+                        print(f"{PROTOCOL}: cell {cell.name} diverged in epoch {epoch + 1} (loss {loss}); it stops")
+                row[f"loss_{cell.name}"] = loss if math.isfinite(loss) else None
+            log.log(step=(epoch + 1) * len(loader), epoch=epoch + 1, **row)
+            progress.set_postfix(epoch=epoch + 1)
+            scoring = [c for c in active if c.state["diverged_epoch"] is None]
+            if scoring and ((epoch + 1) % cfg.eval_every_epochs == 0 or epoch + 1 == cfg.epochs):
+                scores = evaluate(scoring, val_loader, precision, device)
+                for cell, score in zip(scoring, scores, strict=True):
+                    cell.state["evals"].append({"epoch": epoch + 1, **score})
+                log.log(step=(epoch + 1) * len(loader), eval_epoch=epoch + 1,
+                        **{f"{k}_{c.name}": v for c, s in zip(scoring, scores, strict=True) for k, v in s.items()})
+            for cell in active:
+                done = cell.done
+                if (done % cfg.ckpt_every_epochs == 0 or done == cfg.epochs or done == cfg.stop_after_epochs
+                        or cell.state["diverged_epoch"] is not None):
+                    training.save_training_state(cell.state_file, modules={"model": cell.model},
+                                                 optimizer=cell.optimizer, done=done, config_hash=cell.key,
+                                                 extra=cell.state)
+        if epoch + 1 == cfg.stop_after_epochs and epoch + 1 < cfg.epochs:
+            return True
+    return False
+
+
+def make_cell(cfg: SemiSupConfig, backbone: nn.Module, num_classes: int, base_lr: float, head_lr_mult: float,
+              iters_per_epoch: int, device: torch.device, cells_dir: Path, ckpt_sha256: str) -> Cell:
+    """A fresh cell: a copy of the loaded backbone, the seeded head, SGD over two groups, its lr schedule."""
+    generator = torch.Generator().manual_seed(int(rng_for(cfg.seed, "head").integers(2**62)))
+    model = FineTuneNet(copy.deepcopy(backbone), num_classes, generator)
+    if device.type == "cuda":  # SyncBN in a multi-GPU job (as the reference); it has no CPU kernels
+        model = dist.maybe_sync_bn(model).to(memory_format=torch.channels_last)
+    model = model.to(device).train()
+    key = config_hash(dataclasses.replace(cfg, preset="", base_lrs=(base_lr,), head_lr_mults=(head_lr_mult,)))
+    return Cell(base_lr, head_lr_mult, model, training.wrap_ddp(model, device),
+                build_optimizer(model, base_lr, head_lr_mult, cfg.momentum, cfg.weight_decay),
+                training.step_lr(base_lr, cfg.epochs, iters_per_epoch, cfg.milestones, cfg.gamma),
+                cells_dir / f"{ckpt_sha256[:8]}-{key}-{cell_name(base_lr, head_lr_mult)}" / "latest.pth", key)
+
+
+def build_optimizer(model: FineTuneNet, base_lr: float, head_lr_mult: float, momentum: float,
+                    weight_decay: float) -> torch.optim.SGD:
+    """SGD with two groups, the trunk at ``lr_mult`` 1 and ``head.*`` at ``head_lr_mult`` (mmcv ``paramwise_options
+    {'\\Ahead.': lr_mult}``); weight decay on every parameter, BN and biases included."""
+    head = [p for n, p in model.named_parameters() if n.startswith("head.")]
+    trunk = [p for n, p in model.named_parameters() if not n.startswith("head.")]
+    return torch.optim.SGD([{"params": trunk, "lr_mult": 1.0}, {"params": head, "lr_mult": head_lr_mult}],
+                           lr=base_lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, base_lr: float) -> None:
+    """Every group at ``lr_mult`` x the scheduled base rate (mmcv keeps each group's ratio through the decays)."""
+    for group in optimizer.param_groups:
+        group["lr"] = base_lr * group["lr_mult"]
+
+
+def train_step(cell: Cell, images: torch.Tensor, labels: torch.Tensor, base_lr: float,
+               precision: str) -> torch.Tensor:
+    """One SGD step of one cell on a batch (the batch is only read: the next cell steps on the same tensors)."""
+    set_lr(cell.optimizer, base_lr)
+    with training.autocast(images.device, precision):
+        logits = cell.ddp(images)
+    loss = F.cross_entropy(logits.float(), labels)
+    cell.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    cell.optimizer.step()
+    return loss
+
+
+@torch.no_grad()
+def evaluate(cells: list[Cell], loader: DataLoader, precision: str, device: torch.device) -> list[dict[str, float]]:
+    """Top-1/top-5 (%) of every cell on the val split, each batch decoded once for all cells; counts over ranks."""
+    for cell in cells:
+        cell.model.eval()
+    counts = torch.zeros(len(cells), len(TOPK) + 1, dtype=torch.float64)  # hits per k, images
+    for images, labels in loader:
+        images = images.to(device, non_blocking=True)
+        if device.type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)
+        for row, cell in enumerate(cells):
+            with training.autocast(device, precision):
+                logits = cell.model(images)
+            hits = topk_correct(logits.float().cpu(), labels, TOPK)
+            counts[row] += torch.tensor([*(hits[k] for k in TOPK), len(labels)], dtype=torch.float64)
+    counts = dist.all_reduce_sum(counts.to(device)).cpu()
+    for cell in cells:
+        cell.model.train()
+    return [{f"top{k}": 100.0 * float(counts[row, i]) / float(counts[row, -1]) for i, k in enumerate(TOPK)}
+            for row in range(len(cells))]
+
+
+def cell_result(cell: Cell) -> dict:
+    """A cell's row of the record: its settings, final top-1/top-5 (None if it diverged) and its evaluations."""
+    final = cell.state["evals"][-1] if cell.state["diverged_epoch"] is None else {"top1": None, "top5": None}
+    return {"base_lr": cell.base_lr, "head_lr_mult": cell.head_lr_mult, "top1": final["top1"], "top5": final["top5"],
+            "diverged_epoch": cell.state["diverged_epoch"], "val_curve": cell.state["evals"],
+            "train_loss": cell.state["train_loss"]}
+
+
+def best_cell(results: dict[str, dict]) -> str:
+    """The cell with the highest final val top-1 (ties: higher top-5, then the first in grid order); diverged cells
+    never win.
+
+    Raises:
+        RuntimeError: every cell diverged.
+    """
+    scored = [(r["top1"], r["top5"], -i, name) for i, (name, r) in enumerate(results.items()) if r["top1"] is not None]
+    if not scored:
+        raise RuntimeError(f"{PROTOCOL}: every cell of the grid diverged ({', '.join(results)}); lower the lrs")
+    return max(scored)[3]
+
+
+def cell_name(base_lr: float, head_lr_mult: float) -> str:
+    """``lr0.01_head10``: the cell's key in the record and its state folder."""
+    return f"lr{base_lr:g}_head{head_lr_mult:g}"
+
+
+def reference_config(dataset: str, base_lr: float, head_lr_mult: float) -> str:
+    """The seed's config file name of a cell, ``resnet50_head10_4xb64-steplr1e-2-20e_in1k-1pct`` (B §4)."""
+    lr = f"{base_lr:.0e}".replace("e-0", "e-").replace("e+0", "e")
+    return f"resnet50_head{head_lr_mult:g}_4xb64-steplr{lr}-20e_in1k-{dataset.removeprefix('imagenet_')}"
+
+
+@contextmanager
+def deterministic_algorithms(enabled: bool) -> Iterator[None]:
+    """The seed's ``--deterministic`` (mmcv ``set_random_seed``: cuDNN deterministic, benchmark off), plus torch's
+    deterministic algorithms (warn-only); the previous settings come back afterwards."""
+    if not enabled:
+        yield
+        return
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for reproducible GEMMs
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[2], before[3]
+
+
+def check_inputs(cfg: SemiSupConfig) -> None:
+    """One-line errors for a bad config, before anything is written."""
+    if not cfg.ckpt:
+        raise ValueError("no checkpoint given: pass --ckpt PATH")
+    if cfg.dataset not in DATASETS:
+        raise ValueError(f"dataset {cfg.dataset!r} is not one of {', '.join(DATASETS)}")
+    for name in ("epochs", "global_batch_size", "eval_every_epochs", "ckpt_every_epochs", "image_size"):
+        if getattr(cfg, name) <= 0:
+            raise ValueError(f"{name}={getattr(cfg, name)} must be positive")
+    if not cfg.base_lrs or not cfg.head_lr_mults or min(*cfg.base_lrs, *cfg.head_lr_mults) <= 0:
+        raise ValueError(f"base_lrs={list(cfg.base_lrs)} and head_lr_mults={list(cfg.head_lr_mults)} must be "
+                         "non-empty lists of positive numbers")
+    if len({cell_name(lr, m) for lr in cfg.base_lrs for m in cfg.head_lr_mults}) < \
+            len(cfg.base_lrs) * len(cfg.head_lr_mults):
+        raise ValueError(f"base_lrs={list(cfg.base_lrs)} x head_lr_mults={list(cfg.head_lr_mults)} repeats a cell")
+    if cfg.resume not in ("auto", "none"):
+        raise ValueError(f"resume={cfg.resume!r}: a grid resumes each cell from its own state; use auto or none")
+    if cfg.test_resize < cfg.image_size:
+        raise ValueError(f"test_resize={cfg.test_resize} is below image_size={cfg.image_size}")
+    if cfg.stop_after_epochs < 0:
+        raise ValueError(f"stop_after_epochs={cfg.stop_after_epochs} must be >= 0 (0 runs to the end)")
+
+
+def _bn_kind(model: nn.Module) -> str:
+    return next(type(m).__name__ for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
+
+
+def main() -> None:
+    run(parse_args(SemiSupConfig, preset_dir=PRESET_DIR, description=__doc__))
+
+
+if __name__ == "__main__":
+    main_guard(main)

@@ -1,0 +1,292 @@
+"""Semi-supervised fine-tuning (benchmarks.semi_sup): lr per parameter group through the decays, weight decay on
+every parameter, the labelled subsets (generated, SimCLR lists, bad lists), the one-pass grid against a cell trained
+alone, resume of an interrupted grid, reproducible records, best-cell selection, the tiny run and an overfit check."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import benchmarks.semi_sup as semi
+from byol_bench import training
+from byol_bench.backbone import build_resnet
+from byol_bench.checkpoint import safe_load, sha256_file
+from byol_bench.classification import labelled_subset
+from byol_bench.config import load_config
+from byol_bench.datasets import DatasetError
+from byol_bench.records import load_records
+from byol_bench.tables import render_markdown
+
+REPO = Path(__file__).resolve().parents[1]
+FULL = {"imagenet_1pct": "resnet50_grid9_4xb64-steplr-20e_in1k-1pct",
+        "imagenet_10pct": "resnet50_grid9_4xb64-steplr-20e_in1k-10pct"}
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # steady on a shared 2-core machine
+
+
+def _cfg(ckpt: Path, data: Path, out: Path, *extra: str, preset: str = "tiny") -> semi.SemiSupConfig:
+    return load_config(semi.SemiSupConfig, preset, [f"ckpt={ckpt}", f"data_root={data}", f"out_dir={out}", *extra],
+                       preset_dir=semi.PRESET_DIR)
+
+
+def _net(num_classes: int = 10) -> semi.FineTuneNet:
+    return semi.FineTuneNet(build_resnet("resnet18"), num_classes, torch.Generator().manual_seed(0))
+
+
+# ---------------------------------------------------------------- optimizer and schedule
+
+
+@pytest.mark.parametrize(("dataset", "weight_decay"), [("imagenet_1pct", 5e-4), ("imagenet_10pct", 1e-4)])
+def test_lr_per_group_at_known_epochs(dataset, weight_decay):
+    cfg = load_config(semi.SemiSupConfig, FULL[dataset], preset_dir=semi.PRESET_DIR)
+    assert cfg.dataset == dataset and cfg.weight_decay == weight_decay and cfg.deterministic
+    assert (cfg.epochs, cfg.milestones, cfg.gamma, cfg.global_batch_size) == (20, (12, 16), 0.2, 256)
+    assert [(lr, m) for lr in cfg.base_lrs for m in cfg.head_lr_mults] == [
+        (lr, m) for lr in (0.1, 0.01, 0.001) for m in (1, 10, 100)]
+    model = _net()
+    optimizer = semi.build_optimizer(model, 0.01, 10.0, cfg.momentum, cfg.weight_decay)
+    trunk, head = optimizer.param_groups
+    assert [id(p) for p in head["params"]] == [id(model.head.weight), id(model.head.bias)]
+    lrs = training.step_lr(0.01, cfg.epochs, 3, cfg.milestones, cfg.gamma)
+    for epoch, expected in {0: 0.01, 11: 0.01, 12: 0.002, 15: 0.002, 16: 4e-4, 19: 4e-4}.items():
+        for i in (epoch * 3, epoch * 3 + 2):
+            semi.set_lr(optimizer, float(lrs[i]))
+            assert trunk["lr"] == pytest.approx(expected) and head["lr"] == pytest.approx(10 * expected)
+
+
+def test_weight_decay_on_every_parameter():
+    """A zero loss leaves only the decay: every tensor (BN weights and biases, the head's bias) shrinks by lr*wd."""
+    model = _net()
+    optimizer = semi.build_optimizer(model, 0.1, 10.0, 0.9, 5e-4)
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    semi.set_lr(optimizer, 0.1)
+    (0.0 * model(torch.randn(2, 3, 32, 32)).sum()).backward()
+    optimizer.step()
+    for name, p in model.named_parameters():
+        lr = 1.0 if name.startswith("head.") else 0.1
+        torch.testing.assert_close(p.detach(), before[name] * (1 - lr * 5e-4), msg=name)
+    assert any(".bn1." in n for n, _ in model.named_parameters())
+
+
+def test_head_init_is_the_same_in_every_cell():
+    a, b = _net(), _net()
+    assert torch.equal(a.head.weight, b.head.weight) and torch.all(a.head.bias == 0)
+    assert abs(float(a.head.weight.detach().std()) - 0.01) < 0.002
+
+
+def test_best_cell_selection():
+    def cell(top1, top5):
+        return {"top1": top1, "top5": top5}
+
+    results = {"a": cell(10.0, 50.0), "b": cell(None, None), "c": cell(12.0, 40.0), "d": cell(12.0, 45.0),
+               "e": cell(12.0, 45.0)}
+    assert semi.best_cell(results) == "d"  # highest top-1; tie on top-1 -> top-5; full tie -> first in grid order
+    assert semi.best_cell({"x": cell(None, None), "y": cell(0.0, 0.0)}) == "y"  # a diverged cell never wins
+    with pytest.raises(RuntimeError, match="every cell of the grid diverged"):
+        semi.best_cell({"x": cell(None, None)})
+    assert semi.reference_config("imagenet_10pct", 0.001, 100.0) == "resnet50_head100_4xb64-steplr1e-3-20e_in1k-10pct"
+
+
+# ---------------------------------------------------------------- labelled subsets
+
+
+def test_generated_subset_is_class_balanced_seeded_and_reproducible(tiny_data):
+    samples, info = labelled_subset(tiny_data, 0.10, seed=0, tiny=True)
+    counts = torch.bincount(torch.tensor([label for _, label in samples]))
+    assert counts.tolist() == [11] * 10 and info.kind == "generated" and info.images == 110
+    assert (info.per_class_min, info.per_class_max) == (11, 11)
+    assert all((tiny_data / "imagenet" / "train" / path).is_file() for path, _ in samples)
+    assert all(path.split("/")[0] == sorted({p.split("/")[0] for p, _ in samples})[label] for path, label in samples)
+    assert labelled_subset(tiny_data, 0.10, seed=0, tiny=True)[0] == samples
+    other = labelled_subset(tiny_data, 0.10, seed=1, tiny=True)[0]
+    assert other != samples and len(other) == 110
+    one_pct, _ = labelled_subset(tiny_data, 0.01, seed=0, tiny=True)
+    assert sorted(label for _, label in one_pct) == list(range(10))  # at least one image per class
+
+
+def test_simclr_list_intake(tiny_data, tmp_path):
+    train = tiny_data / "imagenet" / "meta" / "train.txt"
+    picked = train.read_text().splitlines()[::50]  # a few files of every class, 'wnid/file label'
+    simclr = tmp_path / "1percent.txt"
+    simclr.write_text("".join(line.split()[0].split("/")[1] + "\n" for line in picked))
+    label_map = tmp_path / "train_labeled.txt"
+    label_map.write_text(train.read_text())
+    samples, info = labelled_subset(tiny_data, 0.01, subset_list=str(simclr), label_map=str(label_map), tiny=True)
+    assert samples == [(line.split()[0], int(line.split()[1])) for line in picked]
+    assert info.kind == "simclr_list" and info.given_sha256 == sha256_file(simclr) and info.label_map == str(label_map)
+    # the converted form ('wnid/file label', mmselfsup's train_1percent.txt) reads the same
+    converted = tmp_path / "train_1percent.txt"
+    converted.write_text("".join(line + "\n" for line in picked))
+    again, info = labelled_subset(tiny_data, 0.01, subset_list=str(converted), tiny=True)
+    assert again == samples and info.kind == "list"
+
+
+def test_bad_subset_lists_name_the_file(tiny_data, tmp_path):
+    lines = (tiny_data / "imagenet" / "meta" / "train.txt").read_text().splitlines()[::50]
+    label_map = tmp_path / "train_labeled.txt"
+    label_map.write_text("".join(line + "\n" for line in lines))
+
+    def write(name, text):
+        (tmp_path / name).write_text(text)
+        return str(tmp_path / name)
+
+    cases = [
+        (write("outside.txt", "".join(f"{x}\n" for x in [*lines, "n01440764/not_there.JPEG 0"])),
+         "", r"outside\.txt: 1 entries are not files under .*train"),
+        (write("dupes.txt", "".join(f"{x}\n" for x in [*lines, lines[0]])), "", r"dupes\.txt: 1 duplicate entries"),
+        (write("no_class.txt", "".join(f"{x}\n" for x in lines if not x.endswith(" 3"))), "",
+         r"no_class\.txt: 1 classes have no image in the subset"),
+        (write("simclr.txt", "".join(x.split()[0].split("/")[1] + "\n" for x in lines)),
+         str(tmp_path / "missing_map.txt"), r"missing_map\.txt: label map not found"),
+        (str(tmp_path / "simclr.txt"), "", r"simclr\.txt: a SimCLR list names files only; pass label_map"),
+        (write("bad_name.txt", "n01440764/x y z\n"), "", r"bad_name\.txt:1: label 'z' is not an integer"),
+    ]
+    for subset_list, label_map_arg, message in cases:
+        with pytest.raises(DatasetError, match=message):
+            labelled_subset(tiny_data, 0.01, subset_list=subset_list, label_map=label_map_arg, tiny=True)
+
+
+# ---------------------------------------------------------------- the grid: one pass, resume, reproducibility
+
+
+def _small(ckpt, data, out, *extra):
+    # the 1 % tiny grid cut to two cells at 32 px, 3 batches of (4, 4, 2) images per epoch: a short run for the flow
+    return _cfg(ckpt, data, out, "image_size=32", "test_resize=37", "epochs=3", "milestones=[2]",
+                "global_batch_size=4", "eval_every_epochs=2", "base_lrs=[0.01,0.001]", "head_lr_mults=[10]", *extra)
+
+
+def _cell_state(out: Path, name: str) -> Path:
+    (path,) = (out / "runs" / "semi_sup" / "cells").glob(f"*-{name}/latest.pth")
+    return path
+
+
+def _comparable(record: dict) -> dict:
+    """What two runs of one config must agree on: everything but times, paths and the grid mode."""
+    details = {k: v for k, v in record["details"].items()
+               if k not in ("train_time_s_this_invocation", "val_curve_plot", "subset", "grid")}
+    subset = {k: v for k, v in record["details"]["subset"].items() if k != "list_file"}
+    return {"metrics": record["metrics"], "details": details, "subset": subset, "config_hash": record["config_hash"]}
+
+
+@pytest.fixture(scope="module")
+def grid_run(ckpt, tiny_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("grid")
+    metrics = semi.run(_small(ckpt, tiny_data, out))
+    (record,) = load_records(out / "records")
+    return metrics, record, out
+
+
+def test_one_pass_cell_is_tensor_equal_to_the_cell_trained_alone(grid_run, ckpt, tiny_data, tmp_path):
+    _, record, out = grid_run
+    alone = semi.run(_small(ckpt, tiny_data, tmp_path, "base_lrs=[0.001]"))
+    grid_state = safe_load(_cell_state(out, "lr0.001_head10"))
+    alone_state = safe_load(_cell_state(tmp_path, "lr0.001_head10"))
+    assert grid_state["done"] == alone_state["done"] == 3
+    a, b = grid_state["modules"]["model"], alone_state["modules"]["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # BN running statistics included
+    for key in ("momentum_buffer",):
+        for sa, sb in zip(grid_state["optimizer"]["state"].values(), alone_state["optimizer"]["state"].values(),
+                          strict=True):
+            assert torch.equal(sa[key], sb[key])
+    assert record["details"]["cells"]["lr0.001_head10"] == load_records(tmp_path / "records")[0]["details"][
+        "cells"]["lr0.001_head10"]
+    assert alone == {k: record["details"]["cells"]["lr0.001_head10"][k] for k in ("top1", "top5")}
+
+
+def test_interrupted_grid_resumes_the_unfinished_cells_only(grid_run, ckpt, tiny_data, tmp_path, capsys):
+    _, whole, _ = grid_run
+    # one cell finished as its own job (a SLURM array task), then the grid is interrupted after epoch 1
+    semi.run(_small(ckpt, tiny_data, tmp_path, "base_lrs=[0.001]"))
+    finished = _cell_state(tmp_path, "lr0.001_head10")
+    finished_sha = sha256_file(finished)
+    assert semi.run(_small(ckpt, tiny_data, tmp_path, "stop_after_epochs=1")) == {}
+    assert safe_load(_cell_state(tmp_path, "lr0.01_head10"))["done"] == 1
+    capsys.readouterr()
+    semi.run(_small(ckpt, tiny_data, tmp_path))  # resume=auto
+    printed = capsys.readouterr().out
+    assert "cell lr0.01_head10 resumed after epoch 1" in printed and "lr0.001_head10 resumed after epoch 3" in printed
+    assert sha256_file(finished) == finished_sha  # the finished cell was not trained again
+    (record,) = [r for r in load_records(tmp_path / "records") if len(r["details"]["cells"]) == 2]
+    assert _comparable(record) == _comparable(whole)  # the same record as the uninterrupted grid's
+
+
+def test_two_runs_give_identical_records_and_the_deterministic_flag(grid_run, ckpt, tiny_data, capsys):
+    metrics, first, out = grid_run
+    assert first["config"]["deterministic"] and first["details"]["deterministic"]
+    assert not torch.are_deterministic_algorithms_enabled()  # restored after the run
+    # the same config again (--force: every cell from scratch; grid=sequential: one cell after the other)
+    capsys.readouterr()
+    assert semi.run(_small(ckpt, tiny_data, out, "force=true", "grid=sequential")) == metrics
+    assert "resumed" not in capsys.readouterr().out
+    (second,) = load_records(out / "records")
+    assert _comparable(second) == _comparable(first)
+    assert second["details"]["grid"] == "sequential"
+
+
+# ---------------------------------------------------------------- the tiny preset end to end
+
+
+def test_tiny_run_record_table_row_and_skip(ckpt, tiny_data, tmp_path, capsys):
+    metrics = semi.run(_cfg(ckpt, tiny_data, tmp_path))
+    (record,) = load_records(tmp_path / "records")
+    details = record["details"]
+    assert record["protocol"] == "semi_sup" and record["dataset"] == "imagenet_1pct" and record["tiny"]
+    assert len(details["cells"]) == 9 and record["config"]["grid"] == "one_pass"
+    best = details["best_cell"]["name"]
+    assert best == max((c["top1"], c["top5"], -i, n) for i, (n, c) in enumerate(details["cells"].items())
+                       if c["top1"] is not None)[3]
+    assert metrics == {"top1": details["cells"][best]["top1"], "top5": details["cells"][best]["top5"]}
+    assert all(c["val_curve"][-1]["epoch"] == 5 for c in details["cells"].values() if c["diverged_epoch"] is None)
+    subset_file = Path(details["subset"]["list_file"])
+    assert subset_file.is_file() and sha256_file(subset_file) == details["subset"]["list_sha256"]
+    assert details["subset"]["kind"] == "generated" and details["train_images"] == 10
+    rendered = render_markdown([record])
+    assert f"| random-init_resnet18 † | tiny | {metrics['top1']:.2f} | {metrics['top5']:.2f} |" in rendered
+    capsys.readouterr()
+    assert semi.run(_cfg(ckpt, tiny_data, tmp_path)) == metrics
+    assert "skip semi_sup" in capsys.readouterr().out
+    json.dumps(record)  # plain JSON (no NaN) even with diverged cells
+
+
+def test_overfit_a_few_images(ckpt, tiny_data):
+    """Train -> predict -> score on the same 16 images with the runner's train_step and evaluate: all right."""
+    from torch.utils.data import DataLoader, Subset
+
+    from adapters import load_backbone
+    from byol_bench.classification import open_split, test_transform
+
+    split = open_split("imagenet", tiny_data, "train", test_transform(37, 32), tiny=True)
+    images = Subset(split.dataset, range(0, len(split.dataset), len(split.dataset) // 16)[:16])
+    loader = DataLoader(images, batch_size=16)
+    backbone, _ = load_backbone(ckpt)
+    model = semi.FineTuneNet(backbone, split.num_classes, torch.Generator().manual_seed(0))
+    optimizer = semi.build_optimizer(model, 0.01, 10.0, 0.9, 5e-4)
+    cell = semi.Cell(0.01, 10.0, model, model, optimizer, None, Path("unused"), "k")
+    batch, labels = next(iter(loader))
+    for _ in range(60):
+        semi.train_step(cell, batch, labels, 0.01, "fp32")
+    (scores,) = semi.evaluate([cell], loader, "fp32", torch.device("cpu"))  # eval mode: BN running statistics
+    assert scores["top1"] == 100.0, scores
+
+
+def test_cli_errors_are_one_line(ckpt, tiny_data, tmp_path):
+    simclr = tmp_path / "1percent.txt"
+    simclr.write_text("n01440764_1.JPEG\n")
+    base = [sys.executable, "-m", "benchmarks.semi_sup", "--preset", "tiny", "--data-root", str(tiny_data),
+            "--out-dir", str(tmp_path)]
+    cases = [
+        (["--ckpt", str(tmp_path / "missing.pth")], "checkpoint file not found"),
+        (["--ckpt", str(ckpt), f"subset_list={simclr}"], "train_labeled.txt: label map not found"),
+        (["--ckpt", str(ckpt), "--preset", FULL["imagenet_1pct"]], "use a tiny preset"),
+    ]
+    for extra, needle in cases:
+        result = subprocess.run(base + extra, capture_output=True, text=True, cwd=REPO)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith("error: ") and needle in result.stderr, result.stderr
+        assert result.stderr.strip().count("\n") == 0
+    assert not (tmp_path / "records").exists()
