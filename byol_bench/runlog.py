@@ -214,9 +214,21 @@ def library_versions() -> dict[str, str]:
             "numpy": numpy.__version__, "scikit-learn": sklearn.__version__}
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``, else ``platform``): printed with every speed figure."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def provenance() -> dict[str, Any]:
     """Command line, git commit, library versions, device and host: what is needed to rerun a result."""
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)"
+    device = (torch.cuda.get_device_name(0) if torch.cuda.is_available()
+              else f"cpu: {cpu_model()} ({os.cpu_count()} cores)")
     return {"argv": [sys.executable, *sys.argv], "git_commit": git_commit(), "versions": library_versions(),
             "device": device, "hostname": socket.gethostname(), "world_size": dist.get_world_size(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -51,20 +50,10 @@ from benchmarks.linear_mhead import POOL_GRIDS, MultiHeads, head_dims, train_ste
 from byol_bench.backbone import FEATURE_NAMES, MultiLayerFeatures, build_resnet, feature_channels
 from byol_bench.classification import open_split, train_transform
 from byol_bench.cli import main_guard
+from byol_bench.runlog import cpu_model
 from byol_bench.training import resolve_precision
 
 LR, MOMENTUM, WD = 0.01, 0.9, 1e-4  # the protocol's SGD (nesterov)
-
-
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``, else ``platform``)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def sgd(heads: nn.Module) -> torch.optim.SGD:

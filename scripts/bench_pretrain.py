@@ -46,6 +46,7 @@ from byol_bench.backbone import build_resnet
 from byol_bench.cli import main_guard
 from byol_bench.datasets.imagenet import ImageFolderList
 from byol_bench.lars import LARS, param_groups
+from byol_bench.runlog import cpu_model
 from byol_bench.training import resolve_precision
 from pretrain.augment import IMAGENET_MEAN, IMAGENET_STD, BatchAugmenter
 from pretrain.data import EpochBatchSampler, TwoViewDataset, iterate_batches, make_loader
@@ -308,6 +309,7 @@ def main() -> None:
     figures = {
         "device": torch.cuda.get_device_name(device) if cuda else f"cpu ({os.cpu_count()} cores, "
                                                                   f"{torch.get_num_threads()} threads)",
+        "cpu_model": cpu_model(),
         "arch": args.arch, "image_size": args.image_size, "batch": args.batch, "workers": args.workers,
         "precision": "bf16 autocast (a, c); fp32 (b)" if bf16 else "fp32",
         "lightly": importlib.util.find_spec("lightly") is not None,

@@ -52,6 +52,7 @@ from benchmarks.svm_protocol import (
 )
 from benchmarks.svm_solver import linear_kernel
 from byol_bench.metrics import voc_area_ap
+from byol_bench.runlog import cpu_model
 from byol_bench.tinydata.svm_features import make_voc_like_problem
 
 # Filled in the parent before the pool forks, so the workers share the arrays instead of pickling them.
@@ -185,7 +186,8 @@ def main() -> None:
     note = (f"extrapolated from a {len(slice_tasks)}-task slice ({100 * len(slice_tasks) / len(tasks):.1f} %) "
             f"that took {sk_wall:.1f} s" if extrapolated else "measured, all tasks")
     print(f"| sklearn LinearSVC per (class, cost, fold), {args.workers} workers | {sk_total:.1f} | {note} |")
-    print(f"\nspeed-up: {speedup:.1f}x   |dAP| over {len(deltas)} compared fits: max {max_delta:.4f}, "
+    print(f"\nspeed-up: {speedup:.1f}x on {cpu_model()} ({os.cpu_count()} cores)")
+    print(f"|dAP| over {len(deltas)} compared fits: max {max_delta:.4f}, "
           f"99th percentile {p99_delta:.4f} points (vs the reference's settings, tol 1e-4)")
     print(f"the {len(worst)} worst fits refit by sklearn to tol 1e-10: max |dAP| {tight_delta:.4f} points")
     if args.json:
@@ -196,6 +198,7 @@ def main() -> None:
             "sklearn_extrapolated": extrapolated, "sklearn_slice_tasks": len(slice_tasks),
             "sklearn_total_tasks": len(tasks), "sklearn_slice_wall_s": round(sk_wall, 2),
             "sklearn_slice_cpu_s": round(sk_cpu, 2), "workers": args.workers, "device": args.device,
+            "cpu_model": cpu_model(),
             "n_train": args.n_train, "n_test": args.n_test, "dim": args.dim, "costs": len(costs),
             "lowshot_ks": list(ks), "samples": args.samples, "map_full": round(full.map, 3),
         }))

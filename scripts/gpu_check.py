@@ -1,0 +1,179 @@
+#!/usr/bin/env python
+"""The one prepared GPU check: every figure only a GPU can give, in one JSON file, in one command.
+
+    python scripts/gpu_check.py --out gpu_check.json               # one GPU: about 6-8 minutes
+    python scripts/gpu_check.py --dry-run --out /tmp/gpu_check.json  # CPU, tiny shapes, < 2 minutes
+
+Steps (each a benchmark script of scripts/ run with ``--json``, or the pretrainer itself; one failing step is
+recorded with its error and the others still run):
+
+* ``pretrain``: images/s of the BYOL trainer (ResNet-50, 224 px, bf16, batch 256, data pipeline included) vs the
+  reference loop and the compute-only bound (scripts/bench_pretrain.py);
+* ``linear_probe``: images/s of the multi-head linear probe, same comparison (scripts/bench_linear.py);
+* ``svm``: the VOC07-sized batched SVM solver's wall time on the GPU (scripts/bench_svm.py; the sklearn
+  reference runs a 1 % slice on the CPU cores and is extrapolated);
+* ``semi_sup``, ``detection``, ``segmentation``: training iterations/s of the fine-tuning, detection and
+  segmentation runners (native vs the optional engine when importable), when their benchmark scripts exist;
+* ``learning``: the tiny BYOL recipe (configs/pretrain/tiny.yaml) run for ~3,400 steps (100 epochs of the
+  embedded ImageNet) on the GPU; passes when its kNN top-1 on the embedded val set beats the random-init
+  backbone's by >= 10 points (the check a 2-core CPU cannot afford: docs/PRETRAIN.md).
+
+``--dry-run`` runs every step on the CPU with tiny shapes (and 1 pretraining epoch): it shows that the script
+works before a GPU is spent on it (tests/test_gpu_check.py runs it); its figures mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+LEARNING_MARGIN = 10.0  # kNN top-1 points over random init (issue 17)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One benchmark: a script of scripts/ and its arguments on a GPU and in a dry run."""
+
+    name: str
+    script: str
+    gpu_args: tuple[str, ...]
+    dry_args: tuple[str, ...]
+    timeout_s: int
+
+
+def _steps(data_root: Path) -> list[Step]:
+    data = ("--data-root", str(data_root))
+    return [
+        Step("pretrain", "bench_pretrain.py",
+             ("--device", "cuda", "--arch", "resnet50", "--image-size", "224", "--batch", "256", "--workers", "12",
+              "--precision", "bf16", "--steps", "8", "--warmup", "3", "--rounds", "1", "--jpeg-size", "400", *data),
+             ("--device", "cpu", "--arch", "resnet18", "--image-size", "32", "--batch", "8", "--workers", "1",
+              "--steps", "1", "--warmup", "1", "--rounds", "1", *data), 150),
+        Step("linear_probe", "bench_linear.py",
+             ("--device", "cuda", "--arch", "resnet50", "--image-size", "224", "--batch", "256", "--workers", "12",
+              "--precision", "bf16", "--iters", "10", "--warmup", "5", "--rounds", "1", "--jpeg-size", "400", *data),
+             ("--device", "cpu", "--arch", "resnet18", "--image-size", "32", "--batch", "8", "--workers", "1",
+              "--num-classes", "10", "--iters", "1", "--warmup", "1", "--rounds", "1", *data), 120),
+        Step("svm", "bench_svm.py",
+             ("--device", "cuda", "--sklearn-fraction", "0.01", "--workers", str(os.cpu_count() or 2)),
+             ("--device", "cpu", "--n-train", "200", "--n-test", "100", "--dim", "64", "--ks", "1,2", "--samples",
+              "1", "--sklearn-fraction", "0.2", "--workers", "1"), 150),
+    ]
+
+
+def run_step(step: Step, dry_run: bool) -> dict:
+    """Run one benchmark script with ``--json``; its last stdout line is its figures."""
+    script = REPO / "scripts" / step.script
+    if not script.is_file():
+        return {"status": "not available", "why": f"{script.relative_to(REPO)} does not exist yet"}
+    argv = [sys.executable, str(script), *(step.dry_args if dry_run else step.gpu_args), "--json"]
+    return _run_json(argv, step.timeout_s)
+
+
+def _run_json(argv: list[str], timeout_s: int) -> dict:
+    began = time.time()
+    try:
+        done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return {"status": "timeout", "timeout_s": timeout_s, "command": " ".join(argv[1:])}
+    wall = round(time.time() - began, 1)
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        return {"status": "failed", "exit": done.returncode, "wall_s": wall, "command": " ".join(argv[1:]),
+                "stderr_tail": done.stderr.strip().splitlines()[-5:]}
+    try:
+        figures = json.loads(lines[-1])
+    except json.JSONDecodeError:
+        return {"status": "failed", "why": "the last output line is not JSON", "wall_s": wall, "last_line": lines[-1]}
+    return {"status": "ok", "wall_s": wall, "figures": figures}
+
+
+def learning_check(data_root: Path, work: Path, dry_run: bool) -> dict:
+    """The tiny BYOL recipe for thousands of GPU steps: does it beat random init in the kNN monitor by 10 points?"""
+    epochs, device, workers = ("1", "cpu", "1") if dry_run else ("100", "cuda", "8")
+    argv = [sys.executable, "-m", "pretrain", "--preset", "tiny", f"data_root={data_root}", f"out_dir={work}",
+            f"epochs={epochs}", f"device={device}", f"num_workers={workers}", "ckpt_every_steps=100000",
+            "log_every_steps=50", "knn_random_init_baseline=true"]
+    if dry_run:  # smallest shapes that still go through every stage (train, checkpoint, both kNN passes, record)
+        lines = (data_root / "imagenet" / "meta" / "train.txt").read_text().splitlines()
+        subset = work / "train_subset.txt"  # every 8th image: all classes, 4 steps
+        subset.write_text("\n".join(lines[::8]) + "\n")
+        argv += ["image_size=32", f"train_list={subset}", "projector_hidden_dim=256", "knn_max_train_images=100"]
+    began = time.time()
+    try:
+        done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300 if dry_run else 330)
+    except subprocess.TimeoutExpired:
+        return {"status": "timeout", "command": " ".join(argv[1:])}
+    records = sorted((work / "records").glob("*.json")) if (work / "records").is_dir() else []
+    if done.returncode != 0 or not records:
+        return {"status": "failed", "exit": done.returncode, "stderr_tail": done.stderr.strip().splitlines()[-5:]}
+    metrics = json.loads(records[-1].read_text())["metrics"]
+    margin = metrics["knn_top1"] - metrics["knn_top1_random_init"]
+    return {"status": "ok", "wall_s": round(time.time() - began, 1), "epochs": int(epochs),
+            "knn_top1": metrics["knn_top1"], "knn_top1_random_init": metrics["knn_top1_random_init"],
+            "margin_points": round(margin, 2), "required_margin_points": LEARNING_MARGIN,
+            # a dry run's one epoch says nothing about learning: only that the path works
+            "passed": None if dry_run else bool(margin >= LEARNING_MARGIN)}
+
+
+def machine() -> dict:
+    import torch
+
+    from byol_bench.runlog import cpu_model
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "gpu": gpu, "torch": torch.__version__,
+            "cuda": torch.version.cuda}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True, help="the JSON file to write")
+    parser.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes: check that the script works")
+    parser.add_argument("--data-root", type=Path, default=REPO / "data" / "tiny",
+                        help="embedded data (generated there when missing)")
+    parser.add_argument("--only", default="", help="comma-separated step names (default: all)")
+    args = parser.parse_args()
+    if args.out.exists():
+        sys.exit(f"error: {args.out} exists; pass another --out (a previous check is never overwritten)")
+    import torch
+
+    if not args.dry_run and not torch.cuda.is_available():
+        sys.exit("error: no CUDA device visible; run on a GPU machine, or pass --dry-run to check the script on CPU")
+    sys.path.insert(0, str(REPO))
+    from byol_bench.tinydata import ensure_tiny_data
+
+    data_root = ensure_tiny_data(args.data_root)
+    only = {s for s in args.only.split(",") if s}
+    report: dict = {"dry_run": args.dry_run, "machine": machine(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "steps": {}}
+    began = time.time()
+    for step in _steps(data_root):
+        if not only or step.name in only:
+            print(f"== {step.name}", flush=True)
+            report["steps"][step.name] = run_step(step, args.dry_run)
+            print(f"   {report['steps'][step.name]['status']}", flush=True)
+    if not only or "learning" in only:
+        print("== learning", flush=True)
+        with tempfile.TemporaryDirectory() as work:
+            report["steps"]["learning"] = learning_check(data_root, Path(work), args.dry_run)
+        print(f"   {report['steps']['learning']['status']}", flush=True)
+    report["wall_s"] = round(time.time() - began, 1)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"wrote {args.out} ({report['wall_s']} s)")
+    failed = [name for name, result in report["steps"].items() if result["status"] not in ("ok", "not available")]
+    if failed:
+        sys.exit(f"error: steps {', '.join(failed)} did not complete; see {args.out}")
+
+
+if __name__ == "__main__":
+    main()
