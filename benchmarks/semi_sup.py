@@ -40,8 +40,10 @@ NOTE: ``deterministic=true`` (the seed asks for ``--deterministic``: cuDNN deter
 turns on torch's deterministic algorithms in warn-only mode (an op without one warns rather than stops the grid);
 it is in the full presets. CPU runs are reproducible either way (tested: two runs, identical records).
 NOTE: on GPU the cells run under bf16 autocast with channels_last (``precision=auto``); the reference is fp32.
-NOTE: the lists ``subset_list`` / ``label_map`` are not identity fields by path: the list's sha256 is in the
-record; a run with another list of the same name at the same path would be skipped (use ``force=true``).
+NOTE: ``subset_list`` / ``label_map`` enter the config hash by path, not by content (the list's sha256 is in the
+record): after replacing a list file in place, rerun with ``force=true``.
+NOTE: a multi-process CPU job (gloo; for testing) keeps per-process BatchNorm: SyncBN runs on GPUs only
+(``details.bn``; ``torchrun --nproc-per-node 2`` on CPU was checked to run and score the full val split).
 """
 
 from __future__ import annotations
