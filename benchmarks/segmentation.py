@@ -226,8 +226,10 @@ def run(cfg: SegmentationConfig) -> dict[str, float]:
                 print(f"{PROTOCOL}: resumed from {resume_from} after iteration {start}")
 
         # ------------------------------------------------------------ loop (iteration-based)
+        # Its own generator: the loader's base-seed draw must not shift the global stream (dropout) on resume.
         loader = DataLoader(stream, batch, sampler=range(start * batch, cfg.max_iters * batch),
-                            num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
+                            num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
+                            generator=torch.Generator().manual_seed(cfg.seed))
         progress = Progress(cfg.max_iters, f"{PROTOCOL} {cfg.dataset}", initial=start, unit="it")
         model.train()
         started, it = time.time(), start
