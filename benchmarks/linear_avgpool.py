@@ -55,7 +55,7 @@ from byol_bench.cli import main_guard
 from byol_bench.config import CONFIG_ROOT, opt, parse_args
 from byol_bench.features import assert_frozen, state_snapshot
 from byol_bench.lars import LARS
-from byol_bench.metrics import topk_correct
+from byol_bench.metrics import TopkCounter
 from byol_bench.runlog import Progress
 from byol_bench.scaffold import open_run
 from byol_bench.training import (
@@ -207,15 +207,8 @@ def run(cfg: LinearAvgpoolConfig) -> dict[str, float]:
                 step = epoch * len(train_loader) + i
                 for group in optimizer.param_groups:
                     group["lr"] = float(lrs[step])
-                images = images.to(device, non_blocking=True)
-                labels = labels.to(device, non_blocking=True)
-                with torch.inference_mode(), autocast(device, resolved.precision):
-                    features = trunk(_to_memory_format(images, device))["feat5"]
-                loss = F.cross_entropy(ddp_head(features.clone()), labels)  # clone: out of inference mode
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                loss_sum += loss.detach() * len(labels)
+                loss = train_step(trunk, ddp_head, optimizer, images, labels, device, resolved.precision)
+                loss_sum += loss * len(labels)
                 seen += len(labels)
                 bar.update()
             train_loss = float(dist.all_reduce_sum(loss_sum)) / max(float(dist.all_reduce_sum(
@@ -286,21 +279,32 @@ def lr_schedule(cfg: LinearAvgpoolConfig, lr: float, iters_per_epoch: int) -> np
     raise ValueError(f"setting {cfg.setting!r} is not one of {', '.join(SETTINGS)}")
 
 
+def train_step(trunk: nn.Module, head: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
+               labels: torch.Tensor, device: torch.device, precision: str) -> torch.Tensor:
+    """One SGD/LARS step of the head on a batch: frozen trunk features (no graph), cross-entropy; the detached loss."""
+    images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+    with torch.inference_mode(), autocast(device, precision):
+        features = trunk(_to_memory_format(images, device))["feat5"]
+    loss = F.cross_entropy(head(features.clone()), labels)  # clone: out of inference mode
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
 @torch.inference_mode()
 def evaluate(trunk: nn.Module, head: nn.Module, loader: DataLoader, device: torch.device,
              precision: str) -> dict[str, float]:
     """Top-1/top-5 (%) over the whole val split: counts summed over batches and processes."""
     head.eval()
-    correct = torch.zeros(len(TOPK) + 1, dtype=torch.float64, device=device)  # top-k hits..., images
+    counter = TopkCounter(["head"], TOPK)
     for images, labels in loader:
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        images = images.to(device, non_blocking=True)
         with autocast(device, precision):
             features = trunk(_to_memory_format(images, device))["feat5"]
-        hits = topk_correct(head(features), labels, TOPK)
-        correct += torch.tensor([*(hits[k] for k in TOPK), len(labels)], dtype=torch.float64, device=device)
+        counter.add("head", head(features), labels)
     head.train()
-    total = dist.all_reduce_sum(correct)
-    return {f"top{k}": 100.0 * float(total[i]) / float(total[-1]) for i, k in enumerate(TOPK)}
+    return counter.percent(device)["head"]
 
 
 def _to_memory_format(images: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -52,7 +52,7 @@ from byol_bench.classification import DATASETS, open_split, test_transform, trai
 from byol_bench.cli import main_guard
 from byol_bench.config import CONFIG_ROOT, opt, parse_args
 from byol_bench.features import assert_frozen, state_snapshot
-from byol_bench.metrics import topk_correct
+from byol_bench.metrics import TopkCounter
 from byol_bench.runlog import Progress
 from byol_bench.scaffold import open_run
 
@@ -321,22 +321,13 @@ def evaluate(extractor: MultiLayerFeatures, heads: MultiHeads, loader: DataLoade
              device: torch.device) -> dict[str, float]:
     """Top-1 / top-5 (%) per head on ``loader``, counts summed over all ranks (exact: no padded samples)."""
     heads.eval()
-    counts = torch.zeros(len(FEATURE_NAMES), 2, dtype=torch.float64)
-    total = torch.zeros((), dtype=torch.float64)
+    counter = TopkCounter(FEATURE_NAMES, (1, 5))
     for images, labels in loader:
         logits = heads(pooled_features(extractor, images.to(device), pooling, precision))
-        for row, name in enumerate(FEATURE_NAMES):
-            correct = topk_correct(logits[name].cpu(), labels, (1, 5))
-            counts[row, 0] += correct[1]
-            counts[row, 1] += correct[5]
-        total += len(labels)
-    counts, total = dist.all_reduce_sum(counts.to(device)).cpu(), float(dist.all_reduce_sum(total.to(device)))
+        for name in FEATURE_NAMES:
+            counter.add(name, logits[name], labels)
     heads.train()
-    scores = {}
-    for row, name in enumerate(FEATURE_NAMES):
-        scores[f"top1_{name}"] = 100.0 * float(counts[row, 0]) / total
-        scores[f"top5_{name}"] = 100.0 * float(counts[row, 1]) / total
-    return scores
+    return {f"{top}_{name}": value for name, scores in counter.percent(device).items() for top, value in scores.items()}
 
 
 def main() -> None:

@@ -1,6 +1,7 @@
 """Evaluation metrics shared by the protocols.
 
-Top-k classification accuracy (:func:`topk_accuracy`; the kNN monitor, linear probes, fine-tuning).
+Top-k classification accuracy (:func:`topk_accuracy`; the kNN monitor), and :class:`TopkCounter` for a whole
+split scored by several heads or models at once, summed over batches and processes (linear probes, fine-tuning).
 
 Average precision, two flavours (PROTOCOLS.md B §2.3), both vectorised over the columns (classes, costs, folds)
 of a score matrix:
@@ -44,6 +45,31 @@ def topk_accuracy(scores: torch.Tensor, targets: torch.Tensor, ks: Sequence[int]
     """Top-k accuracy in percent, ``{"top1": ..., "top5": ...}``, of one batch of scores (see :func:`topk_correct`)."""
     correct = topk_correct(scores, targets, ks)
     return {f"top{k}": 100.0 * correct[k] / len(targets) for k in ks}
+
+
+class TopkCounter:
+    """Top-k hits of several scorers (heads, grid cells) over a whole split: counts over batches, then processes.
+
+    Exact under DDP as long as each image is scored on one process only (no padded samples).
+    """
+
+    def __init__(self, names: Sequence[str], ks: Sequence[int] = (1, 5)) -> None:
+        self.names, self.ks = list(names), tuple(ks)
+        self.counts = torch.zeros(len(self.names), len(self.ks) + 1, dtype=torch.float64)  # hits per k, images
+
+    def add(self, name: str, scores: torch.Tensor, targets: torch.Tensor) -> None:
+        """Count one batch of ``name``'s scores (any device; counted on the CPU)."""
+        hits = topk_correct(scores.detach().float().cpu(), targets.cpu(), self.ks)
+        self.counts[self.names.index(name)] += torch.tensor([*(hits[k] for k in self.ks), len(targets)],
+                                                            dtype=torch.float64)
+
+    def percent(self, device: torch.device) -> dict[str, dict[str, float]]:
+        """``{name: {"top1": %, "top5": %}}`` over every process (all-reduced on ``device``)."""
+        from byol_bench import dist
+
+        total = dist.all_reduce_sum(self.counts.to(device)).cpu()
+        return {name: {f"top{k}": 100.0 * float(total[row, i]) / float(total[row, -1]) for i, k in enumerate(self.ks)}
+                for row, name in enumerate(self.names)}
 
 
 def _as_columns(scores: np.ndarray, labels: np.ndarray, valid: np.ndarray | None

@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import top_k_accuracy_score
 
-from byol_bench.metrics import topk_accuracy, topk_correct
+from byol_bench.metrics import TopkCounter, topk_accuracy, topk_correct
 
 
 # sklearn warns that k >= classes is a perfect score; that case is checked on purpose.
@@ -29,3 +29,18 @@ def test_counts_and_shape_errors() -> None:
     assert topk_correct(scores, torch.tensor([1, 1, 0]), ks=(1, 2)) == {1: 1, 2: 2}
     with pytest.raises(ValueError, match="scores must be"):
         topk_correct(scores[0], torch.tensor([1]))
+
+
+def test_topk_counter_sums_batches_per_scorer_like_one_big_batch():
+    gen = torch.Generator().manual_seed(0)
+    scores = {name: torch.randn(50, 7, generator=gen) for name in ("a", "b")}
+    targets = torch.randint(0, 7, (50,), generator=gen)
+    counter = TopkCounter(["a", "b"], (1, 5))
+    for lo, hi in ((0, 13), (13, 40), (40, 50)):  # uneven batches
+        for name in ("a", "b"):
+            counter.add(name, scores[name][lo:hi], targets[lo:hi])
+    result = counter.percent(torch.device("cpu"))
+    for name in ("a", "b"):
+        expected = topk_accuracy(scores[name], targets, (1, 5))
+        assert result[name] == pytest.approx(expected)
+    assert result["a"] != result["b"]
