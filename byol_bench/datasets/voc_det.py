@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from byol_bench.datasets import DatasetError
 from byol_bench.datasets.images import check_image_format, image_size, load_image
@@ -112,15 +113,20 @@ class VOCDetection:
         transform: called as ``transform(image, annotation)`` and must return both.
         filter_empty: skip images whose XML has no objects (counted and logged); use False for evaluation.
         image_format: ``"pil"`` or ``"tensor"`` (see ``images.load_image``).
+        first: keep only the first ``first`` images of the list (tiny runs); None keeps all.
     """
 
     def __init__(self, root: str | Path, year: str, split: str,
-                 transform: Callable[[Any, VOCAnnotation], tuple[Any, VOCAnnotation]] | None = None,
-                 filter_empty: bool = True, image_format: str = "pil") -> None:
+                 transform: Callable[[Any, VOCAnnotation], tuple[Any, Any]] | None = None,
+                 filter_empty: bool = True, image_format: str = "pil", first: int | None = None) -> None:
         if split not in SPLITS:
             raise ValueError(f"split {split!r} is not one of {', '.join(SPLITS)}")
         self.root = year_dir(root, year)
-        ids = read_id_list(self.root / "ImageSets" / "Main" / f"{split}.txt")
+        ids = read_id_list(self.root / "ImageSets" / "Main" / f"{split}.txt")[:first]
+        missing = [i for i in ids if not (self.root / "JPEGImages" / f"{i}.jpg").is_file()]
+        if missing:  # checked up front: a training run would otherwise fail hours in, in a DataLoader worker
+            raise DatasetError(f"{self.root / 'JPEGImages' / (missing[0] + '.jpg')}: image file not found (listed in "
+                               f"ImageSets/Main/{split}.txt; {len(missing)} listed image(s) missing)")
         annotations = [parse_voc_xml(self.root / "Annotations" / f"{i}.xml") for i in ids]
         self.annotations = [a for a in annotations if len(a.labels) or not filter_empty]
         self.num_skipped_empty = len(annotations) - len(self.annotations)
@@ -143,3 +149,13 @@ class VOCDetection:
         if self.transform is not None:
             return self.transform(image, ann)
         return image, ann
+
+
+def detection_sample(image: torch.Tensor, ann: VOCAnnotation) -> tuple[torch.Tensor, dict[str, Any]]:
+    """A ``VOCDetection`` transform giving torchvision detection samples (``byol_bench.detection.data``).
+
+    ``labels`` are the class index + 1 (0 is the background); ``difficult`` boxes are kept (detectron2 trains on
+    them; every VOC evaluation ignores them).
+    """
+    return image, {"boxes": torch.from_numpy(ann.boxes), "labels": torch.from_numpy(ann.labels + 1),
+                   "difficult": torch.from_numpy(ann.difficult), "image_id": ann.image_id}

@@ -1,0 +1,345 @@
+"""Faster R-CNN R50-C4 on VOC07+12 (the MoCo detection protocol; detectron2 ``pascal_voc_R_50_C4_24k_moco.yaml``;
+PROTOCOLS.md A.6, B §5.1-5.2).
+
+Canonical command (8 GPUs, batch 2 each; MoCo reports the mean of 5 trials)::
+
+    torchrun --nproc-per-node 8 -m benchmarks.det_voc --preset faster-rcnn_resnet50-c4_8xb2-24k_voc0712 \\
+        --ckpt byol.pth --data-root /datasets trials=5
+
+    python -m benchmarks.det_voc --preset faster-rcnn_resnet50-c4_8xb2-24k_voc0712 --ckpt byol.pth \\
+        --data-root /datasets batch_size_per_device=16     (one large GPU: the same 16 images per step and BN batch)
+
+Fixed protocol (B §5.1), built from torchvision's detection blocks (``GeneralizedRCNN``, RPN, ``RoIHeads``) with
+detectron2's arithmetic (``byol_bench.detection.rcnn``):
+  * backbone: any checkpoint via ``adapters.load_backbone``; C4 trunk = stem..res4 (torchvision stride on the 3x3
+    conv, nothing frozen, stem included); res5 (the checkpoint's ``layer4``, stride 2) inside the RoI head, then
+    the extra norm of ``Res5ROIHeadsExtraNorm`` on its output, average pooling, the box predictor (21 classes,
+    class-specific boxes, N(0, 0.01) / N(0, 0.001) weights); SyncBN everywhere in a multi-GPU job;
+  * RPN on res4: anchors 32..512 x {0.5, 1, 2} (unrounded, stride 16), 3x3 conv head, top-k 12000/2000 (train) and
+    6000/1000 (test) per image, NMS 0.7, 256 anchors/image at 50 % positives, L1 box loss;
+  * RoI head: ``RoIAlign(14, 1/16, sampling 0, aligned=True)`` (ROIAlignV2), 512 RoIs/image at 25 % positives
+    (IoU 0.5), box weights (10, 10, 5, 5), L1 box loss; test: score 0.05, NMS 0.5, 100 detections/image;
+  * input: RGB in [0, 1] normalised with the ImageNet mean/std (the ``_moco`` pixel statistics); train short side
+    drawn from 480..800 (step 32), long side <= 1333, horizontal flip; test 800/1333; no padding to a multiple;
+  * data: VOC2007 trainval + VOC2012 trainval ("difficult" boxes kept, images without objects skipped), test
+    VOC2007 test; aspect-ratio grouped batches;
+  * SGD lr 0.02 at batch 16, momentum 0.9, wd 1e-4 (none on norm parameters), 24k iterations, lr x0.1 at 18k and
+    22k, linear warm-up 100 iterations from 0.001x; precise BN (200 iterations) before the final evaluation;
+  * metric: detectron2's ``PascalVOCDetectionEvaluator`` (``byol_bench.detection.voc_eval``) on the
+    ``comp4_det_test_<class>.txt`` files written next to the record: VOC07 11-point AP at IoU .50:.05:.95,
+    difficult boxes ignored; AP, AP50, AP75 (%); with ``trials=N`` the mean over N seeds (each trial in details).
+
+NOTE: fewer than 16 images per step over all devices (``batch_size_per_device x world``): ``small_world=accumulate``
+(default) keeps batch 16 and the schedule by gradient accumulation, but BatchNorm then sees each micro-batch only;
+``small_world=scale`` scales lr, iterations, steps and warm-up linearly (detectron2's ``auto_scale_workers``).
+The record's ``details.batch_policy`` says which ran, and ``details.norm`` which BatchNorm.
+NOTE: torchvision's stock pieces are changed where they differ from detectron2 (unrounded anchors, L1 losses with
+detectron2's normalisers, aligned RoIAlign, ``int(x + 0.5)`` resize rounding); torchvision still appends the ground
+truth boxes to the proposals and samples RoIs as detectron2 does.
+NOTE: under bf16 autocast (GPU) the box predictor runs in float32 (bf16 deltas would move boxes by pixels).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import statistics
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import ConcatDataset
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.models.detection.rpn import RPNHead
+
+from adapters import load_backbone
+from byol_bench import dist, training
+from byol_bench.backbone import IMAGENET_MEAN, IMAGENET_STD, feature_channels
+from byol_bench.checkpoint import atomic_write_json
+from byol_bench.cli import main_guard
+from byol_bench.config import CONFIG_ROOT, opt, parse_args
+from byol_bench.datasets.voc_det import VOCDetection, detection_sample
+from byol_bench.detection import data, rcnn, trainer, voc_eval
+from byol_bench.runlog import RunLog
+from byol_bench.scaffold import open_run
+
+PROTOCOL, DATASET = "det_voc", "voc0712"
+PRESET_DIR = CONFIG_ROOT / PROTOCOL
+TRAIN_SETS = (("2007", "trainval"), ("2012", "trainval"))
+TEST_SET = ("2007", "test")
+
+
+@dataclass(frozen=True)
+class DetVocConfig:
+    """Faster R-CNN C4 on VOC07+12 (defaults = detectron2's ``pascal_voc_R_50_C4_24k_moco``)."""
+
+    preset: str = opt("custom", "preset name (set by --preset; names the record's config column)")
+    ckpt: str = opt("", "checkpoint to evaluate: any format `python -m adapters inspect` recognises")
+    arch: str | None = opt(None, "ResNet name; None infers it from the weights")
+    encoder: str = opt("online", "which encoder of a two-encoder checkpoint: online (as published) or target")
+    data_root: str = opt("data", "folder holding VOCdevkit/VOC2007 and VOCdevkit/VOC2012 (docs/DATASETS.md)",
+                         identity=False)
+    out_dir: str = opt("results/det_voc", "output: records/ and runs/ go here", identity=False)
+    max_iters: int = opt(24000, "optimizer steps at global_batch_size")
+    steps: tuple[int, ...] = opt((18000, 22000), "iterations at which the lr is multiplied by 0.1")
+    warmup_iters: int = opt(100, "linear warm-up iterations (from 0.001 x lr)")
+    lr: float = opt(0.02, "SGD learning rate at global_batch_size")
+    momentum: float = opt(0.9, "SGD momentum")
+    weight_decay: float = opt(1e-4, "SGD weight decay (norm-layer parameters get none)")
+    global_batch_size: int = opt(16, "images per optimizer step over all processes (see small_world)")
+    batch_size_per_device: int = opt(2, "images per process per forward pass (16 on one large GPU: BN sees the "
+                                        "recipe's 16 images)")
+    small_world: Literal["accumulate", "scale"] = opt(
+        "accumulate", "when batch_size_per_device x processes < global_batch_size: accumulate gradients to keep "
+        "the recipe, or scale lr/iterations linearly to the smaller batch")
+    train_sizes: tuple[int, ...] = opt(tuple(range(480, 801, 32)), "train short sides (one drawn per image)")
+    train_max_size: int = opt(1333, "train long-side limit")
+    test_size: int = opt(800, "test short side")
+    test_max_size: int = opt(1333, "test long-side limit")
+    rpn_topk_train: tuple[int, int] = opt((12000, 2000), "RPN proposals per image before / after NMS (train)")
+    rpn_topk_test: tuple[int, int] = opt((6000, 1000), "RPN proposals per image before / after NMS (test)")
+    roi_batch_size_per_image: int = opt(512, "RoIs sampled per image for the box head (25 % positives)")
+    test_images: int = opt(0, "score the first N images of VOC2007 test only (0: all 4952; tiny runs)")
+    precise_bn_iters: int = opt(200, "precise-BN iterations before the final evaluation (0: off)")
+    trials: int = opt(1, "independent trainings with seeds seed, seed+1, ...: the record has each and mean +- std "
+                         "(MoCo reports the mean of 5)")
+    seed: int = opt(0, "seed of the first trial (head initialisation, data order, flips, scales, sampling)")
+    ckpt_every_iters: int = opt(2000, "save the training state every this many iterations (and at the end)",
+                                identity=False)
+    resume: str = opt("auto", "auto (continue each trial from its latest.pth), none, or a checkpoint path",
+                      identity=False)
+    stop_after_iters: int = opt(0, "stop each trial after this many iterations without a record (0: never; for "
+                                   "tests of resume)", identity=False)
+    precision: Literal["auto", "fp32", "bf16"] = opt("auto", "autocast: auto = bf16 on CUDA, fp32 on CPU",
+                                                     identity=False)
+    test_batch_size_per_device: int = opt(1, "test images per forward pass (detectron2: 1)", identity=False)
+    num_workers: int = opt(4, "DataLoader workers per process (decode, flip)", identity=False)
+    device: Literal["auto", "cpu", "cuda"] = opt("auto", "auto: CUDA when available", identity=False)
+    tiny: bool = opt(False, "tiny sizes on the embedded data: the record is marked not comparable")
+    force: bool = opt(False, "redo even when a record for this checkpoint and config exists", identity=False)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """Values derived from the config and the machine; written as the run folder's ``resolved.json``."""
+
+    world_size: int
+    batch_size_per_device: int
+    accumulate: int  # micro-batches per optimizer step
+    global_batch_size: int  # images per optimizer step actually used
+    batch_policy: str  # "recipe", "accumulate" or "scale"
+    lr: float
+    max_iters: int
+    steps: tuple[int, ...]
+    warmup_iters: int
+    precision: str
+    device: str
+
+
+def run(cfg: DetVocConfig) -> dict[str, float]:
+    """Train and evaluate ``cfg.trials`` C4 detectors initialised from ``cfg.ckpt``; write the record."""
+    check_inputs(cfg)
+    with open_run(PROTOCOL, DATASET, cfg, ckpt=cfg.ckpt) as run:
+        if run.done is not None:
+            return run.done
+        info, device = run.info, run.info.device
+        resolved = resolve(cfg, info.world_size, training.resolve_precision(cfg.precision, device), str(device))
+        run.start(resolved)
+
+        # ------------------------------------------------------------ data (decoded in the workers, flipped there)
+        devkit = Path(cfg.data_root) / "VOCdevkit"
+        parts = [VOCDetection(devkit, year, split, detection_sample, image_format="tensor")
+                 for year, split in TRAIN_SETS]
+        train_set = ConcatDataset(parts)
+        groups = data.orientation_groups([(a.width, a.height) for p in parts for a in p.annotations])
+        test_set = VOCDetection(devkit, *TEST_SET, detection_sample, filter_empty=False, image_format="tensor",
+                                first=cfg.test_images or None)
+
+        # ------------------------------------------------------------ backbone weights (res5 = the checkpoint's layer4)
+        backbone, report = load_backbone(cfg.ckpt, cfg.arch, cfg.encoder, sha256=run.ckpt_sha256)
+
+        # ------------------------------------------------------------ trials: train -> precise BN -> predict -> score
+        trials, norm = [], ""
+        results_root = run.record_path.with_suffix(".results")
+        for trial in range(cfg.trials):
+            seed, trial_dir = cfg.seed + trial, run.run_dir / f"trial{trial}"
+            scores_file = trial_dir / "scores.json"
+            if scores_file.is_file() and not cfg.force:  # finished in an earlier invocation of this run
+                trials.append(json.loads(scores_file.read_text()))
+                continue
+            torch.manual_seed(seed)  # the heads' initialisation
+            model = trainer.prepare(build_model(copy.deepcopy(backbone), cfg), device)
+            norm = trainer.norm_name(model)
+            settings = train_settings(cfg, resolved, seed)
+            # each trial logs into its own folder: a resume's drop_after_step must not touch other trials' rows
+            resume_from = None if cfg.force and cfg.resume == "auto" else training.find_resume(trial_dir, cfg.resume)
+            result = trainer.train(model, train_set, groups, settings, device=device, run_dir=trial_dir,
+                                   config_hash=run.config_hash, log=RunLog(trial_dir), resume_from=resume_from,
+                                   desc=f"{PROTOCOL} trial {trial}")
+            if not result.finished:
+                print(f"{PROTOCOL}: stopped after iteration {result.iters_done} (stop_after_iters); rerun to resume")
+                return {}
+            bn_layers = trainer.precise_bn(model, train_set, groups, settings, device=device,
+                                           num_iters=cfg.precise_bn_iters)
+            detections = trainer.predict(model, test_set, device=device, precision=resolved.precision,
+                                         batch_size=cfg.test_batch_size_per_device, num_workers=cfg.num_workers,
+                                         desc=f"{PROTOCOL} test")
+            results_dir = results_root / f"trial{trial}"
+            if info.is_main:
+                voc_eval.write_results(results_dir, [a.image_id for a in test_set.annotations], detections)
+            dist.barrier()
+            scores = voc_eval.evaluate(results_dir, test_set.annotations)  # from the files just written
+            entry = {"trial": trial, "seed": seed, **scores.metrics(), "map_per_iou": scores.map_per_iou,
+                     "ap50_per_class": scores.ap50_per_class,
+                     "classes_without_ground_truth": scores.classes_without_ground_truth,
+                     "results_dir": str(results_dir), "train_time_s": round(result.train_time_s, 2),
+                     "last_losses": result.last_losses, "precise_bn_layers": bn_layers, "norm": norm,
+                     "loss_plot": str(result.loss_plot) if result.loss_plot else None}
+            if info.is_main:
+                atomic_write_json(scores_file, entry)
+            trials.append(entry)
+            if info.is_main:
+                print(f"{PROTOCOL} trial {trial}: AP {scores.AP:.2f} AP50 {scores.AP50:.2f} AP75 {scores.AP75:.2f}")
+
+        # ------------------------------------------------------------ record: mean (and std) over the trials
+        metrics = {k: statistics.fmean(t[k] for t in trials) for k in ("AP", "AP50", "AP75")}
+        details = {
+            "trials": trials, "num_trials": len(trials),
+            "std": {k: statistics.stdev(t[k] for t in trials) if len(trials) > 1 else 0.0 for k in metrics},
+            "std_kind": "sample standard deviation over trials (n - 1)",
+            "norm": norm or trials[-1]["norm"], "batch_policy": resolved.batch_policy,
+            "global_batch_size": resolved.global_batch_size, "accumulate": resolved.accumulate,
+            "world_size": info.world_size, "lr": resolved.lr, "max_iters": resolved.max_iters,
+            "steps": list(resolved.steps), "warmup_iters": resolved.warmup_iters, "precision": resolved.precision,
+            "train_images": len(train_set), "test_images": len(test_set),
+            "skipped_empty_train_images": sum(p.num_skipped_empty for p in parts),
+            "metric": "detectron2 PascalVOCDetectionEvaluator: VOC07 11-point AP, IoU .50:.05:.95, difficult ignored",
+            "results_files": str(results_root), "engine": "native (torchvision blocks)",
+            "loss_plot": trials[0]["loss_plot"],
+        }
+        metrics = run.finish(metrics, checkpoint=asdict(report), seeds={"trial0": cfg.seed},
+                             batch_size_per_device=cfg.batch_size_per_device, details=details)
+        if info.is_main:
+            print(f"{PROTOCOL}: AP {metrics['AP']:.2f} AP50 {metrics['AP50']:.2f} AP75 {metrics['AP75']:.2f} "
+                  f"({len(trials)} trial(s)); record {run.record_path}")
+        return metrics
+
+
+def check_inputs(cfg: DetVocConfig) -> None:
+    """One-line errors for a bad config, before anything is written."""
+    if not cfg.ckpt:
+        raise ValueError("no checkpoint given: pass --ckpt PATH")
+    if cfg.test_images < 0:
+        raise ValueError(f"test_images={cfg.test_images} must be 0 (all) or positive")
+    if cfg.trials < 1 or cfg.max_iters < 1 or cfg.ckpt_every_iters < 1 or cfg.batch_size_per_device < 1:
+        raise ValueError("trials, max_iters, ckpt_every_iters and batch_size_per_device must be positive")
+    if not cfg.train_sizes or min(cfg.train_sizes) < 1:
+        raise ValueError(f"train_sizes={cfg.train_sizes} must list positive short sides")
+    if list(cfg.steps) != sorted(cfg.steps):
+        raise ValueError(f"steps={cfg.steps} must be increasing")
+
+
+def resolve(cfg: DetVocConfig, world_size: int, precision: str, device: str) -> Resolved:
+    """Batch, lr and schedule for this process count (see the NOTE on small worlds in the module docstring)."""
+    per_step = cfg.batch_size_per_device * world_size
+    if per_step >= cfg.global_batch_size or cfg.small_world == "accumulate":
+        if cfg.global_batch_size % per_step:
+            raise ValueError(f"global_batch_size={cfg.global_batch_size} is not a multiple of batch_size_per_device "
+                             f"x processes = {per_step}; change batch_size_per_device or the process count")
+        accumulate = cfg.global_batch_size // per_step
+        return Resolved(world_size, cfg.batch_size_per_device, accumulate, cfg.global_batch_size,
+                        "recipe" if accumulate == 1 else "accumulate", cfg.lr, cfg.max_iters, tuple(cfg.steps),
+                        cfg.warmup_iters, precision, device)
+    factor = cfg.global_batch_size / per_step  # > 1: fewer images per step -> lower lr, more iterations
+    return Resolved(world_size, cfg.batch_size_per_device, 1, per_step, "scale", cfg.lr / factor,
+                    round(cfg.max_iters * factor), tuple(round(s * factor) for s in cfg.steps),
+                    round(cfg.warmup_iters * factor), precision, device)
+
+
+def train_settings(cfg: DetVocConfig, resolved: Resolved, seed: int) -> trainer.TrainSettings:
+    return trainer.TrainSettings(
+        max_iters=resolved.max_iters, base_lr=resolved.lr, steps=resolved.steps, warmup_iters=resolved.warmup_iters,
+        momentum=cfg.momentum, weight_decay=cfg.weight_decay, weight_decay_norm=0.0,
+        batch_size_per_device=resolved.batch_size_per_device, accumulate=resolved.accumulate, seed=seed,
+        precision=resolved.precision, ckpt_every_iters=cfg.ckpt_every_iters, stop_after_iters=cfg.stop_after_iters,
+        num_workers=cfg.num_workers)
+
+
+# ---------------------------------------------------------------- the C4 model
+
+
+class C4Trunk(nn.Module):
+    """stem..res4 of a torchvision ResNet (stride 16): ``{"0": res4}``."""
+
+    def __init__(self, resnet: nn.Module) -> None:
+        super().__init__()
+        self.body = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool, resnet.layer1,
+                                  resnet.layer2, resnet.layer3)
+        self.out_channels = feature_channels(resnet)["feat4"]
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        return {"0": self.body(x)}
+
+
+class Res5Head(nn.Module):
+    """res5 (the ResNet's ``layer4``, stride 2 on 14x14 RoIs -> 7x7) -> the extra norm -> average pooling."""
+
+    def __init__(self, layer4: nn.Module, channels: int) -> None:
+        super().__init__()
+        self.res5 = layer4
+        self.norm = nn.BatchNorm2d(channels)  # Res5ROIHeadsExtraNorm: one norm after res5, no activation
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(self.res5(x)).mean(dim=(2, 3))
+
+
+class C4RoIHeads(RoIHeads):
+    """torchvision's box-only ``RoIHeads`` with detectron2's L1 Fast R-CNN losses (``rcnn.fastrcnn_l1_loss``)."""
+
+    def forward(self, features: dict[str, Tensor], proposals: list[Tensor], image_shapes: list[tuple[int, int]],
+                targets: list[dict[str, Tensor]] | None = None) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
+        if self.training:
+            proposals, _, labels, regression_targets = self.select_training_samples(proposals, targets)
+        box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
+        class_logits, box_regression = self.box_predictor(box_features)
+        if self.training:
+            loss_cls, loss_box = rcnn.fastrcnn_l1_loss(class_logits, box_regression, labels, regression_targets)
+            return [], {"loss_classifier": loss_cls, "loss_box_reg": loss_box}
+        boxes, scores, labels = self.postprocess_detections(class_logits, box_regression, proposals, image_shapes)
+        return [{"boxes": b, "scores": s, "labels": c} for b, s, c in zip(boxes, scores, labels, strict=True)], {}
+
+
+def build_model(resnet: nn.Module, cfg: DetVocConfig, num_classes: int = 21) -> GeneralizedRCNN:
+    """The C4 Faster R-CNN of B §5.1 around ``resnet``'s weights (its ``layer4`` becomes res5; ``fc`` is dropped)."""
+    trunk = C4Trunk(resnet)
+    anchors = rcnn.DetectronAnchorGenerator(((32, 64, 128, 256, 512),), ((0.5, 1.0, 2.0),))
+    rpn = rcnn.L1RegionProposalNetwork(
+        anchors, RPNHead(trunk.out_channels, anchors.num_anchors_per_location()[0]),
+        fg_iou_thresh=0.7, bg_iou_thresh=0.3, batch_size_per_image=256, positive_fraction=0.5,
+        pre_nms_top_n={"training": cfg.rpn_topk_train[0], "testing": cfg.rpn_topk_test[0]},
+        post_nms_top_n={"training": cfg.rpn_topk_train[1], "testing": cfg.rpn_topk_test[1]}, nms_thresh=0.7)
+    res5_channels = feature_channels(resnet)["feat5"]
+    predictor = FastRCNNPredictor(res5_channels, num_classes)
+    nn.init.normal_(predictor.cls_score.weight, std=0.01)
+    nn.init.normal_(predictor.bbox_pred.weight, std=0.001)
+    for layer in (predictor.cls_score, predictor.bbox_pred):
+        nn.init.zeros_(layer.bias)
+    heads = C4RoIHeads(
+        rcnn.AlignedRoIPool(14, 1 / 16), Res5Head(resnet.layer4, res5_channels), rcnn.Float32(predictor),
+        fg_iou_thresh=0.5, bg_iou_thresh=0.5, batch_size_per_image=cfg.roi_batch_size_per_image,
+        positive_fraction=0.25, bbox_reg_weights=None, score_thresh=0.05, nms_thresh=0.5, detections_per_img=100)
+    transform = rcnn.ShortestEdgeTransform(cfg.train_sizes, cfg.train_max_size, cfg.test_size, cfg.test_max_size,
+                                           IMAGENET_MEAN, IMAGENET_STD, size_divisible=1)
+    return GeneralizedRCNN(trunk, rpn, heads, transform)
+
+
+def main() -> None:
+    run(parse_args(DetVocConfig, preset_dir=PRESET_DIR, description=__doc__))
+
+
+if __name__ == "__main__":
+    main_guard(main)
