@@ -206,10 +206,9 @@ def run(cfg: DetVocConfig) -> dict[str, float]:
                 print(f"{PROTOCOL} trial {trial}: AP {scores.AP:.2f} AP50 {scores.AP50:.2f} AP75 {scores.AP75:.2f}")
 
         # ------------------------------------------------------------ record: mean (and std) over the trials
-        metrics = {k: statistics.fmean(t[k] for t in trials) for k in ("AP", "AP50", "AP75")}
+        metrics, std = summarize_trials(trials)
         details = {
-            "trials": trials, "num_trials": len(trials),
-            "std": {k: statistics.stdev(t[k] for t in trials) if len(trials) > 1 else 0.0 for k in metrics},
+            "trials": trials, "num_trials": len(trials), "std": std,
             "std_kind": "sample standard deviation over trials (n - 1)",
             "norm": norm or trials[-1]["norm"], "batch_policy": resolved.batch_policy,
             "global_batch_size": resolved.global_batch_size, "accumulate": resolved.accumulate,
@@ -227,6 +226,14 @@ def run(cfg: DetVocConfig) -> dict[str, float]:
             print(f"{PROTOCOL}: AP {metrics['AP']:.2f} AP50 {metrics['AP50']:.2f} AP75 {metrics['AP75']:.2f} "
                   f"({len(trials)} trial(s)); record {run.record_path}")
         return metrics
+
+
+def summarize_trials(trials: list[dict]) -> tuple[dict[str, float], dict[str, float]]:
+    """Mean and sample standard deviation (n - 1; 0 for one trial) of AP, AP50 and AP75 over the trials."""
+    keys = ("AP", "AP50", "AP75")
+    mean = {k: statistics.fmean(t[k] for t in trials) for k in keys}
+    std = {k: statistics.stdev(t[k] for t in trials) if len(trials) > 1 else 0.0 for k in keys}
+    return mean, std
 
 
 def check_inputs(cfg: DetVocConfig) -> None:

@@ -58,7 +58,12 @@ def test_c4_shapes_res5_from_layer4_and_extra_norm(r50_model):
         assert head.res5 is resnet.layer4  # res5 = the checkpoint's layer4 (same tensors)
         assert head.res5[0].conv2.stride == (2, 2) and head.res5[0].conv1.stride == (1, 1)  # stride on the 3x3
         assert isinstance(head.norm, nn.BatchNorm2d) and head.norm.num_features == 2048
-        assert head(torch.zeros(3, 1024, 14, 14)).shape == (3, 2048)
+        rois = torch.randn(3, 1024, 14, 14)
+        head.norm.running_mean.normal_()  # eval mode: the extra norm applies its (non-trivial) statistics
+        expected = head.norm(resnet.layer4(rois)).mean(dim=(2, 3))
+        assert expected.shape == (3, 2048)
+        torch.testing.assert_close(head(rois), expected)  # res5 -> extra norm -> average pooling
+        assert not torch.allclose(expected, resnet.layer4(rois).mean(dim=(2, 3)), atol=1e-3)
         predictor = model.roi_heads.box_predictor.module
         assert (predictor.cls_score.out_features, predictor.bbox_pred.out_features) == (21, 84)
         assert predictor.cls_score.weight.std().item() == pytest.approx(0.01, rel=0.1)
@@ -144,6 +149,16 @@ def test_fewer_gpus_accumulate_or_scale():
         pytest.approx(0.005), 96000, (72000, 88000), 400, 4)
     with pytest.raises(ValueError, match="not a multiple"):
         det_voc.resolve(_cfg("batch_size_per_device=3"), 1, "fp32", "cpu")
+
+
+def test_trials_mean_and_sample_std():
+    trials = [{"AP": 50.0, "AP50": 80.0, "AP75": 55.0}, {"AP": 52.0, "AP50": 80.0, "AP75": 56.0},
+              {"AP": 54.0, "AP50": 83.0, "AP75": 57.0}]
+    mean, std = det_voc.summarize_trials(trials)
+    assert mean == pytest.approx({"AP": 52.0, "AP50": 81.0, "AP75": 56.0})
+    assert std == pytest.approx({"AP": 2.0, "AP50": math.sqrt(3.0), "AP75": 1.0})  # n - 1 in the denominator
+    assert det_voc.summarize_trials(trials[:1]) == ({"AP": 50.0, "AP50": 80.0, "AP75": 55.0},
+                                                    {"AP": 0.0, "AP50": 0.0, "AP75": 0.0})
 
 
 # ------------------------------------------------------------------ bad input
