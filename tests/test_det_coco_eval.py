@@ -4,6 +4,7 @@ ignored as COCO does, rejected results files and bad annotations are one-line er
 
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
 from pathlib import Path
@@ -40,7 +41,8 @@ def _score(ds: COCODetection, preds: dict, out: Path) -> tuple[dict, dict]:
         b, s = to_coco_results(image_id, pred, ds.category_ids)
         bbox += b
         segm += s
-    files = {"bbox": write_results(out / "bbox.json", bbox), "segm": write_results(out / "segm.json", segm)}
+    # plain and gzip-compressed files (the runner writes .json.gz: a .json under records/ would read as a record)
+    files = {"bbox": write_results(out / "bbox.json", bbox), "segm": write_results(out / "segm.json.gz", segm)}
     return evaluate_files(ds.coco, files)
 
 
@@ -63,7 +65,7 @@ def test_ground_truth_as_detections_scores_100_crowds_ignored(val, gt_preds, tmp
         assert {"APs", "APm", "APl"} <= set(details[iou_type])
         assert all(details[iou_type][k] in (100.0, -1.0) for k in ("APs", "APm", "APl"))  # -1: no GT of that size
     # the files are the standard ones: a segm entry is an RLE with text counts at the image's size
-    first = json.loads((tmp_path / "segm.json").read_text())[0]
+    first = json.loads(gzip.decompress((tmp_path / "segm.json.gz").read_bytes()))[0]
     info = val.coco.imgs[first["image_id"]]
     assert first["segmentation"]["size"] == [info["height"], info["width"]]
     assert isinstance(first["segmentation"]["counts"], str)
@@ -91,7 +93,7 @@ def test_no_detections_score_zero(val, tmp_path):
     ("bbox", lambda d: d.update(score=float("nan")), r"detection 0 has score nan"),
     ("bbox", lambda d: d.pop("score"), r"detection 0 lacks \['score'\]"),
     ("segm", lambda d: d["segmentation"].update(size=[5, 5]), r"detection 0 has an RLE of size \[5, 5\], but image"),
-    ("segm", lambda d: d.update(segmentation=[[1, 2, 3, 4, 5, 6]]), r"has a segmentation that is not an RLE"),
+    ("segm", lambda d: d.update(segmentation=[[1, 2, 3, 4, 5, 6]]), r"detection 0 has a segmentation that is"),
 ])
 def test_rejected_results_are_one_line_errors(val, gt_preds, tmp_path, iou_type, edit, message):
     image_id = val.image_ids[0]
@@ -105,6 +107,10 @@ def test_rejected_results_are_one_line_errors(val, gt_preds, tmp_path, iou_type,
     path.write_text("{not json")
     with pytest.raises(ResultsError, match=rf"{iou_type}.json: not valid JSON"):
         evaluate_files(val.coco, {iou_type: path})
+    truncated = tmp_path / f"{iou_type}.json.gz"
+    truncated.write_bytes(gzip.compress(json.dumps(results).encode())[:-9])
+    with pytest.raises(ResultsError, match=rf"{iou_type}.json.gz: not valid JSON"):
+        evaluate_files(val.coco, {iou_type: truncated})
     path.write_text(json.dumps({"annotations": []}))
     with pytest.raises(ResultsError, match=r"a COCO results file is a JSON list"):
         evaluate_files(val.coco, {iou_type: path})

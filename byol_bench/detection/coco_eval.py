@@ -2,8 +2,10 @@
 and detectron2's ``COCOEvaluator`` call).
 
 The runner turns every image's detections into COCO results (:func:`to_coco_results`), writes them as the field's
-standard files ``bbox.json`` and ``segm.json`` next to the record (:func:`write_results`), and scores those files
-(:func:`evaluate_files`), so anyone can re-score them with pycocotools alone:
+standard files ``bbox.json`` and ``segm.json`` next to the record (:func:`write_results`; gzip-compressed when the
+name ends in ``.gz``: the segm file of val2017 is ~100 MB raw, and a ``.json`` under ``records/`` would be read as a
+record), and scores those files (:func:`evaluate_files`), so anyone can re-score them with pycocotools alone
+(after ``gunzip``):
 
 * ``bbox``: ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}`` in original-image pixels;
 * ``segm``: the same with ``"segmentation"``: the mask (probabilities thresholded at ``mask_threshold``, 0.5 in
@@ -21,6 +23,7 @@ truth does not have, a malformed box, an RLE of another size), is a :class:`Resu
 from __future__ import annotations
 
 import contextlib
+import gzip
 import io
 import json
 import math
@@ -34,7 +37,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from byol_bench.fileio import atomic_write_text
+from byol_bench.fileio import atomic_write, atomic_write_text
 
 IOU_TYPES = ("bbox", "segm")
 # COCOeval.stats order (summarize()); the record keeps the first six per IoU type
@@ -77,8 +80,12 @@ def to_coco_results(image_id: int, prediction: Mapping[str, torch.Tensor], categ
 
 
 def write_results(path: str | Path, results: list[dict]) -> Path:
-    """Write a COCO results file (a JSON list), atomically."""
-    return atomic_write_text(path, json.dumps(results))
+    """Write a COCO results file (a JSON list), atomically; gzip-compressed when ``path`` ends in ``.gz``."""
+    text = json.dumps(results)
+    if Path(path).suffix == ".gz":
+        data = gzip.compress(text.encode(), mtime=0)  # mtime 0: the same results give the same bytes
+        return atomic_write(path, lambda handle: handle.write(data), "wb")
+    return atomic_write_text(path, text)
 
 
 def load_results(gt: COCO, path: str | Path, iou_type: str) -> COCO:
@@ -98,8 +105,9 @@ def load_results(gt: COCO, path: str | Path, iou_type: str) -> COCO:
     if not path.is_file():
         raise ResultsError(f"{path}: results file not found")
     try:
-        results = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        results = json.loads(raw.decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, gzip.BadGzipFile, EOFError) as exc:
         raise ResultsError(f"{path}: not valid JSON ({exc})") from exc
     if not isinstance(results, list):
         raise ResultsError(f"{path}: a COCO results file is a JSON list of detections")
@@ -148,12 +156,14 @@ def _check_result(gt: COCO, det: Any, i: int, key: str, path: Path) -> None:
                                f"{info['height']}x{info['width']} (h x w)")
 
 
-def evaluate_files(gt: COCO, files: Mapping[str, str | Path]) -> tuple[dict[str, float], dict[str, Any]]:
+def evaluate_files(gt: COCO, files: Mapping[str, str | Path], image_ids: Sequence[int] | None = None,
+                   ) -> tuple[dict[str, float], dict[str, Any]]:
     """Score results files with ``COCOeval``: AP over IoU .50:.95, AP50, AP75 and APs/APm/APl, in percent.
 
     Args:
         gt: the ground truth (the annotation file, crowds included).
         files: ``{"bbox": path, "segm": path}`` (either may be left out).
+        image_ids: score these images only (``COCOeval.params.imgIds``); default: every image of ``gt``.
 
     Returns:
         ``metrics`` (``<iou_type>_AP``, ``_AP50``, ``_AP75``: the table's numbers) and ``details`` (the same plus
@@ -164,6 +174,8 @@ def evaluate_files(gt: COCO, files: Mapping[str, str | Path]) -> tuple[dict[str,
     for iou_type, path in files.items():
         results = load_results(gt, path, iou_type)
         evaluator = COCOeval(gt, results, iou_type)
+        if image_ids is not None:
+            evaluator.params.imgIds = sorted(image_ids)
         summary = io.StringIO()
         with contextlib.redirect_stdout(summary):
             evaluator.evaluate()
