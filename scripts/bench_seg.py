@@ -30,6 +30,7 @@ import json
 import os
 import sys
 import time
+import types
 from collections.abc import Callable
 from pathlib import Path
 
@@ -66,36 +67,64 @@ def measure(step: Callable[[], object], device: torch.device, warmup: int, iters
     return best
 
 
-def mmseg_stepper(arch: str, batch: torch.Tensor, labels: torch.Tensor, device: torch.device) -> Callable | None:
-    """mmseg's FCN R50-D8 ``train_step`` on the same batch, or None when mmseg is not importable."""
+def import_mmseg() -> bool:
+    """Make ``mmseg.models`` importable; False when mmseg is not installed.
+
+    mmseg 1.2.x installs with mmcv-lite, which lacks ``mmcv.ops`` (compiled ops); ``mmseg.models`` imports it, so a
+    stub module stands in for it (FCN uses none of its ops). The stub's names are empty classes.
+    """
     try:
-        from mmengine.optim import OptimWrapper
-        from mmseg.registry import MODELS
-        from mmseg.structures import SegDataSample
-        from mmseg.utils import register_all_modules
+        import mmseg  # noqa: F401
     except ImportError:
-        return None
-    from mmengine.structures import PixelData
+        return False
+    try:
+        import mmcv.ops  # noqa: F401 - full mmcv has it
+    except ImportError:
+        def missing(name: str) -> type:
+            if name.startswith("__"):
+                raise AttributeError(name)
+            return type(name, (), {})
+
+        stub = types.ModuleType("mmcv.ops")
+        stub.__getattr__ = missing
+        sys.modules["mmcv.ops"] = stub
+    from mmseg.utils import register_all_modules
 
     register_all_modules()
+    return True
+
+
+def mmseg_fcn_config(arch: str, num_classes: int, align_corners: bool, test_cfg: dict) -> dict:
+    """B §6.1's FCN R50-D8 as an mmseg model config (``arch`` depth; BN instead of SyncBN: one process)."""
     depth = int(arch.removeprefix("resnet"))
     c4, c3 = (2048, 1024) if depth >= 50 else (512, 256)
     norm = dict(type="BN", requires_grad=True)
     head = dict(type="FCNHead", channels=512, num_convs=2, concat_input=True, dropout_ratio=0.1,
-                num_classes=NUM_CLASSES, norm_cfg=norm, align_corners=False,
+                num_classes=num_classes, norm_cfg=norm, align_corners=align_corners,
                 loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0))
-    model = MODELS.build(dict(
+    return dict(
         type="EncoderDecoder",
         data_preprocessor=dict(type="SegDataPreProcessor", mean=[0.0] * 3, std=[1.0] * 3, pad_val=0,
                                seg_pad_val=255),
         backbone=dict(type="ResNet", depth=depth, num_stages=4, out_indices=(0, 1, 2, 3), dilations=(1, 1, 2, 4),
-                      strides=(1, 2, 1, 1), norm_cfg=norm, norm_eval=False, style="pytorch",
-                      contract_dilation=True),
+                      strides=(1, 2, 1, 1), norm_cfg=norm, norm_eval=False, style="pytorch", contract_dilation=True),
         decode_head={**head, "in_channels": c4, "in_index": 3},
         auxiliary_head={**head, "in_channels": c3, "in_index": 2, "channels": 256, "num_convs": 1,
                         "concat_input": False,
                         "loss_decode": dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=0.4)},
-        train_cfg=dict(), test_cfg=dict(mode="whole"))).to(device)
+        train_cfg=dict(), test_cfg=test_cfg)
+
+
+def mmseg_stepper(arch: str, batch: torch.Tensor, labels: torch.Tensor, device: torch.device) -> Callable | None:
+    """mmseg's FCN R50-D8 ``train_step`` on the same batch, or None when mmseg is not importable."""
+    if not import_mmseg():
+        return None
+    from mmengine.optim import OptimWrapper
+    from mmengine.structures import PixelData
+    from mmseg.registry import MODELS
+    from mmseg.structures import SegDataSample
+
+    model = MODELS.build(mmseg_fcn_config(arch, NUM_CLASSES, False, dict(mode="whole"))).to(device)
     model.train()
     wrapper = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4))
     samples = []
