@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -57,6 +58,7 @@ from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RPNHead
 
 from adapters import load_backbone
+from benchmarks import det_voc_detectron2
 from byol_bench import dist, training
 from byol_bench.backbone import IMAGENET_MEAN, IMAGENET_STD, feature_channels
 from byol_bench.checkpoint import atomic_write_json
@@ -84,6 +86,9 @@ class DetVocConfig:
     data_root: str = opt("data", "folder holding VOCdevkit/VOC2007 and VOCdevkit/VOC2012 (docs/DATASETS.md)",
                          identity=False)
     out_dir: str = opt("results/det_voc", "output: records/ and runs/ go here", identity=False)
+    engine: Literal["native", "detectron2"] = opt(
+        "native", "native = torchvision blocks on byol_bench.detection (CI, demo); detectron2 = MoCo's train_net on "
+        "a generated config (needs detectron2 installed; ResNet-50 and deeper; run as one process)")
     max_iters: int = opt(24000, "optimizer steps at global_batch_size")
     steps: tuple[int, ...] = opt((18000, 22000), "iterations at which the lr is multiplied by 0.1")
     warmup_iters: int = opt(100, "linear warm-up iterations (from 0.001 x lr)")
@@ -163,7 +168,7 @@ def run(cfg: DetVocConfig) -> dict[str, float]:
         backbone, report = load_backbone(cfg.ckpt, cfg.arch, cfg.encoder, sha256=run.ckpt_sha256)
 
         # ------------------------------------------------------------ trials: train -> precise BN -> predict -> score
-        trials, norm = [], ""
+        trials = []
         results_root = run.record_path.with_suffix(".results")
         for trial in range(cfg.trials):
             seed, trial_dir = cfg.seed + trial, run.run_dir / f"trial{trial}"
@@ -171,34 +176,39 @@ def run(cfg: DetVocConfig) -> dict[str, float]:
             if scores_file.is_file() and not cfg.force:  # finished in an earlier invocation of this run
                 trials.append(json.loads(scores_file.read_text()))
                 continue
-            torch.manual_seed(seed)  # the heads' initialisation
-            model = trainer.prepare(build_model(copy.deepcopy(backbone), cfg), device)
-            norm = trainer.norm_name(model)
-            settings = train_settings(cfg, resolved, seed)
-            # each trial logs into its own folder: a resume's drop_after_step must not touch other trials' rows
-            resume_from = None if cfg.force and cfg.resume == "auto" else training.find_resume(trial_dir, cfg.resume)
-            result = trainer.train(model, train_set, groups, settings, device=device, run_dir=trial_dir,
-                                   config_hash=run.config_hash, log=RunLog(trial_dir), resume_from=resume_from,
-                                   desc=f"{PROTOCOL} trial {trial}")
-            if not result.finished:
-                print(f"{PROTOCOL}: stopped after iteration {result.iters_done} (stop_after_iters); rerun to resume")
-                return {}
-            bn_layers = trainer.precise_bn(model, train_set, groups, settings, device=device,
-                                           num_iters=cfg.precise_bn_iters)
-            detections = trainer.predict(model, test_set, device=device, precision=resolved.precision,
-                                         batch_size=cfg.test_batch_size_per_device, num_workers=cfg.num_workers,
-                                         desc=f"{PROTOCOL} test")
             results_dir = results_root / f"trial{trial}"
-            if info.is_main:
-                voc_eval.write_results(results_dir, [a.image_id for a in test_set.annotations], detections)
+            if cfg.engine == "detectron2":  # detectron2 trains, predicts and writes the results files
+                entry = _detectron2_trial(cfg, backbone, report.arch, trial_dir, results_dir, seed)
+            else:
+                torch.manual_seed(seed)  # the heads' initialisation
+                model = trainer.prepare(build_model(copy.deepcopy(backbone), cfg), device)
+                settings = train_settings(cfg, resolved, seed)
+                # each trial logs into its own folder: a resume's drop_after_step must not touch other trials' rows
+                resume_from = (None if cfg.force and cfg.resume == "auto"
+                               else training.find_resume(trial_dir, cfg.resume))
+                result = trainer.train(model, train_set, groups, settings, device=device, run_dir=trial_dir,
+                                       config_hash=run.config_hash, log=RunLog(trial_dir), resume_from=resume_from,
+                                       desc=f"{PROTOCOL} trial {trial}")
+                if not result.finished:
+                    print(f"{PROTOCOL}: stopped after iteration {result.iters_done} (stop_after_iters); rerun to "
+                          "resume")
+                    return {}
+                bn_layers = trainer.precise_bn(model, train_set, groups, settings, device=device,
+                                               num_iters=cfg.precise_bn_iters)
+                detections = trainer.predict(model, test_set, device=device, precision=resolved.precision,
+                                             batch_size=cfg.test_batch_size_per_device, num_workers=cfg.num_workers,
+                                             desc=f"{PROTOCOL} test")
+                if info.is_main:
+                    voc_eval.write_results(results_dir, [a.image_id for a in test_set.annotations], detections)
+                entry = {"train_time_s": round(result.train_time_s, 2), "last_losses": result.last_losses,
+                         "precise_bn_layers": bn_layers, "norm": trainer.norm_name(model),
+                         "loss_plot": str(result.loss_plot) if result.loss_plot else None}
             dist.barrier()
             scores = voc_eval.evaluate(results_dir, test_set.annotations)  # from the files just written
             entry = {"trial": trial, "seed": seed, **scores.metrics(), "map_per_iou": scores.map_per_iou,
                      "ap50_per_class": scores.ap50_per_class,
                      "classes_without_ground_truth": scores.classes_without_ground_truth,
-                     "results_dir": str(results_dir), "train_time_s": round(result.train_time_s, 2),
-                     "last_losses": result.last_losses, "precise_bn_layers": bn_layers, "norm": norm,
-                     "loss_plot": str(result.loss_plot) if result.loss_plot else None}
+                     "results_dir": str(results_dir), **entry}
             if info.is_main:
                 atomic_write_json(scores_file, entry)
             trials.append(entry)
@@ -210,14 +220,14 @@ def run(cfg: DetVocConfig) -> dict[str, float]:
         details = {
             "trials": trials, "num_trials": len(trials), "std": std,
             "std_kind": "sample standard deviation over trials (n - 1)",
-            "norm": norm or trials[-1]["norm"], "batch_policy": resolved.batch_policy,
+            "norm": trials[-1]["norm"], "batch_policy": resolved.batch_policy,
             "global_batch_size": resolved.global_batch_size, "accumulate": resolved.accumulate,
             "world_size": info.world_size, "lr": resolved.lr, "max_iters": resolved.max_iters,
             "steps": list(resolved.steps), "warmup_iters": resolved.warmup_iters, "precision": resolved.precision,
             "train_images": len(train_set), "test_images": len(test_set),
             "skipped_empty_train_images": sum(p.num_skipped_empty for p in parts),
             "metric": "detectron2 PascalVOCDetectionEvaluator: VOC07 11-point AP, IoU .50:.05:.95, difficult ignored",
-            "results_files": str(results_root), "engine": "native (torchvision blocks)",
+            "results_files": str(results_root), "engine": cfg.engine,
             "loss_plot": trials[0]["loss_plot"],
         }
         metrics = run.finish(metrics, checkpoint=asdict(report), seeds={"trial0": cfg.seed},
@@ -248,6 +258,11 @@ def check_inputs(cfg: DetVocConfig) -> None:
         raise ValueError(f"train_sizes={cfg.train_sizes} must list positive short sides")
     if list(cfg.steps) != sorted(cfg.steps):
         raise ValueError(f"steps={cfg.steps} must be increasing")
+    if cfg.engine == "detectron2":
+        det_voc_detectron2.require_detectron2()
+        if dist.launch_rank() != 0 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ValueError("engine=detectron2 runs as one process (no torchrun): detectron2 launches one process "
+                             "per visible GPU itself")
 
 
 def resolve(cfg: DetVocConfig, world_size: int, precision: str, device: str) -> Resolved:
@@ -274,6 +289,20 @@ def train_settings(cfg: DetVocConfig, resolved: Resolved, seed: int) -> trainer.
         batch_size_per_device=resolved.batch_size_per_device, accumulate=resolved.accumulate, seed=seed,
         precision=resolved.precision, ckpt_every_iters=cfg.ckpt_every_iters, stop_after_iters=cfg.stop_after_iters,
         num_workers=cfg.num_workers)
+
+
+def _detectron2_trial(cfg: DetVocConfig, backbone: nn.Module, arch: str, trial_dir: Path, results_dir: Path,
+                      seed: int) -> dict:
+    """One trial on detectron2 (``benchmarks/det_voc_detectron2.py``): export, config, train_net; the results files
+    land in ``results_dir``. Returns the trial's record fields besides the scores."""
+    gpus = torch.cuda.device_count()
+    trunk = {k: v for k, v in backbone.state_dict().items() if not k.startswith("fc.")}
+    config = det_voc_detectron2.write_inputs(
+        trunk, lambda weights: det_voc_detectron2.config_values(cfg, arch, weights, trial_dir / "output", seed,
+                                                                 gpus), trial_dir)
+    det_voc_detectron2.train_trial(config, results_dir, Path(cfg.data_root), gpus)
+    return {"norm": "SyncBN" if gpus > 1 else "BN", "detectron2_config": str(config), "detectron2_gpus": gpus,
+            "loss_plot": None}
 
 
 # ---------------------------------------------------------------- the C4 model

@@ -1,0 +1,197 @@
+"""The detectron2 engine of ``det_voc`` (``engine=detectron2``): MoCo's ``detection/train_net.py`` recipe, driven
+from our preset, scored by our metric on our results files.
+
+UNVERIFIED: detectron2 has no PyPI release and was not built in this repository's environment; the config
+generation is tested without it (``tests/test_det_voc_detectron2.py``), the training path only runs where
+detectron2 is installed (``pip install 'git+https://github.com/facebookresearch/detectron2.git'`` against the
+installed torch; see docs/DETECTION.md).
+
+What it does, per trial:
+
+1. the backbone trunk goes through the adapters' detectron2 export (``adapters.export.to_detectron2``: ``.pkl``,
+   MoCo's rename rules, B §5.0);
+2. :func:`config_values` writes the config that ``pascal_voc_R_50_C4_24k_moco.yaml`` resolves to (through
+   ``pascal_voc_R_50_C4_24k.yaml`` and ``Base-RCNN-C4-BN.yaml``), with the adapters' torchvision-input fragment
+   (``adapters.export.detectron2_config``: RGB, ImageNet mean/std in 0-255 units, ``STRIDE_IN_1X1 False``) and our
+   preset's sizes and schedule;
+3. ``python -m benchmarks.det_voc_detectron2 --config-file ... --num-gpus N --results-dir ...`` (this module's
+   ``main``: detectron2's ``launch``, ``DefaultTrainer`` with precise BN, the ``Res5ROIHeadsExtraNorm`` head)
+   trains and predicts; its evaluator writes the detections as ``comp4_det_test_<class>.txt`` into the results
+   folder, and the runner scores them with ``byol_bench.detection.voc_eval`` (the same numbers as detectron2's
+   ``PascalVOCDetectionEvaluator``).
+
+detectron2's C4 RoI head builds res5 from bottleneck blocks only: ResNet-50 and deeper.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from adapters.export import detectron2_config, to_detectron2
+from byol_bench.checkpoint import atomic_write, atomic_write_text
+
+INSTALL_HINT = ("engine=detectron2 needs detectron2, which has no PyPI release: pip install "
+                "'git+https://github.com/facebookresearch/detectron2.git' (docs/DETECTION.md), or use engine=native")
+
+
+def require_detectron2() -> None:
+    """A one-line error when detectron2 is not importable."""
+    try:
+        import detectron2  # noqa: F401
+    except ImportError:
+        raise ValueError(INSTALL_HINT) from None
+
+
+def config_values(cfg: Any, arch: str, weights: Path, output_dir: Path, seed: int, world_size: int) -> dict:
+    """The flat detectron2 config of B §5.1 for our preset (the ``_moco`` YAML chain, resolved).
+
+    Raises:
+        ValueError: a basic-block ResNet (detectron2's C4 res5 head is bottleneck-only).
+    """
+    depth = int(arch.removeprefix("resnet")) if arch.startswith("resnet") else 0
+    if depth < 50:
+        raise ValueError(f"engine=detectron2 needs a bottleneck ResNet (resnet50 and deeper), got {arch}: "
+                         "detectron2's C4 RoI head builds res5 from bottleneck blocks; use engine=native")
+    fragment = yaml.safe_load(detectron2_config(arch, weights))  # RGB, mean/std, STRIDE_IN_1X1 False, WEIGHTS
+    ims_per_batch = cfg.global_batch_size
+    return {
+        "VERSION": 2,
+        "MODEL": {
+            "META_ARCHITECTURE": "GeneralizedRCNN",
+            "WEIGHTS": fragment["MODEL"]["WEIGHTS"],
+            "MASK_ON": False,
+            "PIXEL_MEAN": fragment["MODEL"]["PIXEL_MEAN"],
+            "PIXEL_STD": fragment["MODEL"]["PIXEL_STD"],
+            "BACKBONE": {"NAME": "build_resnet_backbone", "FREEZE_AT": 0},
+            "RESNETS": {**fragment["MODEL"]["RESNETS"], "NORM": "SyncBN" if world_size > 1 else "BN",
+                        "OUT_FEATURES": ["res4"]},
+            "RPN": {"PRE_NMS_TOPK_TRAIN": cfg.rpn_topk_train[0], "POST_NMS_TOPK_TRAIN": cfg.rpn_topk_train[1],
+                    "PRE_NMS_TOPK_TEST": cfg.rpn_topk_test[0], "POST_NMS_TOPK_TEST": cfg.rpn_topk_test[1],
+                    "NMS_THRESH": 0.7},
+            "ROI_HEADS": {"NAME": "Res5ROIHeadsExtraNorm", "NUM_CLASSES": 20,
+                          "BATCH_SIZE_PER_IMAGE": cfg.roi_batch_size_per_image, "POSITIVE_FRACTION": 0.25,
+                          "SCORE_THRESH_TEST": 0.05, "NMS_THRESH_TEST": 0.5},
+            "ROI_BOX_HEAD": {"POOLER_TYPE": "ROIAlignV2", "POOLER_RESOLUTION": 14, "POOLER_SAMPLING_RATIO": 0},
+        },
+        "INPUT": {"FORMAT": "RGB", "MIN_SIZE_TRAIN": list(cfg.train_sizes), "MIN_SIZE_TRAIN_SAMPLING": "choice",
+                  "MAX_SIZE_TRAIN": cfg.train_max_size, "MIN_SIZE_TEST": cfg.test_size,
+                  "MAX_SIZE_TEST": cfg.test_max_size},
+        "DATASETS": {"TRAIN": ["voc_2007_trainval", "voc_2012_trainval"], "TEST": ["voc_2007_test"]},
+        "SOLVER": {"IMS_PER_BATCH": ims_per_batch, "BASE_LR": cfg.lr, "MOMENTUM": cfg.momentum,
+                   "WEIGHT_DECAY": cfg.weight_decay, "WEIGHT_DECAY_NORM": 0.0, "STEPS": list(cfg.steps),
+                   "MAX_ITER": cfg.max_iters, "WARMUP_ITERS": cfg.warmup_iters, "WARMUP_FACTOR": 0.001,
+                   "CHECKPOINT_PERIOD": cfg.ckpt_every_iters},
+        "TEST": {"PRECISE_BN": {"ENABLED": cfg.precise_bn_iters > 0, "NUM_ITER": cfg.precise_bn_iters},
+                 "EVAL_PERIOD": 0, "DETECTIONS_PER_IMAGE": 100},
+        "SEED": seed,
+        "OUTPUT_DIR": str(output_dir),
+    }
+
+
+def write_inputs(trunk: dict[str, torch.Tensor], values_of: Any, trial_dir: Path) -> Path:
+    """The ``.pkl`` weights and ``config.yaml`` of one trial; returns the config path (``values_of(weights)``
+    gives :func:`config_values`'s dict for those weights)."""
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    weights = trial_dir / "backbone_detectron2.pkl"
+    payload = to_detectron2(trunk)
+    atomic_write(weights, lambda handle: pickle.dump(payload, handle, protocol=4), "wb")
+    return atomic_write_text(trial_dir / "config.yaml", yaml.safe_dump(values_of(weights), sort_keys=False))
+
+
+def train_trial(config: Path, results_dir: Path, data_root: Path, num_gpus: int) -> None:
+    """Run this module's ``main`` (detectron2's own launcher) in a subprocess; the detections land in
+    ``results_dir``. detectron2 finds VOC under ``$DETECTRON2_DATASETS/VOC2007`` (= our ``VOCdevkit``)."""
+    env = {**os.environ, "DETECTRON2_DATASETS": str(Path(data_root) / "VOCdevkit")}
+    command = [sys.executable, "-m", "benchmarks.det_voc_detectron2", "--config-file", str(config),
+               "--num-gpus", str(num_gpus), "--results-dir", str(results_dir), "--resume"]
+    done = subprocess.run(command, env=env, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"detectron2 training failed (exit {done.returncode}): {' '.join(command)}")
+
+
+# ---------------------------------------------------------------- train_net (runs where detectron2 is installed)
+
+
+def _register_head() -> None:
+    """``Res5ROIHeadsExtraNorm`` (MoCo ``detection/train_net.py``): one norm of ``MODEL.RESNETS.NORM`` after res5."""
+    from detectron2.layers import get_norm
+    from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, Res5ROIHeads
+
+    if "Res5ROIHeadsExtraNorm" in ROI_HEADS_REGISTRY:
+        return
+
+    @ROI_HEADS_REGISTRY.register()
+    class Res5ROIHeadsExtraNorm(Res5ROIHeads):
+        @classmethod
+        def _build_res5_block(cls, cfg):
+            seq, out_channels = super()._build_res5_block(cfg)
+            seq.add_module("norm", get_norm(cfg.MODEL.RESNETS.NORM, out_channels))
+            return seq, out_channels
+
+
+def _trainer_class(results_dir: Path) -> type:
+    from detectron2.engine import DefaultTrainer
+    from detectron2.evaluation import PascalVOCDetectionEvaluator
+    from detectron2.utils import comm
+
+    class FilesEvaluator(PascalVOCDetectionEvaluator):
+        """detectron2's VOC evaluator, keeping its per-class result lines as our results files (its own
+        ``evaluate`` writes them to a temporary folder and deletes it)."""
+
+        def evaluate(self):
+            gathered = comm.gather(self._predictions, dst=0)  # detectron2's per-class "<id> <score> <box>" lines
+            if not comm.is_main_process():
+                return None
+            lines: dict[int, list[str]] = {}
+            for part in gathered:
+                for cls, rows in part.items():
+                    lines.setdefault(cls, []).extend(rows)
+            results_dir.mkdir(parents=True, exist_ok=True)
+            for cls, name in enumerate(self._class_names):
+                text = "\n".join(lines.get(cls, []))
+                (results_dir / f"comp4_det_test_{name}.txt").write_text(text + ("\n" if text else ""))
+            return {}
+
+    class Trainer(DefaultTrainer):
+        @classmethod
+        def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+            return FilesEvaluator(dataset_name)
+
+    return Trainer
+
+
+def _main(args: argparse.Namespace) -> None:
+    from detectron2.config import get_cfg
+    from detectron2.engine import default_setup
+
+    _register_head()
+    cfg = get_cfg()
+    cfg.merge_from_file(args.config_file)
+    cfg.freeze()
+    default_setup(cfg, args)
+    trainer = _trainer_class(Path(args.results_dir))(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    trainer.train()
+
+
+def main() -> None:
+    from detectron2.engine import default_argument_parser, launch
+
+    parser = default_argument_parser()
+    parser.add_argument("--results-dir", required=True, help="where the comp4_det_test_<class>.txt files go")
+    args = parser.parse_args()
+    launch(_main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+           dist_url=args.dist_url, args=(args,))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""The detectron2 engine of det_voc: the generated config equals what MoCo's pascal_voc_R_50_C4_24k_moco.yaml
+resolves to (B §5.1), the exported weights, the refusals; the training path needs detectron2 (skipped without it)."""
+
+from __future__ import annotations
+
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+import benchmarks.det_voc as det_voc
+import benchmarks.det_voc_detectron2 as d2
+from byol_bench.backbone import build_resnet
+from byol_bench.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+FULL = "faster-rcnn_resnet50-c4_8xb2-24k_voc0712"
+
+# pascal_voc_R_50_C4_24k_moco.yaml -> pascal_voc_R_50_C4_24k.yaml -> Base-RCNN-C4-BN.yaml, with detectron2's
+# defaults where they are set by none of them (B §5.1 lists each value and its source)
+MOCO_VOC = {
+    "MODEL.META_ARCHITECTURE": "GeneralizedRCNN", "MODEL.MASK_ON": False,
+    "MODEL.PIXEL_MEAN": [123.675, 116.28, 103.53], "MODEL.PIXEL_STD": [58.395, 57.12, 57.375],
+    "MODEL.BACKBONE.FREEZE_AT": 0, "MODEL.RESNETS.DEPTH": 50, "MODEL.RESNETS.NORM": "SyncBN",
+    "MODEL.RESNETS.STRIDE_IN_1X1": False, "MODEL.RESNETS.OUT_FEATURES": ["res4"],
+    "MODEL.RPN.PRE_NMS_TOPK_TRAIN": 12000, "MODEL.RPN.POST_NMS_TOPK_TRAIN": 2000,
+    "MODEL.RPN.PRE_NMS_TOPK_TEST": 6000, "MODEL.RPN.POST_NMS_TOPK_TEST": 1000, "MODEL.RPN.NMS_THRESH": 0.7,
+    "MODEL.ROI_HEADS.NAME": "Res5ROIHeadsExtraNorm", "MODEL.ROI_HEADS.NUM_CLASSES": 20,
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE": 512, "MODEL.ROI_HEADS.POSITIVE_FRACTION": 0.25,
+    "MODEL.ROI_HEADS.SCORE_THRESH_TEST": 0.05, "MODEL.ROI_HEADS.NMS_THRESH_TEST": 0.5,
+    "MODEL.ROI_BOX_HEAD.POOLER_TYPE": "ROIAlignV2", "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION": 14,
+    "MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO": 0,
+    "INPUT.FORMAT": "RGB", "INPUT.MIN_SIZE_TRAIN": [480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800],
+    "INPUT.MIN_SIZE_TRAIN_SAMPLING": "choice", "INPUT.MAX_SIZE_TRAIN": 1333, "INPUT.MIN_SIZE_TEST": 800,
+    "INPUT.MAX_SIZE_TEST": 1333,
+    "DATASETS.TRAIN": ["voc_2007_trainval", "voc_2012_trainval"], "DATASETS.TEST": ["voc_2007_test"],
+    "SOLVER.IMS_PER_BATCH": 16, "SOLVER.BASE_LR": 0.02, "SOLVER.MOMENTUM": 0.9, "SOLVER.WEIGHT_DECAY": 0.0001,
+    "SOLVER.WEIGHT_DECAY_NORM": 0.0, "SOLVER.STEPS": [18000, 22000], "SOLVER.MAX_ITER": 24000,
+    "SOLVER.WARMUP_ITERS": 100, "SOLVER.WARMUP_FACTOR": 0.001,
+    "TEST.PRECISE_BN.ENABLED": True, "TEST.PRECISE_BN.NUM_ITER": 200, "TEST.EVAL_PERIOD": 0,
+    "TEST.DETECTIONS_PER_IMAGE": 100,
+}
+
+
+def _flat(values: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def test_generated_config_is_mocos_voc_config(tmp_path):
+    cfg = load_config(det_voc.DetVocConfig, FULL, ["ckpt=x.pth"], preset_dir=det_voc.PRESET_DIR)
+    trunk = {k: v for k, v in build_resnet("resnet50").state_dict().items() if not k.startswith("fc.")}
+    config = d2.write_inputs(trunk, lambda w: d2.config_values(cfg, "resnet50", w, tmp_path / "out", 3, 8), tmp_path)
+    flat = _flat(yaml.safe_load(config.read_text()))
+    for key, value in MOCO_VOC.items():
+        assert flat[key] == pytest.approx(value) if isinstance(value, float) else flat[key] == value, key
+    assert flat["SEED"] == 3 and flat["MODEL.WEIGHTS"] == str((tmp_path / "backbone_detectron2.pkl").resolve())
+    weights = pickle.loads((tmp_path / "backbone_detectron2.pkl").read_bytes())
+    names = set(weights["model"])
+    assert {"stem.conv1.weight", "stem.conv1.norm.running_mean", "res4.2.conv2.norm.weight", "res5.0.shortcut.weight",
+            "res5.0.shortcut.norm.bias"} <= names and weights["matching_heuristics"] is True
+    # one GPU: plain BN (SyncBN needs a process group); the rest unchanged
+    one = _flat(d2.config_values(cfg, "resnet50", tmp_path / "w.pkl", tmp_path, 0, 1))
+    assert one["MODEL.RESNETS.NORM"] == "BN"
+
+
+def test_basic_block_resnets_are_refused(tmp_path):
+    cfg = load_config(det_voc.DetVocConfig, "tiny", ["ckpt=x.pth"], preset_dir=det_voc.PRESET_DIR)
+    with pytest.raises(ValueError, match="bottleneck ResNet"):
+        d2.config_values(cfg, "resnet18", tmp_path / "w.pkl", tmp_path, 0, 1)
+
+
+def _has_detectron2() -> bool:
+    try:
+        import detectron2  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(_has_detectron2(), reason="detectron2 is installed")
+def test_engine_without_detectron2_is_a_one_line_error(ckpt, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "benchmarks.det_voc", "--preset", "tiny", "--ckpt", str(ckpt),
+                           "--out-dir", str(tmp_path), "engine=detectron2"], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2 and "no PyPI release" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(not _has_detectron2(), reason="detectron2 is not importable (no PyPI release)")
+def test_extra_norm_head_registers_and_builds(tmp_path):
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    cfg = load_config(det_voc.DetVocConfig, FULL, ["ckpt=x.pth"], preset_dir=det_voc.PRESET_DIR)
+    d2._register_head()
+    values = d2.config_values(cfg, "resnet50", tmp_path / "w.pkl", tmp_path, 0, 1)
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(values))
+    d2cfg = get_cfg()
+    d2cfg.merge_from_file(str(config))
+    d2cfg.MODEL.DEVICE = "cpu"
+    model = build_model(d2cfg)
+    assert type(model.roi_heads).__name__ == "Res5ROIHeadsExtraNorm"
+    assert model.roi_heads.res5.norm.num_features == 2048
