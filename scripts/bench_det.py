@@ -1,0 +1,151 @@
+"""Detection training speed: the native engine (``byol_bench.detection.trainer.train`` on ``det_voc``'s C4 model)
+against a reference measured in the same run, on the same images and batch.
+
+    python scripts/bench_det.py --json                        # CPU: small images, 64 RoIs, a few iterations
+    python scripts/bench_det.py --device cuda --json          # GPU: the protocol's sizes (800 px, 512 RoIs)
+
+(a) native: ``trainer.train`` itself (data stream, flips, reseeding, accumulation off, logging) on the C4 Faster
+    R-CNN of ``benchmarks/det_voc.py`` with a random-init ResNet-50; iterations/s from the per-iteration log
+    timestamps after ``--warmup`` iterations;
+(b) detectron2 on the same config (``ratio_vs_detectron2``), when it is importable: not implemented here yet, so
+    the key is null (detectron2 has no PyPI release; see docs/DETECTION.md);
+(c) the floor check without detectron2: torchvision's stock ``fasterrcnn_resnet50_fpn`` (random init, BatchNorm,
+    everything trainable) in a plain SGD loop over the same batches and precision: ``ratio_vs_torchvision_fpn`` =
+    (a) / (c). The two models differ (C4's res5 runs once per RoI, FPN's box head is two small FC layers), so this is
+    a floor ("the engine adds no large overhead to a torchvision detector"), not a like-for-like speed-up.
+
+Target (issue 14): native >= 0.9x detectron2 on a GPU. Prints one JSON object with ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks import det_voc  # noqa: E402
+from byol_bench import training  # noqa: E402
+from byol_bench.backbone import build_resnet  # noqa: E402
+from byol_bench.config import load_config  # noqa: E402
+from byol_bench.detection import data, trainer  # noqa: E402
+from byol_bench.runlog import RunLog, cpu_model  # noqa: E402
+
+
+class SyntheticBoxes(torch.utils.data.Dataset):
+    """``n`` random uint8 images of ``height x width`` with 1-4 random boxes each (classes 1..20), fixed by seed."""
+
+    def __init__(self, n: int, height: int, width: int, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.samples = []
+        for _ in range(n):
+            k = int(torch.randint(1, 5, (1,), generator=g))
+            xy = torch.rand(k, 2, generator=g) * torch.tensor([width * 0.6, height * 0.6])
+            wh = (0.1 + 0.3 * torch.rand(k, 2, generator=g)) * torch.tensor([width, height])
+            boxes = torch.cat([xy, xy + wh], dim=1)
+            self.samples.append((torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=g),
+                                 {"boxes": boxes, "labels": torch.randint(1, 21, (k,), generator=g)}))
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        return self.samples[index]
+
+
+def native_rate(ds: SyntheticBoxes, size: int, rois: int, iters: int, warmup: int, batch: int, precision: str,
+                device: torch.device) -> float:
+    cfg = load_config(det_voc.DetVocConfig, "faster-rcnn_resnet50-c4_8xb2-24k_voc0712",
+                      ["ckpt=x", f"train_sizes=[{size}]", f"roi_batch_size_per_image={rois}"],
+                      preset_dir=det_voc.PRESET_DIR)
+    torch.manual_seed(0)
+    model = trainer.prepare(det_voc.build_model(build_resnet("resnet50"), cfg), device)
+    settings = trainer.TrainSettings(max_iters=warmup + iters, base_lr=0.002, steps=(), warmup_iters=0,
+                                     batch_size_per_device=batch, precision=precision, num_workers=2,
+                                     ckpt_every_iters=10**9)
+    with tempfile.TemporaryDirectory() as tmp:
+        log = RunLog(tmp)
+        groups = data.orientation_groups([(im.shape[2], im.shape[1]) for im, _ in ds.samples])
+        trainer.train(model, ds, groups, settings, device=device, run_dir=Path(tmp), config_hash="bench", log=log,
+                      resume_from=None, desc="bench native")
+        times = [json.loads(line)["time"] for line in log.path.read_text().splitlines()]
+    return iters / (times[-1] - times[warmup - 1])
+
+
+def torchvision_fpn_rate(ds: SyntheticBoxes, size: int, rois: int, iters: int, warmup: int, batch: int,
+                         precision: str, device: torch.device) -> float:
+    from torchvision.models.detection import fasterrcnn_resnet50_fpn
+
+    torch.manual_seed(0)
+    model = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=21, min_size=size,
+                                    max_size=1333, box_batch_size_per_image=rois).to(device).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.002, momentum=0.9, weight_decay=1e-4)
+    batches = [data.collate([ds[(i * batch + j) % len(ds)] for j in range(batch)]) for i in range(warmup + iters)]
+    for i, (images, targets) in enumerate(batches):
+        if i == warmup:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+        images, targets = data.to_device(images, targets, device)
+        with training.autocast(device, precision):
+            losses = model(images, targets)
+        optimizer.zero_grad(set_to_none=True)
+        sum(losses.values()).backward()
+        optimizer.step()
+        float(sum(v.detach() for v in losses.values()))  # one sync per step, as the engine's loss check
+    return iters / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--size", type=int, default=0, help="train short side (default: 800 on GPU, 320 on CPU)")
+    parser.add_argument("--rois", type=int, default=0, help="RoIs per image (default: 512 on GPU, 64 on CPU)")
+    parser.add_argument("--iters", type=int, default=0, help="timed iterations (default: 20 on GPU, 3 on CPU)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed iterations first")
+    parser.add_argument("--batch", type=int, default=2, help="images per iteration")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args()
+    use_cuda = torch.cuda.is_available() if args.device == "auto" else args.device == "cuda"
+    device = torch.device("cuda" if use_cuda else "cpu")
+    size = args.size or (800 if use_cuda else 320)
+    rois = args.rois or (512 if use_cuda else 64)
+    iters = args.iters or (20 if use_cuda else 3)
+    precision = training.resolve_precision("auto", device)
+    ds = SyntheticBoxes(16, size, round(size * 4 / 3))  # 4:3 images already at the train short side
+    native = native_rate(ds, size, rois, iters, args.warmup, args.batch, precision, device)
+    stock = torchvision_fpn_rate(ds, size, rois, iters, args.warmup, args.batch, precision, device)
+    out = {
+        "device": torch.cuda.get_device_name(0) if use_cuda else "cpu", "cpu_model": cpu_model(),
+        "threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__,
+        "precision": precision, "size": size, "rois_per_image": rois, "batch": args.batch, "iters": iters,
+        "native_c4_iters_per_s": round(native, 4), "torchvision_fpn_iters_per_s": round(stock, 4),
+        "ratio_vs_torchvision_fpn": round(native / stock, 3),
+        "detectron2_iters_per_s": None, "ratio_vs_detectron2": None,
+        "detectron2": "not importable" if not _has_detectron2() else "importable, not timed (see docstring)",
+    }
+    if args.json:
+        print(json.dumps(out))
+    else:
+        for key, value in out.items():
+            print(f"{key}: {value}")
+
+
+def _has_detectron2() -> bool:
+    try:
+        import detectron2  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+if __name__ == "__main__":
+    main()
