@@ -104,3 +104,22 @@ def test_bad_results_files(tmp_path):
     with pytest.raises(ValueError, match="label 21"):
         voc_eval.write_results(tmp_path, ["im1"], [{"boxes": torch.zeros(1, 4), "scores": torch.ones(1),
                                                     "labels": torch.tensor([21])}])
+
+
+def test_rescoring_command(tmp_path, capsys):
+    root = tmp_path / "VOCdevkit" / "VOC2007"
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (root / sub).mkdir(parents=True)
+    (root / "ImageSets" / "Main" / "test.txt").write_text("im1\n")
+    (root / "JPEGImages" / "im1.jpg").write_bytes(b"")  # only listed: scoring reads the XML
+    (root / "Annotations" / "im1.xml").write_text(
+        "<annotation><size><width>100</width><height>100</height></size><object><name>cat</name><difficult>0"
+        "</difficult><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>20</xmax><ymax>20</ymax></bndbox></object>"
+        "</annotation>")
+    cat = VOC_CLASSES.index("cat") + 1
+    voc_eval.write_results(tmp_path / "res", ["im1"], [{"boxes": torch.tensor([[0.0, 0.0, 20.0, 20.0]]),
+                                                        "scores": torch.tensor([0.9]), "labels": torch.tensor([cat])}])
+    voc_eval.main([str(tmp_path / "res"), "--devkit", str(tmp_path / "VOCdevkit")])
+    out = __import__("json").loads(capsys.readouterr().out)
+    assert {k: out[k] for k in ("AP", "AP50", "AP75")} == pytest.approx({"AP": 100.0, "AP50": 100.0, "AP75": 100.0})
+    assert out["ap50_per_class"] == pytest.approx({"cat": 100.0})

@@ -20,6 +20,8 @@ class, so this only concerns small subsets (tests, tiny runs).
 
 from __future__ import annotations
 
+import argparse
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,9 +30,10 @@ import numpy as np
 import torch
 
 from byol_bench.checkpoint import atomic_write_text
+from byol_bench.cli import main_guard
 from byol_bench.datasets import DatasetError
 from byol_bench.datasets.voc import VOC_CLASSES
-from byol_bench.datasets.voc_det import VOCAnnotation
+from byol_bench.datasets.voc_det import VOCAnnotation, VOCDetection
 
 IOU_THRESHOLDS = tuple(range(50, 100, 5))  # percent, as detectron2 iterates them
 RESULTS_FILE = "comp4_det_test_{}.txt"
@@ -181,3 +184,23 @@ def evaluate(folder: Path, annotations: Sequence[VOCAnnotation]) -> VOCDetection
     per_iou = {t: float(np.mean(list(v.values()))) for t, v in aps.items()}
     return VOCDetectionScores(AP=float(np.mean(list(per_iou.values()))), AP50=per_iou[50], AP75=per_iou[75],
                               map_per_iou=per_iou, ap50_per_class=dict(aps[50]), classes_without_ground_truth=missing)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Re-score a results folder: prints AP, AP50, AP75 and the per-class AP50 as JSON."""
+    parser = argparse.ArgumentParser(description="Score comp4_det_test_<class>.txt files (VOC07 11-point AP at IoU "
+                                                 ".50:.95, as detectron2's PascalVOCDetectionEvaluator).")
+    parser.add_argument("results_dir", type=Path, help="folder with the 20 comp4_det_test_<class>.txt files")
+    parser.add_argument("--devkit", type=Path, required=True, help="the VOCdevkit folder (or VOC<year> itself)")
+    parser.add_argument("--year", default="2007")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--first", type=int, default=None, help="only the first N images of the list (tiny runs)")
+    args = parser.parse_args(argv)
+    images = VOCDetection(args.devkit, args.year, args.split, filter_empty=False, first=args.first)
+    scores = evaluate(args.results_dir, images.annotations)
+    print(json.dumps({**scores.metrics(), "ap50_per_class": scores.ap50_per_class,
+                      "classes_without_ground_truth": scores.classes_without_ground_truth}))
+
+
+if __name__ == "__main__":
+    main_guard(main)
