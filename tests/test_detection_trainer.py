@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RPNHead
 
@@ -144,6 +145,14 @@ def test_anchors_are_detectron2s_unrounded_cell_anchors():
                                torch.tensor([32.0**2, 64.0**2] * 3))
     torch.testing.assert_close((cell[:, 3] - cell[:, 1]) / (cell[:, 2] - cell[:, 0]),
                                torch.tensor([0.5, 0.5, 1.0, 1.0, 2.0, 2.0]))
+
+
+def test_anchors_stay_float32_for_bf16_features():
+    gen = rcnn.DetectronAnchorGenerator(((32,),), ((1.0,),))
+    features = torch.zeros(1, 4, 64, 64, dtype=torch.bfloat16)  # a 1024 px image at stride 16
+    anchors = gen(ImageList(torch.zeros(1, 3, 1024, 1024), [(1024, 1024)]), [features])[0]
+    assert anchors.dtype == torch.float32
+    assert anchors[-1].tolist() == [1008.0 - 16.0, 1008.0 - 16.0, 1008.0 + 16.0, 1008.0 + 16.0]  # 1008 = 63 * 16
 
 
 def test_fastrcnn_l1_loss_by_hand():

@@ -91,6 +91,11 @@ class DetectronAnchorGenerator(AnchorGenerator):
         hs = (torch.sqrt(ratios)[:, None] * scales_t[None, :]).reshape(-1)
         return (torch.stack([-ws, -hs, ws, hs], dim=1) / 2).to(dtype)
 
+    def set_cell_anchors(self, dtype: torch.dtype, device: torch.device) -> None:
+        # NOTE: float32 whatever the feature maps' dtype: torchvision casts anchors to it, and under bf16 autocast
+        # anchors (and so proposals) near 1000 px would be quantised to 4-8 px steps.
+        super().set_cell_anchors(torch.float32, device)
+
 
 class L1RegionProposalNetwork(RegionProposalNetwork):
     """torchvision's RPN with detectron2's losses: objectness BCE and L1 box loss, both summed over the sampled
@@ -133,8 +138,8 @@ class AlignedRoIPool(nn.Module):
     def forward(self, features: dict[str, Tensor], proposals: list[Tensor],
                 image_shapes: list[tuple[int, int]]) -> Tensor:
         x = features[self.key]
-        return roi_align(x, [p.to(x.dtype) for p in proposals], self.output_size, self.spatial_scale,
-                         sampling_ratio=0, aligned=True)
+        # the boxes stay float32 (bf16 would quantise them): roi_align's autocast kernel runs in float32 anyway
+        return roi_align(x, proposals, self.output_size, self.spatial_scale, sampling_ratio=0, aligned=True)
 
 
 class Float32(nn.Module):
