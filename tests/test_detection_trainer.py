@@ -155,6 +155,21 @@ def test_anchors_stay_float32_for_bf16_features():
     assert anchors[-1].tolist() == [1008.0 - 16.0, 1008.0 - 16.0, 1008.0 + 16.0, 1008.0 + 16.0]  # 1008 = 63 * 16
 
 
+def test_rpn_head_outputs_float32_under_autocast():
+    torch.manual_seed(0)
+    head = rcnn.Float32OutputRPNHead(8, 3)
+    x = [torch.randn(1, 8, 5, 5)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, deltas = head(x)
+        hidden = head.conv(x[0])  # the 3x3 conv follows autocast (bf16)
+    assert hidden.dtype == torch.bfloat16 and logits[0].dtype == deltas[0].dtype == torch.float32
+    torch.testing.assert_close(deltas[0], head.bbox_pred(hidden.float()))
+    plain = RPNHead(8, 3)
+    plain.load_state_dict(head.state_dict())
+    for a, b in zip(head(x), plain(x), strict=True):  # without autocast: torchvision's RPNHead
+        torch.testing.assert_close(a[0], b[0])
+
+
 def test_fastrcnn_l1_loss_by_hand():
     logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
     deltas = torch.zeros(2, 12)

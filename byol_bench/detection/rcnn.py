@@ -14,7 +14,9 @@ exactly one of them and says which:
 * :class:`AlignedRoIPool` — single-level ``RoIAlign(aligned=True)`` (detectron2 ``ROIAlignV2``); torchvision's
   ``MultiScaleRoIAlign`` uses ``aligned=False``;
 * :class:`Float32` — runs a (small) head in float32 under bf16 autocast: box deltas in bf16 (8 significant bits)
-  would move a 500-pixel box by about 2 pixels.
+  would move a 500-pixel box by about 2 pixels; :class:`Float32OutputRPNHead` does the same for the RPN's 1x1
+  outputs (torchvision's box coder casts the anchors to the deltas' dtype, so bf16 deltas would quantise every
+  proposal).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.rpn import RegionProposalNetwork
+from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import roi_align
 
@@ -152,3 +154,18 @@ class Float32(nn.Module):
     def forward(self, x: Tensor) -> Tensor | tuple[Tensor, ...]:
         with torch.autocast(x.device.type, enabled=False):
             return self.module(x.float())
+
+
+class Float32OutputRPNHead(RPNHead):
+    """torchvision's ``RPNHead`` whose 3x3 conv follows autocast and whose 1x1 objectness and box-delta convs run in
+    float32 (see the module docstring); identical to ``RPNHead`` without autocast."""
+
+    def forward(self, x: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        logits, deltas = [], []
+        for feature in x:
+            t = self.conv(feature)
+            with torch.autocast(t.device.type, enabled=False):
+                t = t.float()
+                logits.append(self.cls_logits(t))
+                deltas.append(self.bbox_pred(t))
+        return logits, deltas
