@@ -414,7 +414,8 @@ def train_transform(image: torch.Tensor, label: torch.Tensor, rng: np.random.Gen
                     cfg: SegmentationConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """The train pipeline (module docstring): uint8 CHW image, uint8 label -> normalised padded float, int64 label."""
     ratio = float(rng.uniform(*cfg.ratio_range))
-    size = rescale_size(image.shape[2], image.shape[1], (cfg.scale[0] * ratio, cfg.scale[1] * ratio))
+    # mmseg Resize(ratio_range) / RandomResize: the target scale is truncated to ints before rescaling
+    size = rescale_size(image.shape[2], image.shape[1], (int(cfg.scale[0] * ratio), int(cfg.scale[1] * ratio)))
     image, label = resize(image, label, size)
     y1, y2, x1, x2 = cat_max_crop(label, cfg.crop_size, cfg.cat_max_ratio, rng)
     image, label = image[:, y1:y2, x1:x2], label[y1:y2, x1:x2]
