@@ -38,7 +38,8 @@ NOTE: a cell whose loss becomes non-finite (lr 0.1 x head 100 can) stops trainin
 the best cell is chosen among the others.
 NOTE: ``deterministic=true`` (the seed asks for ``--deterministic``: cuDNN deterministic, no benchmark) also
 turns on torch's deterministic algorithms in warn-only mode (an op without one warns rather than stops the grid);
-it is in the full presets. CPU runs are reproducible either way (tested: two runs, identical records).
+it is in the full presets. CPU runs with the same seed and thread count are reproducible either way (tested:
+two runs, identical records).
 NOTE: on GPU the cells run under bf16 autocast with channels_last (``precision=auto``); the reference is fp32.
 NOTE: ``subset_list`` / ``label_map`` enter the config hash by path, not by content (the list's sha256 is in the
 record): after replacing a list file in place, rerun with ``force=true``.

@@ -46,12 +46,13 @@ from byol_bench.tinydata import ensure_tiny_data
 REPO = Path(__file__).resolve().parents[1]
 
 
-def timed_run(preset: str, ckpt: Path, data: Path, out: Path, overrides: list[str]) -> float:
+def timed_run(preset: str, ckpt: Path, data: Path, out: Path, overrides: list[str], threads: int | None) -> float:
     """Wall seconds of one runner invocation (its own process, as a job would run)."""
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     command = [sys.executable, "-m", "benchmarks.semi_sup", "--preset", preset, "--ckpt", str(ckpt), "--data-root",
                str(data), "--out-dir", str(out), "force=true", *overrides]
     started = time.perf_counter()
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - started
     if result.returncode:
         raise RuntimeError(f"{' '.join(command)} failed: {result.stderr.strip().splitlines()[-1:]}")
@@ -68,6 +69,8 @@ def main() -> None:
     parser.add_argument("--preset", default="tiny-imagenet_10pct", help="a semi_sup preset (the grid to time)")
     parser.add_argument("--arch", default="resnet18", help="random-init checkpoint architecture")
     parser.add_argument("--image-size", type=int, default=112, help="train/test crop (test resize keeps 256/224)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="OMP_NUM_THREADS of every run (default: inherited); 1 is steadier on a shared machine")
     parser.add_argument("--skip-sequential", action="store_true", help="do not time (c), grid=sequential")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = parser.parse_args()
@@ -85,16 +88,18 @@ def main() -> None:
         ckpt = atomic_save(state, Path(tmp) / f"random-init_{args.arch}.pth")
         load_start = os.getloadavg()
 
-        one_pass = timed_run(args.preset, ckpt, data, Path(tmp) / "one_pass", [*size, "grid=one_pass"])
+        one_pass = timed_run(args.preset, ckpt, data, Path(tmp) / "one_pass", [*size, "grid=one_pass"], args.threads)
         separate = [timed_run(args.preset, ckpt, data, Path(tmp) / f"cell{i}",
-                              [*size, f"base_lrs=[{lr}]", f"head_lr_mults=[{m}]"]) for i, (lr, m) in enumerate(cells)]
+                              [*size, f"base_lrs=[{lr}]", f"head_lr_mults=[{m}]"], args.threads)
+                    for i, (lr, m) in enumerate(cells)]
         sequential = None if args.skip_sequential else timed_run(args.preset, ckpt, data, Path(tmp) / "sequential",
-                                                                 [*size, "grid=sequential"])
+                                                                 [*size, "grid=sequential"], args.threads)
         grid_top1 = cell_top1(Path(tmp) / "one_pass")
         alone_top1 = {name: top1 for i in range(len(cells)) for name, top1 in cell_top1(Path(tmp) / f"cell{i}").items()}
 
     result = {
-        "cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "cpu": cpu_model(), "cpu_count": os.cpu_count(),
+        "threads_per_run": args.threads or os.environ.get("OMP_NUM_THREADS") or torch.get_num_threads(),
         "load_avg_start": [round(x, 2) for x in load_start], "load_avg_end": [round(x, 2) for x in os.getloadavg()],
         "preset": args.preset, "arch": args.arch, "image_size": args.image_size, "cells": len(cells),
         "epochs": cfg.epochs, "global_batch_size": cfg.global_batch_size,
@@ -105,7 +110,7 @@ def main() -> None:
         "speedup_vs_sequential_in_process": round(sequential / one_pass, 3) if sequential is not None else None,
         "cells_agree": grid_top1 == alone_top1,
     }
-    print(f"CPU: {result['cpu']} ({result['cpu_count']} cores, {result['torch_threads']} torch threads), load "
+    print(f"CPU: {result['cpu']} ({result['cpu_count']} cores, {result['threads_per_run']} threads per run), load "
           f"{result['load_avg_start']} -> {result['load_avg_end']}")
     print(f"{args.preset} at {args.image_size} px, {args.arch}, {len(cells)} cells x {cfg.epochs} epochs:")
     print(f"  (a) one pass            {one_pass:8.1f} s")
