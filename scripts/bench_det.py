@@ -14,12 +14,18 @@ against a reference measured in the same run, on the same images and batch.
     (a) / (c). The two models differ (C4's res5 runs once per RoI, FPN's box head is two small FC layers), so this is
     a floor ("the engine adds no large overhead to a torchvision detector"), not a like-for-like speed-up.
 
+``--model mask_rcnn`` (issue 15) times ``det_coco``'s Mask R-CNN R50-FPN instead: (a) ``trainer.train`` on that model
+and (c) torchvision's stock ``maskrcnn_resnet50_fpn_v2`` (the same FPN + 4conv1fc/BN box head + 4-conv/BN mask head
+family; random init, everything trainable) in the plain loop, on the same images with box-shaped masks:
+``ratio_vs_torchvision_maskrcnn_v2`` = (a) / (c).
+
 Target (issue 14): native >= 0.9x detectron2 on a GPU. Prints one JSON object with ``--json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import sys
@@ -32,7 +38,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks import det_voc  # noqa: E402
+from benchmarks import det_coco, det_voc  # noqa: E402
 from byol_bench import training  # noqa: E402
 from byol_bench.backbone import build_resnet  # noqa: E402
 from byol_bench.config import load_config  # noqa: E402
@@ -62,12 +68,14 @@ class SyntheticBoxes(torch.utils.data.Dataset):
 
 
 def native_rate(ds: SyntheticBoxes, size: int, rois: int, iters: int, warmup: int, batch: int, precision: str,
-                device: torch.device) -> float:
-    cfg = load_config(det_voc.DetVocConfig, "faster-rcnn_resnet50-c4_8xb2-24k_voc0712",
-                      ["ckpt=x", f"train_sizes=[{size}]", f"roi_batch_size_per_image={rois}"],
-                      preset_dir=det_voc.PRESET_DIR)
-    torch.manual_seed(0)
-    model = trainer.prepare(det_voc.build_model(build_resnet("resnet50"), cfg), device)
+                device: torch.device, model: torch.nn.Module | None = None) -> float:
+    if model is None:  # det_voc's C4 model (model: another one, e.g. mask_rcnn_rates')
+        cfg = load_config(det_voc.DetVocConfig, "faster-rcnn_resnet50-c4_8xb2-24k_voc0712",
+                          ["ckpt=x", f"train_sizes=[{size}]", f"roi_batch_size_per_image={rois}"],
+                          preset_dir=det_voc.PRESET_DIR)
+        torch.manual_seed(0)
+        model = det_voc.build_model(build_resnet("resnet50"), cfg)
+    model = trainer.prepare(model, device)
     settings = trainer.TrainSettings(max_iters=warmup + iters, base_lr=0.002, steps=(), warmup_iters=0,
                                      batch_size_per_device=batch, precision=precision, num_workers=2,
                                      ckpt_every_iters=10**9)
@@ -81,12 +89,14 @@ def native_rate(ds: SyntheticBoxes, size: int, rois: int, iters: int, warmup: in
 
 
 def torchvision_fpn_rate(ds: SyntheticBoxes, size: int, rois: int, iters: int, warmup: int, batch: int,
-                         precision: str, device: torch.device) -> float:
+                         precision: str, device: torch.device, model: torch.nn.Module | None = None) -> float:
     from torchvision.models.detection import fasterrcnn_resnet50_fpn
 
-    torch.manual_seed(0)
-    model = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=21, min_size=size,
-                                    max_size=1333, box_batch_size_per_image=rois).to(device).train()
+    if model is None:  # the stock FPN Faster R-CNN (model: another torchvision detector, e.g. mask_rcnn_rates')
+        torch.manual_seed(0)
+        model = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=21, min_size=size,
+                                        max_size=1333, box_batch_size_per_image=rois)
+    model = model.to(device).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.002, momentum=0.9, weight_decay=1e-4)
     batches = [data.collate([ds[(i * batch + j) % len(ds)] for j in range(batch)]) for i in range(warmup + iters)]
     for i, (images, targets) in enumerate(batches):
@@ -104,6 +114,31 @@ def torchvision_fpn_rate(ds: SyntheticBoxes, size: int, rois: int, iters: int, w
     return iters / (time.perf_counter() - start)
 
 
+def mask_rcnn_rates(ds: SyntheticBoxes, size: int, rois: int, iters: int, warmup: int, batch: int, precision: str,
+                    device: torch.device) -> tuple[float, float]:
+    """(issue 15) det_coco's Mask R-CNN R50-FPN in ``trainer.train`` and torchvision's ``maskrcnn_resnet50_fpn_v2``
+    in the plain loop, iterations/s, on ``ds`` with each box's rectangle as its mask."""
+    from torchvision.models.detection import maskrcnn_resnet50_fpn_v2
+
+    masked = copy.copy(ds)
+    masked.samples = []
+    for image, target in ds.samples:
+        masks = torch.zeros(len(target["boxes"]), *image.shape[1:], dtype=torch.uint8)
+        for mask, (x0, y0, x1, y1) in zip(masks, target["boxes"].round().int().tolist(), strict=True):
+            mask[y0:y1, x0:x1] = 1
+        masked.samples.append((image, {**target, "masks": masks}))
+    cfg = load_config(det_coco.DetCocoConfig, "mask-rcnn_resnet50-fpn_8xb2-ms-1x_coco",
+                      [f"train_min_sizes=[{size}]", f"test_min_size={size}", f"rois_per_image={rois}"],
+                      preset_dir=det_coco.PRESET_DIR)
+    torch.manual_seed(0)
+    native = native_rate(masked, size, rois, iters, warmup, batch, precision, device,
+                         model=det_coco.build_model(build_resnet("resnet50"), 20, cfg))
+    torch.manual_seed(0)
+    stock = maskrcnn_resnet50_fpn_v2(weights=None, weights_backbone=None, num_classes=21, min_size=size,
+                                     max_size=1333, box_batch_size_per_image=rois, trainable_backbone_layers=5)
+    return native, torchvision_fpn_rate(masked, size, rois, iters, warmup, batch, precision, device, model=stock)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -112,6 +147,8 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=0, help="timed iterations (default: 20 on GPU, 3 on CPU)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed iterations first")
     parser.add_argument("--batch", type=int, default=2, help="images per iteration")
+    parser.add_argument("--model", default="c4", choices=["c4", "mask_rcnn"],
+                        help="c4: det_voc's Faster R-CNN C4; mask_rcnn: det_coco's Mask R-CNN R50-FPN (issue 15)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
     use_cuda = torch.cuda.is_available() if args.device == "auto" else args.device == "cuda"
@@ -121,6 +158,9 @@ def main() -> None:
     iters = args.iters or (20 if use_cuda else 3)
     precision = training.resolve_precision("auto", device)
     ds = SyntheticBoxes(16, size, round(size * 4 / 3))  # 4:3 images already at the train short side
+    if args.model == "mask_rcnn":
+        _print_mask_rcnn(args, ds, size, rois, iters, precision, device)
+        return
     native = native_rate(ds, size, rois, iters, args.warmup, args.batch, precision, device)
     stock = torchvision_fpn_rate(ds, size, rois, iters, args.warmup, args.batch, precision, device)
     out = {
@@ -137,6 +177,21 @@ def main() -> None:
     else:
         for key, value in out.items():
             print(f"{key}: {value}")
+
+
+def _print_mask_rcnn(args: argparse.Namespace, ds: SyntheticBoxes, size: int, rois: int, iters: int, precision: str,
+                     device: torch.device) -> None:
+    native, stock = mask_rcnn_rates(ds, size, rois, iters, args.warmup, args.batch, precision, device)
+    out = {
+        "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu", "cpu_model": cpu_model(),
+        "threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__,
+        "precision": precision, "size": size, "rois_per_image": rois, "batch": args.batch, "iters": iters,
+        "native_mask_rcnn_fpn_iters_per_s": round(native, 4), "torchvision_maskrcnn_v2_iters_per_s": round(stock, 4),
+        "ratio_vs_torchvision_maskrcnn_v2": round(native / stock, 3),
+        "detectron2_iters_per_s": None, "ratio_vs_detectron2": None,
+        "detectron2": "not importable" if not _has_detectron2() else "importable, not timed (see docstring)",
+    }
+    print(json.dumps(out) if args.json else "\n".join(f"{k}: {v}" for k, v in out.items()))
 
 
 def _has_detectron2() -> bool:
