@@ -65,6 +65,7 @@ class Table:
     config_header: str
     config_source: tuple[str, str]
     columns: tuple[Column, ...]
+    config_detail: str = ""  # dotted details key naming the config better than the preset (the grid's best cell)
 
 
 def _cols(protocol: str, dataset: str, pairs: list[tuple[str, str]]) -> tuple[Column, ...]:
@@ -95,7 +96,8 @@ TABLES: tuple[Table, ...] = (
     _linear("Places205 Linear Evaluation", "places205"),
     Table("Semi-Supervised Classification", "Fine-tuned Config", ("semi_sup", "imagenet_1pct"),
           (*_cols("semi_sup", "imagenet_1pct", [("Top-1 (%) 1%", "top1"), ("Top-5 (%) 1%", "top5")]),
-           *_cols("semi_sup", "imagenet_10pct", [("Top-1 (%) 10%", "top1"), ("Top-5 (%) 10%", "top5")]))),
+           *_cols("semi_sup", "imagenet_10pct", [("Top-1 (%) 10%", "top1"), ("Top-5 (%) 10%", "top5")])),
+          config_detail="best_cell.reference_config"),  # the seed names the cell's config file
     Table("Detection: Pascal VOC 2007 + 2012", "Config", ("det_voc", "voc0712"),
           _cols("det_voc", "voc0712", [("mAP", "AP"), ("AP50", "AP50")])),
     Table("Detection: COCO2017", "Config", ("det_coco", "coco"),
@@ -182,8 +184,18 @@ def table_rows(table: Table, records: list[dict[str, Any]]) -> list[list[str]]:
         if sha in published and not any(cells):
             continue  # a published source that has no figure for this table
         mark = TINY_MARK if sha in tiny else PUBLISHED_MARK if sha in published else ""
-        rows.append([label + mark, config_record["preset"] if config_record else "", *cells])
+        rows.append([label + mark, _config_cell(config_record, table.config_detail), *cells])
     return rows
+
+
+def _config_cell(record: dict[str, Any] | None, detail: str) -> str:
+    """The config column: the record's ``details`` value at the dotted key ``detail`` if it has one, else its preset."""
+    if record is None:
+        return ""
+    value: Any = record["details"]
+    for key in detail.split(".") if detail else ():
+        value = value.get(key) if isinstance(value, dict) else None
+    return str(value) if detail and value is not None else record["preset"]
 
 
 def is_published(record: dict[str, Any]) -> bool:

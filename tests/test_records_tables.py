@@ -173,3 +173,13 @@ def test_summary_quotes_each_runs_headline_figure():
     first, second = text.splitlines()
     assert first.split()[:4] == ["voc07_svm", "tiny", "41", "s"] and first.endswith("ok      SVM mAP 50.00 (voc07)")
     assert second.split() == ["det_voc", "tiny", "3", "s", "FAILED"]
+
+
+def test_semi_supervised_config_column_names_the_best_cell():
+    cell = "resnet50_head10_4xb64-steplr1e-2-20e_in1k-1pct"
+    grid = _record(protocol="semi_sup", dataset="imagenet_1pct", preset="resnet50_grid9_4xb64-steplr-20e_in1k-1pct",
+                   metrics={"top1": 50.0, "top5": 70.0}, details={"best_cell": {"reference_config": cell}})
+    md = render_markdown([grid]).split("## Semi-Supervised Classification")[1]
+    assert f"| m † | {cell} | 50.00 | 70.00 |" in md
+    plain = render_markdown([_record(protocol="semi_sup", dataset="imagenet_1pct", metrics={"top1": 1.0})])
+    assert "| m † | tiny | 1.00 |" in plain.split("## Semi-Supervised Classification")[1]  # no cell: the preset
