@@ -34,5 +34,9 @@ line with ETA, ``latest.pth`` every ``ckpt_every_iters`` (exact resume: everythi
 * :mod:`.rcnn` — torchvision R-CNN pieces with detectron2's arithmetic (resize, anchors, L1 losses, RoIAlignV2);
 * :mod:`.trainer` — ``TrainSettings``, ``prepare``, ``param_groups``, ``train``, ``precise_bn``, ``predict``;
 * :mod:`.voc_eval` — the VOC07 11-point AP at IoU .50:.95 of detectron2's ``PascalVOCDetectionEvaluator``, from
-  ``comp4_det_test_<class>.txt`` results files.
+  ``comp4_det_test_<class>.txt`` results files;
+* :mod:`.mask_rcnn` — mmdetection's Mask R-CNN R50-FPN (``det_coco``) from torchvision blocks: FPN with norms,
+  aligned multi-level RoIAlign, 4conv1fc box head, binary aligned mask targets;
+* :mod:`.coco_eval` — COCO results files (``bbox.json``, ``segm.json`` with RLE masks) scored by pycocotools'
+  ``COCOeval``.
 """
