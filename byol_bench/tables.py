@@ -211,7 +211,10 @@ def _cell(record: dict[str, Any] | None, column: Column) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
-        return f"{value:.2f}"
+        # a mean over several trials (details: num_trials > 1, std per metric) shows its spread
+        std = record["details"].get("std", {}).get(column.metric) if record["details"].get("num_trials", 1) > 1 \
+            else None
+        return f"{value:.2f} ± {std:.2f}" if std is not None else f"{value:.2f}"
     return _FEATURE_LABELS.get(str(value), str(value))
 
 
@@ -254,14 +257,24 @@ def _plots_section(records: list[dict[str, Any]], link_root: Path) -> list[str]:
     lines = []
     for record in sorted((r for r in records if not is_published(r)),
                          key=lambda r: (r["model"], r["protocol"], r["dataset"], r["preset"])):
-        links = [f"[{key.removesuffix(PLOT_SUFFIX).replace('_', ' ')}]"
-                 f"({Path(os.path.relpath(value, link_root)).as_posix()})"
-                 for key, value in sorted(record["details"].items())
-                 if key.endswith(PLOT_SUFFIX) and isinstance(value, str) and Path(value).is_file()]
+        links = [f"[{label}]({Path(os.path.relpath(path, link_root)).as_posix()})"
+                 for label, path in _plot_paths(record["details"]) if Path(path).is_file()]
         if links:
             lines.append(f"- {record['model']} · {record['protocol']} / {record['dataset']} "
                          f"({record['preset']}): " + ", ".join(links))
     return ["## Plots", "", *lines, ""] if lines else []
+
+
+def _plot_paths(details: Any, where: str = "") -> list[tuple[str, str]]:
+    """``(label, path)`` of every ``*_plot`` key in ``details``, nested ones too (per-trial curves)."""
+    found: list[tuple[str, str]] = []
+    items = details.items() if isinstance(details, dict) else enumerate(details) if isinstance(details, list) else ()
+    for key, value in items:
+        if isinstance(key, str) and key.endswith(PLOT_SUFFIX) and isinstance(value, str):
+            found.append((f"{where}{key.removesuffix(PLOT_SUFFIX).replace('_', ' ')}", value))
+        elif isinstance(value, (dict, list)):
+            found += _plot_paths(value, f"{where}{key} " if isinstance(key, int) else where)
+    return found
 
 
 def render_csv(records: list[dict[str, Any]]) -> str:

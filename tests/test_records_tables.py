@@ -183,3 +183,15 @@ def test_semi_supervised_config_column_names_the_best_cell():
     assert f"| m † | {cell} | 50.00 | 70.00 |" in md
     plain = render_markdown([_record(protocol="semi_sup", dataset="imagenet_1pct", metrics={"top1": 1.0})])
     assert "| m † | tiny | 1.00 |" in plain.split("## Semi-Supervised Classification")[1]  # no cell: the preset
+
+
+def test_a_mean_over_trials_shows_its_spread_and_nested_plots_are_linked(tmp_path):
+    curve = tmp_path / "trial0_loss.png"
+    curve.write_bytes(b"png")
+    details = {"num_trials": 5, "std": {"AP": 0.31, "AP50": 0.2}, "trials": [{"loss_plot": str(curve)}]}
+    record = _record(protocol="det_voc", dataset="voc0712", metrics={"AP": 53.5, "AP50": 81.3}, details=details)
+    md = render_markdown([record], link_root=tmp_path)
+    assert "| m † | tiny | 53.50 ± 0.31 | 81.30 ± 0.20 |" in md
+    assert "[0 loss](trial0_loss.png)" in md
+    one = _record(protocol="det_voc", dataset="voc0712", metrics={"AP": 53.5}, details={**details, "num_trials": 1})
+    assert "| m † | tiny | 53.50 |" in render_markdown([one])
