@@ -81,7 +81,7 @@ from byol_bench.classification import (
 from byol_bench.cli import main_guard
 from byol_bench.config import CONFIG_ROOT, config_hash, opt, parse_args
 from byol_bench.datasets.imagenet import write_image_list
-from byol_bench.metrics import topk_correct
+from byol_bench.metrics import TopkCounter
 from byol_bench.runlog import Progress
 from byol_bench.scaffold import open_run
 from byol_bench.seeding import rng_for
@@ -383,21 +383,18 @@ def evaluate(cells: list[Cell], loader: DataLoader, precision: str, device: torc
     """Top-1/top-5 (%) of every cell on the val split, each batch decoded once for all cells; counts over ranks."""
     for cell in cells:
         cell.model.eval()
-    counts = torch.zeros(len(cells), len(TOPK) + 1, dtype=torch.float64)  # hits per k, images
+    counter = TopkCounter([cell.name for cell in cells], TOPK)
     for images, labels in loader:
         images = images.to(device, non_blocking=True)
         if device.type == "cuda":
             images = images.contiguous(memory_format=torch.channels_last)
-        for row, cell in enumerate(cells):
+        for cell in cells:
             with training.autocast(device, precision):
-                logits = cell.model(images)
-            hits = topk_correct(logits.float().cpu(), labels, TOPK)
-            counts[row] += torch.tensor([*(hits[k] for k in TOPK), len(labels)], dtype=torch.float64)
-    counts = dist.all_reduce_sum(counts.to(device)).cpu()
+                counter.add(cell.name, cell.model(images), labels)
     for cell in cells:
         cell.model.train()
-    return [{f"top{k}": 100.0 * float(counts[row, i]) / float(counts[row, -1]) for i, k in enumerate(TOPK)}
-            for row in range(len(cells))]
+    scores = counter.percent(device)
+    return [scores[cell.name] for cell in cells]
 
 
 def cell_result(cell: Cell) -> dict:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The one prepared GPU check: every figure only a GPU can give, in one JSON file, in one command.
 
-    python scripts/gpu_check.py --out gpu_check.json               # one GPU: about 6-8 minutes
+    python scripts/gpu_check.py --out gpu_check.json               # one GPU: at most 8 minutes
     python scripts/gpu_check.py --dry-run --out /tmp/gpu_check.json  # CPU, tiny shapes, < 2 minutes
 
 Steps (each a benchmark script of scripts/ run with ``--json``, or the pretrainer itself; one failing step is
@@ -12,8 +12,10 @@ recorded with its error and the others still run):
 * ``linear_probe``: images/s of the multi-head linear probe, same comparison (scripts/bench_linear.py);
 * ``svm``: the VOC07-sized batched SVM solver's wall time on the GPU (scripts/bench_svm.py; the sklearn
   reference runs a 1 % slice on the CPU cores and is extrapolated);
-* ``semi_sup``, ``detection``, ``segmentation``: training iterations/s of the fine-tuning, detection and
-  segmentation runners (native vs the optional engine when importable), when their benchmark scripts exist;
+* ``semi_sup``: the 9-cell fine-tuning grid in one pass vs nine separate runs (GPU only);
+* ``detection_c4``, ``detection_mask_rcnn``, ``segmentation``: training iterations/s of the detection and
+  segmentation models at the reference sizes (native vs the optional engine when importable, else vs
+  torchvision's stock models), and sliding-window inference images/s;
 * ``learning``: the tiny BYOL recipe (configs/pretrain/tiny.yaml) run for ~3,400 steps (100 epochs of the
   embedded ImageNet) on the GPU; passes when its kNN top-1 on the embedded val set beats the random-init
   backbone's by >= 10 points (the check a 2-core CPU cannot afford: docs/PRETRAIN.md).
@@ -45,7 +47,7 @@ class Step:
     name: str
     script: str
     gpu_args: tuple[str, ...]
-    dry_args: tuple[str, ...]
+    dry_args: tuple[str, ...] | None  # None: not run in a dry run (the reason is recorded)
     timeout_s: int
 
 
@@ -66,6 +68,19 @@ def _steps(data_root: Path) -> list[Step]:
              ("--device", "cuda", "--sklearn-fraction", "0.01", "--workers", str(os.cpu_count() or 2)),
              ("--device", "cpu", "--n-train", "200", "--n-test", "100", "--dim", "64", "--ks", "1,2", "--samples",
               "1", "--sklearn-fraction", "0.2", "--workers", "1"), 150),
+        # nine runner launches vs one: minutes on a CPU even at tiny sizes, so GPU only
+        Step("semi_sup", "bench_semi_sup.py", ("--image-size", "112", "--skip-sequential"), None, 240),
+        Step("detection_c4", "bench_det.py", ("--device", "cuda", "--model", "c4"),
+             ("--device", "cpu", "--model", "c4", "--size", "96", "--rois", "16", "--iters", "1", "--warmup", "1",
+              "--batch", "1"), 150),
+        Step("detection_mask_rcnn", "bench_det.py", ("--device", "cuda", "--model", "mask_rcnn"),
+             ("--device", "cpu", "--model", "mask_rcnn", "--size", "96", "--rois", "16", "--iters", "1", "--warmup",
+              "1", "--batch", "1"), 150),
+        Step("segmentation", "bench_seg.py",
+             ("--device", "cuda", "--arch", "resnet50", "--crop", "512", "--batch", "4", "--image", "2048x1024",
+              "--test-crop", "769", "--test-stride", "513", "--iters", "10", "--rounds", "1"),
+             ("--device", "cpu", "--crop", "64", "--batch", "1", "--image", "128x64", "--test-crop", "48",
+              "--test-stride", "32", "--iters", "1", "--warmup", "1", "--rounds", "1"), 150),
     ]
 
 
@@ -74,6 +89,8 @@ def run_step(step: Step, dry_run: bool) -> dict:
     script = REPO / "scripts" / step.script
     if not script.is_file():
         return {"status": "not available", "why": f"{script.relative_to(REPO)} does not exist yet"}
+    if dry_run and step.dry_args is None:
+        return {"status": "not available", "why": "GPU only: too slow for a CPU dry run"}
     argv = [sys.executable, str(script), *(step.dry_args if dry_run else step.gpu_args), "--json"]
     return _run_json(argv, step.timeout_s)
 

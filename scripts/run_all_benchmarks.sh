@@ -26,6 +26,7 @@ declare -A FULL_PRESET=(
   [linear_avgpool]="linear-avgpool_resnet50_8xb32-steplr-100e_in1k linear-avgpool_resnet50_8xb32-steplr-100e_inat18 linear-avgpool_resnet50_8xb32-steplr-100e_places205"
   [semi_sup]="resnet50_grid9_4xb64-steplr-20e_in1k-1pct resnet50_grid9_4xb64-steplr-20e_in1k-10pct"
   [det_voc]=faster-rcnn_resnet50-c4_8xb2-24k_voc0712
+  [det_coco]=mask-rcnn_resnet50-fpn_8xb2-ms-1x_coco
   [segmentation]="fcn_r50-d8_4xb4-20k_voc12aug-512x512 fcn_r50-d8_4xb2-40k_cityscapes-769x769"
 )
 # Tiny presets of a protocol that has several (one per dataset); the others run `tiny`.

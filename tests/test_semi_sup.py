@@ -246,7 +246,8 @@ def test_tiny_run_record_table_row_and_skip(ckpt, tiny_data, tmp_path, capsys):
     assert subset_file.is_file() and sha256_file(subset_file) == details["subset"]["list_sha256"]
     assert details["subset"]["kind"] == "generated" and details["train_images"] == 10
     rendered = render_markdown([record])
-    assert f"| random-init_resnet18 † | tiny | {metrics['top1']:.2f} | {metrics['top5']:.2f} |" in rendered
+    cell = details["best_cell"]["reference_config"]  # the config column names the winning cell as the seed does
+    assert f"| random-init_resnet18 † | {cell} | {metrics['top1']:.2f} | {metrics['top5']:.2f} |" in rendered
     capsys.readouterr()
     assert semi.run(_cfg(ckpt, tiny_data, tmp_path)) == metrics
     assert "skip semi_sup" in capsys.readouterr().out
