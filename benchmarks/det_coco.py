@@ -157,7 +157,8 @@ def run(cfg: DetCocoConfig) -> dict[str, float]:
         # --force retrains from scratch: a finished run's latest.pth is not resumed from (it is overwritten)
         resume_from = None if cfg.force and cfg.resume == "auto" else training.find_resume(run.run_dir, cfg.resume)
         result = trainer.train(model, train_set, groups, settings, device=device, run_dir=run.run_dir,
-                               config_hash=run.config_hash, log=log, resume_from=resume_from, desc=PROTOCOL)
+                               config_hash=run.config_hash, log=log, resume_from=resume_from, desc=PROTOCOL,
+                               plot_title=run.plot_title("COCO Mask R-CNN FPN training"))
         if not result.finished:
             print(f"{PROTOCOL}: stopped after iteration {result.iters_done} (stop_after_iters); rerun to resume")
             return {}

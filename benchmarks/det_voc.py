@@ -188,7 +188,8 @@ def run(cfg: DetVocConfig) -> dict[str, float]:
                                else training.find_resume(trial_dir, cfg.resume))
                 result = trainer.train(model, train_set, groups, settings, device=device, run_dir=trial_dir,
                                        config_hash=run.config_hash, log=RunLog(trial_dir), resume_from=resume_from,
-                                       desc=f"{PROTOCOL} trial {trial}")
+                                       desc=f"{PROTOCOL} trial {trial}",
+                                       plot_title=run.plot_title(f"VOC07+12 Faster R-CNN C4 training, trial {trial}"))
                 if not result.finished:
                     print(f"{PROTOCOL}: stopped after iteration {result.iters_done} (stop_after_iters); rerun to "
                           "resume")
@@ -230,6 +231,10 @@ def run(cfg: DetVocConfig) -> dict[str, float]:
             "results_files": str(results_root), "engine": cfg.engine,
             "loss_plot": trials[0]["loss_plot"],
         }
+        if info.is_main:
+            details["per_class_ap50_plot"] = str(training.plot_bars(
+                trials[0]["ap50_per_class"], run.run_dir / "per_class_ap50.png",
+                run.plot_title("VOC07 test AP50 per class, trial 0"), "AP50 (%)"))
         metrics = run.finish(metrics, checkpoint=asdict(report), seeds={"trial0": cfg.seed},
                              batch_size_per_device=cfg.batch_size_per_device, details=details)
         if info.is_main:

@@ -274,6 +274,9 @@ def run(cfg: SegmentationConfig) -> dict[str, float]:
             png = training.plot_log(log.path, run.run_dir / "loss_curve.png", "step",
                                     ["loss", "loss_decode", "loss_aux"], run.plot_title("training loss"), "loss")
             details["loss_curve_plot"] = str(png)
+            details["per_class_iou_plot"] = str(training.plot_bars(
+                scores["IoU"], run.run_dir / "per_class_iou.png", run.plot_title(f"{cfg.dataset} val IoU per class"),
+                "IoU (%)"))
         metrics = run.finish({"mIoU": scores["mIoU"]}, checkpoint=asdict(report),
                              seeds={"heads_shuffle_augmentation": cfg.seed}, batch_size_per_device=batch,
                              details=details)

@@ -269,7 +269,8 @@ def run(cfg: SemiSupConfig) -> dict[str, float]:
             os.makedirs(subset_copy.parent, exist_ok=True)
             shutil.copyfile(subset_file, subset_copy)
             png = training.plot_log(log.path, run.run_dir / "val_curve.png", "eval_epoch",
-                                    [f"top1_{c.name}" for c in cells], f"{cfg.dataset}: {cfg.preset}",
+                                    [f"top1_{c.name}" for c in cells],
+                                    run.plot_title(f"fine-tuning grid, {cfg.dataset} val"),
                                     "val top-1 (%)")
             details["val_curve_plot"] = str(png) if png else None
         metrics = run.finish(metrics, checkpoint=asdict(report),

@@ -257,8 +257,11 @@ def _plots_section(records: list[dict[str, Any]], link_root: Path) -> list[str]:
     lines = []
     for record in sorted((r for r in records if not is_published(r)),
                          key=lambda r: (r["model"], r["protocol"], r["dataset"], r["preset"])):
+        paths: dict[str, str] = {}  # a plot named twice (a top-level copy of trial 0's) is linked once
+        for label, path in _plot_paths(record["details"]):
+            paths.setdefault(path, label)
         links = [f"[{label}]({Path(os.path.relpath(path, link_root)).as_posix()})"
-                 for label, path in _plot_paths(record["details"]) if Path(path).is_file()]
+                 for path, label in paths.items() if Path(path).is_file()]
         if links:
             lines.append(f"- {record['model']} · {record['protocol']} / {record['dataset']} "
                          f"({record['preset']}): " + ", ".join(links))

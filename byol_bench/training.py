@@ -12,7 +12,8 @@ What lives here, and nothing else:
 * checkpoints and ``resume=auto|none|<path>`` at epoch (or every-N-iteration) boundaries: :func:`find_resume`,
   :func:`save_training_state`, :func:`load_training_state` — the trainable modules, the optimizer, the epochs or
   iterations done, the RNG states and the config hash (a resumed run must be the same run);
-* curves: :func:`plot_log` draws ``log.jsonl`` columns against a step/epoch column (loss curves, val curves).
+* plots: :func:`plot_log` draws ``log.jsonl`` columns against a step/epoch column (loss curves, val curves);
+  :func:`plot_bars` draws one value per class (per-class AP or IoU).
 
 Progress/ETA lines are :class:`byol_bench.runlog.Progress`; run folders and records, :mod:`byol_bench.scaffold`.
 """
@@ -238,3 +239,26 @@ def plot_log(log_path: Path, png_path: Path, x: str, ys: Sequence[str], title: s
     fig.savefig(png_path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return Path(png_path)
+
+
+def plot_bars(values: Mapping[str, float | None], png_path: Path, title: str, ylabel: str) -> Path:
+    """One bar per class (per-class AP, IoU), in the given order; a class without a value (None) is marked n/a."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(values)
+    heights = [0.0 if values[n] is None else float(values[n]) for n in names]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(names) + 1.5), 4))
+    ax.bar(range(len(names)), heights, color="tab:blue")
+    for i, name in enumerate(names):
+        if values[name] is None:
+            ax.text(i, 0.5, "n/a", ha="center", va="bottom", rotation=90, fontsize=7)
+    ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
+    ax.set(ylabel=ylabel, title=title, ylim=(0, 100))
+    ax.grid(axis="y", alpha=0.3)
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png_path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return png_path

@@ -321,7 +321,9 @@ def test_tiny_run_resumed_and_rescored_from_its_results_files(tiny_run):
 def test_tiny_run_table_row_skip_and_force(tiny_run, ckpt, tiny_data, capsys):
     metrics, record, out = tiny_run
     rendered = render_markdown([record])
-    assert f"| random-init_resnet18 † | tiny | {metrics['AP']:.2f} | {metrics['AP50']:.2f} |" in rendered
+    std = record["details"]["std"]  # two trials: the mean and its sample std
+    assert (f"| random-init_resnet18 † | tiny | {metrics['AP']:.2f} ± {std['AP']:.2f} | "
+            f"{metrics['AP50']:.2f} ± {std['AP50']:.2f} |") in rendered
     capsys.readouterr()
     assert det_voc.run(_run_cfg(ckpt, tiny_data, out)) == pytest.approx(metrics)
     assert "skip det_voc" in capsys.readouterr().out

@@ -124,7 +124,7 @@ def param_groups(model: nn.Module, weight_decay: float, weight_decay_norm: float
 
 def train(model: nn.Module, dataset: Dataset, groups: Sequence[int], settings: TrainSettings, *,
           device: torch.device, run_dir: Path, config_hash: str, log: RunLog, resume_from: Path | None,
-          desc: str) -> TrainResult:
+          desc: str, plot_title: str = "") -> TrainResult:
     """Train ``model`` (from :func:`prepare`) in place for ``settings.max_iters`` iterations.
 
     Args:
@@ -137,7 +137,8 @@ def train(model: nn.Module, dataset: Dataset, groups: Sequence[int], settings: T
         config_hash: written into checkpoints; a resume with another config is refused.
         log: the run's JSON-lines log: one row per iteration (``step``, ``lr``, ``loss``, each loss term).
         resume_from: a checkpoint of this run to continue from (``training.find_resume``), or None.
-        desc: label of the progress line and the loss plot.
+        desc: label of the progress line (and of the loss plot without ``plot_title``).
+        plot_title: the loss plot's title (``Run.plot_title``: checkpoint and preset).
 
     Raises:
         FloatingPointError: a non-finite loss (the message gives the iteration and the loss terms).
@@ -206,7 +207,7 @@ def train(model: nn.Module, dataset: Dataset, groups: Sequence[int], settings: T
     plot = None
     if dist.is_main():
         plot = training.plot_log(log.path, run_dir / "loss.png", "step", ["loss", *sorted(extra["last_losses"])],
-                                 desc, "loss")
+                                 plot_title or desc, "loss")
     return TrainResult(done, done >= settings.max_iters, float(extra["train_time_s"]), dict(extra["last_losses"]),
                        plot)
 
