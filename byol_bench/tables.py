@@ -135,7 +135,7 @@ def render_summary(records: list[dict[str, Any]], runs: list[tuple[str, str, flo
             metric, said = HEADLINE[protocol]
             value = record["metrics"].get(metric)
             figure = f"{said} {value:.2f} ({record['dataset']})" if value is not None else ""
-        lines.append(f"{protocol:<15} {preset:<16} {seconds:>6.0f} s  {status:<7} {figure}".rstrip())
+        lines.append(f"{protocol:<15} {preset:<20} {seconds:>6.0f} s  {status:<7} {figure}".rstrip())
     return "\n".join(lines)
 
 

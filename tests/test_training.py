@@ -126,3 +126,10 @@ def test_global_batch_per_process_and_epoch_seeds() -> None:
     torch.manual_seed(123)
     np.random.seed(123)  # the global generators do not enter: a resumed process gets the same seed
     assert len(seeds) == 400 and epoch_seed(3, 7, 1) == first != epoch_seed(4, 7, 1)
+
+
+def test_plot_bars_draws_every_class_and_marks_missing_ones(tmp_path: Path) -> None:
+    from byol_bench.training import plot_bars
+
+    png = plot_bars({"cat": 80.0, "dog": None, "bus": 12.5}, tmp_path / "bars" / "iou.png", "IoU per class", "IoU (%)")
+    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
