@@ -59,6 +59,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from adapters import load_backbone
+from benchmarks import segmentation_mmseg
 from byol_bench import dist, training
 from byol_bench.backbone import dilate_resnet, feature_channels
 from byol_bench.cli import main_guard
@@ -124,6 +125,9 @@ class SegmentationConfig:
                                                      "is computed in fp32", identity=False)
     num_workers: int = opt(4, "DataLoader workers per process (decode and augment)", identity=False)
     device: Literal["auto", "cpu", "cuda"] = opt("auto", "auto: CUDA when available", identity=False)
+    engine: Literal["native", "mmseg"] = opt(
+        "native", "native = this module's training (CI, demo); mmseg = mmsegmentation 1.2.x's Runner on a generated "
+        "config (needs mmseg installed; one process; docs/SEGMENTATION.md)")
     tiny: bool = opt(False, "tiny sizes on the embedded data: the record is marked not comparable")
     force: bool = opt(False, "redo even when a record for this checkpoint and config exists", identity=False)
 
@@ -201,59 +205,63 @@ def run(cfg: SegmentationConfig) -> dict[str, float]:
         # ------------------------------------------------------------ data
         train_set, val_set = open_dataset(cfg.dataset, cfg.data_root, "train"), open_dataset(
             cfg.dataset, cfg.data_root, "val")
-        stream = TrainStream(train_set, cfg, info.rank, info.world_size)
-
-        # ------------------------------------------------------------ model, optimizer, schedule, resume
         backbone, report = load_backbone(cfg.ckpt, cfg.arch, cfg.encoder, sha256=run.ckpt_sha256)
-        torch.manual_seed(cfg.seed)  # the heads' initialisation
-        model = FCN(backbone, len(CLASS_NAMES[cfg.dataset]))
-        if device.type == "cuda":  # SyncBN in a multi-GPU job (as the reference); it has no CPU kernels
-            model = dist.maybe_sync_bn(model)
-        model = model.to(device)
-        if device.type == "cuda":
-            model = model.to(memory_format=torch.channels_last)
-        model_ddp = training.wrap_ddp(model, device)
-        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                    weight_decay=cfg.weight_decay)
-        lrs = training.poly_lr(cfg.lr, cfg.max_iters, cfg.poly_power, cfg.min_lr)
-        start, state = 0, {"train_time_s": 0.0}
-        resume_from = None if cfg.force and cfg.resume == "auto" else training.find_resume(run.run_dir, cfg.resume)
-        if resume_from is not None:
-            start, state = training.load_training_state(resume_from, modules={"model": model}, optimizer=optimizer,
-                                                        config_hash=run.config_hash)
-            log.drop_after_step(start)
-            if info.is_main:
-                print(f"{PROTOCOL}: resumed from {resume_from} after iteration {start}")
-
-        # ------------------------------------------------------------ loop (iteration-based)
-        # Its own generator: the loader's base-seed draw must not shift the global stream (dropout) on resume.
-        loader = DataLoader(stream, batch, sampler=range(start * batch, cfg.max_iters * batch),
-                            num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
-                            generator=torch.Generator().manual_seed(cfg.seed))
-        progress = Progress(cfg.max_iters, f"{PROTOCOL} {cfg.dataset}", initial=start, unit="it")
-        model.train()
-        started, it = time.time(), start
-        for it, (images, labels) in enumerate(loader, start=start + 1):
-            for group in optimizer.param_groups:
-                group["lr"] = float(lrs[it - 1])
-            losses = train_step(model_ddp, optimizer, images, labels, cfg.align_corners, precision, device)
-            progress.set_postfix(loss=f"{losses['loss']:.3f}", lr=f"{lrs[it - 1]:.2g}")
-            progress.update()
-            log.log(step=it, lr=float(lrs[it - 1]), **losses)
-            if it % cfg.ckpt_every_iters == 0 or it == cfg.max_iters or it == cfg.stop_after_iters:
-                state["train_time_s"] += time.time() - started
-                started = time.time()
-                training.save_training_state(run.run_dir / "latest.pth", modules={"model": model},
-                                             optimizer=optimizer, done=it, config_hash=run.config_hash, extra=state)
-            if it == cfg.stop_after_iters and it < cfg.max_iters:
-                progress.close()
-                print(f"{PROTOCOL}: stopped after iteration {it} (stop_after_iters); rerun to resume")
-                return {}
-        progress.close()
-
-        # ------------------------------------------------------------ predictions (PNG files) -> metric
         pred_dir = run.record_path.with_suffix(".predictions")
-        written = predict_val(model, val_set, cfg, pred_dir, info.rank, info.world_size, precision, device)
+        engine_details: dict = {}
+        if cfg.engine == "mmseg":  # mmseg trains and writes the prediction PNGs; scored below as the native ones
+            written, state, engine_details = segmentation_mmseg.train_and_predict(
+                cfg, run, log, backbone, report, train_set, val_set, pred_dir)
+        else:
+            stream = TrainStream(train_set, cfg, info.rank, info.world_size)
+            # ------------------------------------------------------------ model, optimizer, schedule, resume
+            torch.manual_seed(cfg.seed)  # the heads' initialisation
+            model = FCN(backbone, len(CLASS_NAMES[cfg.dataset]))
+            if device.type == "cuda":  # SyncBN in a multi-GPU job (as the reference); it has no CPU kernels
+                model = dist.maybe_sync_bn(model)
+            model = model.to(device)
+            if device.type == "cuda":
+                model = model.to(memory_format=torch.channels_last)
+            model_ddp = training.wrap_ddp(model, device)
+            optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                        weight_decay=cfg.weight_decay)
+            lrs = training.poly_lr(cfg.lr, cfg.max_iters, cfg.poly_power, cfg.min_lr)
+            start, state = 0, {"train_time_s": 0.0}
+            resume_from = None if cfg.force and cfg.resume == "auto" else training.find_resume(run.run_dir, cfg.resume)
+            if resume_from is not None:
+                start, state = training.load_training_state(resume_from, modules={"model": model}, optimizer=optimizer,
+                                                            config_hash=run.config_hash)
+                log.drop_after_step(start)
+                if info.is_main:
+                    print(f"{PROTOCOL}: resumed from {resume_from} after iteration {start}")
+
+            # ------------------------------------------------------------ loop (iteration-based)
+            # Its own generator: the loader's base-seed draw must not shift the global stream (dropout) on resume.
+            loader = DataLoader(stream, batch, sampler=range(start * batch, cfg.max_iters * batch),
+                                num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
+                                generator=torch.Generator().manual_seed(cfg.seed))
+            progress = Progress(cfg.max_iters, f"{PROTOCOL} {cfg.dataset}", initial=start, unit="it")
+            model.train()
+            started, it = time.time(), start
+            for it, (images, labels) in enumerate(loader, start=start + 1):
+                for group in optimizer.param_groups:
+                    group["lr"] = float(lrs[it - 1])
+                losses = train_step(model_ddp, optimizer, images, labels, cfg.align_corners, precision, device)
+                progress.set_postfix(loss=f"{losses['loss']:.3f}", lr=f"{lrs[it - 1]:.2g}")
+                progress.update()
+                log.log(step=it, lr=float(lrs[it - 1]), **losses)
+                if it % cfg.ckpt_every_iters == 0 or it == cfg.max_iters or it == cfg.stop_after_iters:
+                    state["train_time_s"] += time.time() - started
+                    started = time.time()
+                    training.save_training_state(run.run_dir / "latest.pth", modules={"model": model},
+                                                 optimizer=optimizer, done=it, config_hash=run.config_hash, extra=state)
+                if it == cfg.stop_after_iters and it < cfg.max_iters:
+                    progress.close()
+                    print(f"{PROTOCOL}: stopped after iteration {it} (stop_after_iters); rerun to resume")
+                    return {}
+            progress.close()
+
+            # ------------------------------------------------------------ predictions (PNG files) -> metric
+            written = predict_val(model, val_set, cfg, pred_dir, info.rank, info.world_size, precision, device)
         areas = score_files(val_set, written, cfg.dataset, pred_dir)
         areas = dist.all_reduce_sum(torch.from_numpy(areas).to(device)).cpu().numpy()
         scores = segmentation_scores(areas, CLASS_NAMES[cfg.dataset])
@@ -268,7 +276,7 @@ def run(cfg: SegmentationConfig) -> dict[str, float]:
             "num_classes": len(CLASS_NAMES[cfg.dataset]), "train_images": len(train_set),
             "val_images": len(val_set), "test_mode": cfg.test_mode, "encoder_evaluated": cfg.encoder,
             "loss": "CE(decode) + 0.4 CE(aux), mean over all pixels (mmseg avg_non_ignore=False)",
-            "train_time_s": round(state["train_time_s"], 2),
+            "train_time_s": round(state["train_time_s"], 2), "engine": cfg.engine, **engine_details,
         }
         if info.is_main:
             png = training.plot_log(log.path, run.run_dir / "loss_curve.png", "step",
@@ -295,6 +303,8 @@ def check_inputs(cfg: SegmentationConfig) -> None:
         raise ValueError("scale and test_scale take (long, short), ratio_range (low, high): two values each")
     if not 0 < cfg.test_stride <= cfg.test_crop:
         raise ValueError(f"test_stride={cfg.test_stride} must be in 1..test_crop ({cfg.test_crop})")
+    if cfg.engine == "mmseg":
+        segmentation_mmseg.check_engine(cfg)
 
 
 def open_dataset(name: str, data_root: str, split: str) -> Dataset:
@@ -497,16 +507,21 @@ def predict_val(model: FCN, val_set: Dataset, cfg: SegmentationConfig, out: Path
     progress = Progress(len(indices), f"{PROTOCOL} {cfg.dataset} val", unit="img")
     for index, image in loader:
         pred = predict(model, image, cfg, precision).numpy()
-        if cfg.dataset == "cityscapes":
-            png = Image.fromarray(TRAIN_ID_TO_ID[pred], mode="L")
-        else:
-            png = Image.fromarray(pred, mode="P")
-            png.putpalette(voc_palette())
-        png.save(out / prediction_name(val_set, index))
+        save_prediction(pred, cfg.dataset, out / prediction_name(val_set, index))
         progress.update()
     progress.close()
     model.train()
     return indices
+
+
+def save_prediction(pred: np.ndarray, dataset: str, path: Path) -> None:
+    """One prediction PNG: Cityscapes official labelIds (grey), VOC a palette PNG of the class indices."""
+    if dataset == "cityscapes":
+        png = Image.fromarray(TRAIN_ID_TO_ID[pred], mode="L")
+    else:
+        png = Image.fromarray(pred, mode="P")
+        png.putpalette(voc_palette())
+    png.save(path)
 
 
 class _Indexed(Dataset):

@@ -30,13 +30,13 @@ import json
 import os
 import sys
 import time
-import types
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from benchmarks.segmentation import FCN, SegmentationConfig, predict, train_step
+from benchmarks.segmentation_mmseg import import_mmseg, mmseg_fcn_config
 from byol_bench.backbone import build_resnet
 from byol_bench.cli import main_guard
 from byol_bench.training import resolve_precision
@@ -65,54 +65,6 @@ def measure(step: Callable[[], object], device: torch.device, warmup: int, iters
         sync(device)
         best = max(best, iters / (time.perf_counter() - start))
     return best
-
-
-def import_mmseg() -> bool:
-    """Make ``mmseg.models`` importable; False when mmseg is not installed.
-
-    mmseg 1.2.x installs with mmcv-lite, which lacks ``mmcv.ops`` (compiled ops); ``mmseg.models`` imports it, so a
-    stub module stands in for it (FCN uses none of its ops). The stub's names are empty classes.
-    """
-    try:
-        import mmseg  # noqa: F401
-    except ImportError:
-        return False
-    try:
-        import mmcv.ops  # noqa: F401 - full mmcv has it
-    except ImportError:
-        def missing(name: str) -> type:
-            if name.startswith("__"):
-                raise AttributeError(name)
-            return type(name, (), {})
-
-        stub = types.ModuleType("mmcv.ops")
-        stub.__getattr__ = missing
-        sys.modules["mmcv.ops"] = stub
-    from mmseg.utils import register_all_modules
-
-    register_all_modules()
-    return True
-
-
-def mmseg_fcn_config(arch: str, num_classes: int, align_corners: bool, test_cfg: dict) -> dict:
-    """B §6.1's FCN R50-D8 as an mmseg model config (``arch`` depth; BN instead of SyncBN: one process)."""
-    depth = int(arch.removeprefix("resnet"))
-    c4, c3 = (2048, 1024) if depth >= 50 else (512, 256)
-    norm = dict(type="BN", requires_grad=True)
-    head = dict(type="FCNHead", channels=512, num_convs=2, concat_input=True, dropout_ratio=0.1,
-                num_classes=num_classes, norm_cfg=norm, align_corners=align_corners,
-                loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0))
-    return dict(
-        type="EncoderDecoder",
-        data_preprocessor=dict(type="SegDataPreProcessor", mean=[0.0] * 3, std=[1.0] * 3, size_divisor=8, pad_val=0,
-                               seg_pad_val=255),
-        backbone=dict(type="ResNet", depth=depth, num_stages=4, out_indices=(0, 1, 2, 3), dilations=(1, 1, 2, 4),
-                      strides=(1, 2, 1, 1), norm_cfg=norm, norm_eval=False, style="pytorch", contract_dilation=True),
-        decode_head={**head, "in_channels": c4, "in_index": 3},
-        auxiliary_head={**head, "in_channels": c3, "in_index": 2, "channels": 256, "num_convs": 1,
-                        "concat_input": False,
-                        "loss_decode": dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=0.4)},
-        train_cfg=dict(), test_cfg=test_cfg)
 
 
 def mmseg_stepper(arch: str, batch: torch.Tensor, labels: torch.Tensor, device: torch.device) -> Callable | None:

@@ -1,17 +1,17 @@
-"""Equivalence with mmsegmentation 1.2.x on identical inputs (skipped when ``mmseg`` is not importable): the mIoU of
-``byol_bench.segmentation`` vs ``IoUMetric``, ``slide_logits`` vs ``EncoderDecoder.slide_inference``, and the native
-FCN R50-D8 vs mmseg's on the same weights.
+"""mmsegmentation 1.2.x (skipped when ``mmseg`` is not importable): equivalence on identical inputs (the mIoU of
+``byol_bench.segmentation`` vs ``IoUMetric``, ``slide_logits`` vs ``EncoderDecoder.slide_inference``, the native
+FCN R50-D8 vs mmseg's on the same weights) and the ``engine=mmseg`` runner (generated config, tiny e2e run, resume).
 
 mmseg 1.2.x installs with mmcv-lite, which lacks ``mmcv.ops`` (compiled ops): importing ``mmseg.models`` fails on it,
-so ``scripts/bench_seg.py``'s ``import_mmseg`` puts a stub module in its place (FCN uses none of its ops). Run by
-hand once (docs/SEGMENTATION.md): ``pip install --no-deps --target DIR mmsegmentation==1.2.2 mmengine
+so ``benchmarks/segmentation_mmseg.py``'s ``import_mmseg`` puts a stub module in its place (FCN uses none of its
+ops). Run by hand once (docs/SEGMENTATION.md): ``pip install --no-deps --target DIR mmsegmentation==1.2.2 mmengine
 mmcv-lite==2.1.0 opencv-python-headless addict yapf platformdirs termcolor rich
 prettytable wcwidth ftfy regex``, then ``PYTHONPATH=DIR pytest tests/test_segmentation_mmseg.py``.
 """
 
 from __future__ import annotations
 
-import sys
+import json
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +19,10 @@ import pytest
 import torch
 
 import benchmarks.segmentation as seg
+from benchmarks.segmentation_mmseg import data_list, import_mmseg, mmseg_config, mmseg_fcn_config
 from byol_bench.backbone import build_resnet
+from byol_bench.config import load_config
 from byol_bench.segmentation import intersect_and_union, segmentation_scores, slide_logits
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from bench_seg import import_mmseg, mmseg_fcn_config  # the mmcv.ops stub and B §6.1's mmseg model config
 
 if not import_mmseg():
     pytest.skip("mmseg is not importable", allow_module_level=True)
@@ -33,6 +32,8 @@ from mmengine.structures import PixelData
 from mmseg.evaluation import IoUMetric
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # robust on a shared 2-core machine (see conftest)
 
 
 def _to_mmseg_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -115,3 +116,84 @@ def test_fcn_r50_d8_equals_mmseg_on_the_same_weights():
     theirs_aux = theirs.auxiliary_head.loss_by_feat(aux, [sample])["loss_ce"]
     torch.testing.assert_close(mine["loss_decode"], theirs_decode, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(0.4 * mine["loss_aux"], theirs_aux, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- engine=mmseg
+
+
+def _cfg(ckpt: Path, data: Path, out: Path, *extra: str, preset: str = "tiny") -> seg.SegmentationConfig:
+    return load_config(seg.SegmentationConfig, preset, [f"ckpt={ckpt}", f"data_root={data}", f"out_dir={out}",
+                                                        "engine=mmseg", *extra], preset_dir=seg.PRESET_DIR)
+
+
+@pytest.mark.parametrize("preset", ["fcn_r50-d8_4xb4-20k_voc12aug-512x512", "fcn_r50-d8_4xb2-40k_cityscapes-769x769"])
+def test_generated_config_is_the_preset(preset, tmp_path):
+    cfg = _cfg(tmp_path / "x.pth", tmp_path, tmp_path, preset=preset)
+    city = cfg.dataset == "cityscapes"
+    config = mmseg_config(cfg, "resnet50", 19 if city else 21, tmp_path / "w.pth", tmp_path, [],
+                          seg.CLASS_NAMES[cfg.dataset])
+    model, pipeline = config["model"], config["train_dataloader"]["dataset"]["pipeline"]
+    crop = (769, 769) if city else (512, 512)
+    assert config["train_cfg"]["max_iters"] == (40000 if city else 20000)
+    assert config["train_dataloader"]["batch_size"] == (2 if city else 4)
+    assert config["optim_wrapper"]["optimizer"] == dict(type="SGD", lr=0.01, momentum=0.9, weight_decay=5e-4)
+    assert config["param_scheduler"] == [dict(type="PolyLR", eta_min=1e-4, power=0.9, begin=0,
+                                              end=40000 if city else 20000, by_epoch=False)]
+    assert [t["type"] for t in pipeline] == ["LoadImageFromFile", "LoadAnnotations", "RandomResize", "RandomCrop",
+                                             "RandomFlip", "PhotoMetricDistortion", "PackSegInputs"]
+    assert pipeline[2]["scale"] == ((2049, 1025) if city else (2048, 512)) and pipeline[2]["ratio_range"] == (0.5, 2.0)
+    assert pipeline[3] == dict(type="RandomCrop", crop_size=crop, cat_max_ratio=0.75)
+    assert model["data_preprocessor"]["size"] == crop and model["data_preprocessor"]["bgr_to_rgb"]
+    assert model["auxiliary_head"]["loss_decode"]["loss_weight"] == 0.4
+    assert model["decode_head"]["loss_decode"]["loss_weight"] == 1.0
+    assert model["decode_head"]["align_corners"] is city and model["auxiliary_head"]["align_corners"] is city
+    assert model["test_cfg"] == (dict(mode="slide", crop_size=(769, 769), stride=(513, 513)) if city
+                                 else dict(mode="whole"))
+    assert config["test_pipeline"][1]["scale"] == ((2049, 1025) if city else (2048, 512))
+
+
+def test_pretrained_export_loads_into_mmseg_backbone_and_labels_map(ckpt, tiny_data, tmp_path):
+    """The adapters' mmseg export is the backbone's Pretrained init (every tensor); Cityscapes labelIds -> trainIds."""
+    from adapters.export import to_mm
+    from byol_bench.checkpoint import atomic_save
+
+    state = torch.load(ckpt)
+    weights = atomic_save(to_mm(state, {}), tmp_path / "w.pth")
+    cfg = _cfg(ckpt, tiny_data, tmp_path)
+    model = MODELS.build(mmseg_config(cfg, "resnet18", 21, weights, tmp_path, [], ())["model"])
+    model.init_weights()
+    theirs = model.backbone.state_dict()
+    assert set(theirs) == set(state)
+    for key, value in state.items():
+        torch.testing.assert_close(theirs[key], value, msg=key)
+    city = seg.open_dataset("cityscapes", str(tiny_data), "val")
+    label_map = data_list(city, "cityscapes")[0]["label_map"]
+    assert label_map[7] == 0 and label_map[33] == 18 and label_map[0] == 255  # road, bicycle, unlabeled
+
+
+def test_engine_mmseg_tiny_run_writes_a_record_and_resumes(ckpt, tiny_data, tmp_path):
+    cfg = _cfg(ckpt, tiny_data, tmp_path, "max_iters=4", "ckpt_every_iters=2")
+    metrics = seg.run(cfg)
+    record_path = next((tmp_path / "records").glob("segmentation_voc12aug_*.json"))
+    record = json.loads(record_path.read_text())
+    details = record["details"]
+    assert record["protocol"] == "segmentation" and record["dataset"] == "voc12aug"
+    assert details["engine"] == "mmseg" and details["mmseg_version"].startswith("1.2")
+    assert 0 <= metrics["mIoU"] <= 100 and record["metrics"]["mIoU"] == metrics["mIoU"]
+    assert len(details["IoU"]) == 21
+    val = seg.open_dataset("voc12aug", str(tiny_data), "val")
+    pngs = sorted(Path(details["predictions"]).glob("*.png"))
+    assert len(pngs) == len(val)
+    # the record's mIoU is our metric on those files
+    areas = seg.score_files(val, list(range(len(val))), "voc12aug", Path(details["predictions"]))
+    assert seg.segmentation_scores(areas, seg.CLASS_NAMES["voc12aug"])["mIoU"] == pytest.approx(metrics["mIoU"])
+    log_path = next((record_path.parents[1] / "runs").glob("segmentation/*/log.jsonl"))
+    log = [json.loads(line) for line in log_path.read_text().splitlines()]
+    assert [row["step"] for row in log] == [4] and log[0]["loss"] > 0
+    # resume=auto: mmengine's own checkpoint (iteration 4 of 4) is loaded (weights_only off), the same model predicts
+    record_path.unlink()
+    assert seg.run(cfg)["mIoU"] == pytest.approx(metrics["mIoU"])
+    mm_runs = sorted(p for p in (record_path.parents[1] / "runs").glob("segmentation/*/mmseg/*") if p.is_dir())
+    assert len(mm_runs) == 2
+    resumed = mm_runs[-1] / "vis_data" / "scalars.json"  # nothing trained after the resume: no loss logged
+    assert not resumed.exists() or "loss" not in resumed.read_text()
