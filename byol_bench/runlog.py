@@ -225,6 +225,21 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def steps_per_second(step: Callable[[], object], device: torch.device, warmup: int, iters: int) -> float:
+    """Calls of ``step`` per second over ``iters`` timed calls after ``warmup`` untimed ones (CUDA synchronised
+    around the timed calls): the benchmark scripts' one timing loop."""
+    for _ in range(warmup):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(iters):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return iters / (time.perf_counter() - start)
+
+
 def provenance() -> dict[str, Any]:
     """Command line, git commit, library versions, device and host: what is needed to rerun a result."""
     device = (torch.cuda.get_device_name(0) if torch.cuda.is_available()

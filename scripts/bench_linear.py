@@ -36,7 +36,6 @@ import argparse
 import json
 import os
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -50,7 +49,7 @@ from benchmarks.linear_mhead import POOL_GRIDS, MultiHeads, head_dims, train_ste
 from byol_bench.backbone import FEATURE_NAMES, MultiLayerFeatures, build_resnet, feature_channels
 from byol_bench.classification import open_split, train_transform
 from byol_bench.cli import main_guard
-from byol_bench.runlog import cpu_model
+from byol_bench.runlog import cpu_model, steps_per_second
 from byol_bench.training import resolve_precision
 
 LR, MOMENTUM, WD = 0.01, 0.9, 1e-4  # the protocol's SGD (nesterov)
@@ -100,21 +99,9 @@ def reference_stepper(arch: str, dims: dict[str, int], num_classes: int, pooling
 # -------------------------------------------------------------------- measurement ------------------------------
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def measure(step: Callable[[], object], device: torch.device, warmup: int, iters: int, batch: int) -> float:
     """Images per second over ``iters`` timed steps after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        step()
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(iters):
-        step()
-    sync(device)
-    return iters * batch / (time.perf_counter() - start)
+    return steps_per_second(step, device, warmup, iters) * batch
 
 
 def tiny_root(data_root: Path, workdir: Path, jpeg_size: int) -> Path:

@@ -31,7 +31,6 @@ import json
 import os
 import re
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -46,7 +45,7 @@ from byol_bench.backbone import build_resnet
 from byol_bench.cli import main_guard
 from byol_bench.datasets.imagenet import ImageFolderList
 from byol_bench.lars import LARS, param_groups
-from byol_bench.runlog import cpu_model
+from byol_bench.runlog import cpu_model, steps_per_second
 from byol_bench.training import resolve_precision
 from pretrain.augment import IMAGENET_MEAN, IMAGENET_STD, BatchAugmenter
 from pretrain.data import EpochBatchSampler, TwoViewDataset, iterate_batches, make_loader
@@ -204,21 +203,9 @@ def endless(loader: DataLoader) -> Iterator:
 # -------------------------------------------------------------------- measurement ------------------------------
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def measure(step: Callable[[], object], device: torch.device, warmup: int, steps: int, batch: int) -> float:
     """Images per second over ``steps`` timed steps after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        step()
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync(device)
-    return steps * batch / (time.perf_counter() - start)
+    return steps_per_second(step, device, warmup, steps) * batch
 
 
 def tiny_images(data_root: Path, jpeg_size: int, workdir: Path) -> Path:

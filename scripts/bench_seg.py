@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -39,6 +38,7 @@ from benchmarks.segmentation import FCN, SegmentationConfig, predict, train_step
 from benchmarks.segmentation_mmseg import import_mmseg, mmseg_fcn_config
 from byol_bench.backbone import build_resnet
 from byol_bench.cli import main_guard
+from byol_bench.runlog import steps_per_second
 from byol_bench.training import resolve_precision
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -47,24 +47,9 @@ from bench_linear import cpu_model  # one CPU-name helper for the bench scripts
 NUM_CLASSES = 19
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def measure(step: Callable[[], object], device: torch.device, warmup: int, iters: int, rounds: int) -> float:
-    """Best-round rate of ``step`` in calls per second."""
-    for _ in range(warmup):
-        step()
-    best = 0.0
-    for _ in range(rounds):
-        sync(device)
-        start = time.perf_counter()
-        for _ in range(iters):
-            step()
-        sync(device)
-        best = max(best, iters / (time.perf_counter() - start))
-    return best
+    """Best-round rate of ``step`` in calls per second (the warm-up runs once, before the first round)."""
+    return max(steps_per_second(step, device, warmup if r == 0 else 0, iters) for r in range(rounds))
 
 
 def mmseg_stepper(arch: str, batch: torch.Tensor, labels: torch.Tensor, device: torch.device) -> Callable | None:
