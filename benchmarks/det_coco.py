@@ -35,6 +35,8 @@ NOTE: under bf16 autocast (GPU) the box predictor runs in float32 (``rcnn.Float3
 NOTE: torchvision's blocks differ from mmdet in a few places the config does not reach (listed in
 ``byol_bench/detection/mask_rcnn.py`` and docs/DETECTION.md): RPN low-quality matches without mmdet's 0.3 floor, the
 test-time mask paste on integer boxes, antialiased float resize instead of cv2's.
+NOTE: ``engine=detectron2`` (``benchmarks/det_coco_detectron2.py``) trains detectron2's Mask R-CNN FPN on a config
+generated from the preset (run as one process: detectron2 launches one per GPU); its results files are scored here.
 NOTE: ``fpn_channels``, ``fc_channels`` and ``rois_per_image`` exist for the tiny preset only (CPU time): every
 full-size run uses the config's 256 / 1024 / 512.
 """
@@ -42,12 +44,15 @@ full-size run uses the config's 256 / 1024 / 512.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
 from adapters import load_backbone
+from benchmarks import det_coco_detectron2, det_voc_detectron2
 from byol_bench import dist, training
 from byol_bench.cli import main_guard
 from byol_bench.config import CONFIG_ROOT, opt, parse_args
@@ -103,6 +108,9 @@ class DetCocoConfig:
                                                      identity=False)
     num_workers: int = opt(4, "DataLoader workers per process (decoding, mask rasterisation)", identity=False)
     device: Literal["auto", "cpu", "cuda"] = opt("auto", "auto: CUDA when available", identity=False)
+    engine: Literal["native", "detectron2"] = opt(
+        "native", "native = torchvision blocks on byol_bench.detection (CI, demo); detectron2 = detectron2's Mask "
+        "R-CNN FPN on a generated config (needs detectron2 installed; run as one process)")
     tiny: bool = opt(False, "tiny sizes on the embedded data: the record is marked not comparable")
     force: bool = opt(False, "redo even when a record for this checkpoint and config exists", identity=False)
 
@@ -142,30 +150,38 @@ def run(cfg: DetCocoConfig) -> dict[str, float]:
 
         # ------------------------------------------------------------ model (backbone from the checkpoint)
         backbone, report = load_backbone(cfg.ckpt, cfg.arch, cfg.encoder, sha256=run.ckpt_sha256)
-        torch.manual_seed(cfg.seed)  # the FPN and head initialisation
-        model = trainer.prepare(build_model(backbone, len(train_set.category_ids), cfg), device)
+        if cfg.engine == "detectron2":  # detectron2 trains and predicts; its results files are scored below
+            engine = _detectron2_train_and_predict(cfg, backbone, report.arch, run, len(train_set),
+                                                   len(train_set.category_ids))
+            metrics, scores = score_files(val_set, run.record_path)
+        else:
+            torch.manual_seed(cfg.seed)  # the FPN and head initialisation
+            model = trainer.prepare(build_model(backbone, len(train_set.category_ids), cfg), device)
 
-        # ------------------------------------------------------------ train (resume=auto continues latest.pth)
-        settings = trainer.TrainSettings(
-            max_iters=resolved.max_iters, base_lr=resolved.lr, steps=resolved.steps,
-            warmup_iters=resolved.warmup_iters,
-            warmup_factor=cfg.warmup_factor, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-            weight_decay_norm=cfg.weight_decay_norm, batch_size_per_device=resolved.batch_size_per_device,
-            accumulate=resolved.accumulate, flip_prob=cfg.flip_prob, seed=cfg.seed, precision=resolved.precision,
-            ckpt_every_iters=cfg.ckpt_every_iters, stop_after_iters=cfg.stop_after_iters,
-            num_workers=cfg.num_workers)
-        # --force retrains from scratch: a finished run's latest.pth is not resumed from (it is overwritten)
-        resume_from = None if cfg.force and cfg.resume == "auto" else training.find_resume(run.run_dir, cfg.resume)
-        result = trainer.train(model, train_set, groups, settings, device=device, run_dir=run.run_dir,
-                               config_hash=run.config_hash, log=log, resume_from=resume_from, desc=PROTOCOL,
-                               plot_title=run.plot_title("COCO Mask R-CNN FPN training"))
-        if not result.finished:
-            print(f"{PROTOCOL}: stopped after iteration {result.iters_done} (stop_after_iters); rerun to resume")
-            return {}
+            # -------------------------------------------------------- train (resume=auto continues latest.pth)
+            settings = trainer.TrainSettings(
+                max_iters=resolved.max_iters, base_lr=resolved.lr, steps=resolved.steps,
+                warmup_iters=resolved.warmup_iters,
+                warmup_factor=cfg.warmup_factor, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                weight_decay_norm=cfg.weight_decay_norm, batch_size_per_device=resolved.batch_size_per_device,
+                accumulate=resolved.accumulate, flip_prob=cfg.flip_prob, seed=cfg.seed,
+                precision=resolved.precision, ckpt_every_iters=cfg.ckpt_every_iters,
+                stop_after_iters=cfg.stop_after_iters, num_workers=cfg.num_workers)
+            # --force retrains from scratch: a finished run's latest.pth is not resumed from (it is overwritten)
+            resume_from = None if cfg.force and cfg.resume == "auto" else training.find_resume(run.run_dir, cfg.resume)
+            result = trainer.train(model, train_set, groups, settings, device=device, run_dir=run.run_dir,
+                                   config_hash=run.config_hash, log=log, resume_from=resume_from, desc=PROTOCOL,
+                                   plot_title=run.plot_title("COCO Mask R-CNN FPN training"))
+            if not result.finished:
+                print(f"{PROTOCOL}: stopped after iteration {result.iters_done} (stop_after_iters); rerun to resume")
+                return {}
 
-        # ------------------------------------------------------------ predict val2017, write results files, score
-        metrics, scores = predict_and_score(model, val_set, run.record_path, device, resolved.precision,
-                                            cfg.num_workers)
+            # -------------------------------------------------------- predict val2017, write results files, score
+            metrics, scores = predict_and_score(model, val_set, run.record_path, device, resolved.precision,
+                                                cfg.num_workers)
+            engine = {"norm": trainer.norm_name(model), "train_time_s": round(result.train_time_s, 2),
+                      "last_losses": result.last_losses,
+                      "loss_plot": str(result.loss_plot) if result.loss_plot else None}
         details = {
             **{f"{t}_{k}": scores[t][k] for t in ("bbox", "segm") for k in ("APs", "APm", "APl")},
             "coco_eval": scores, "results_files": {t: scores[t]["results_file"] for t in ("bbox", "segm")},
@@ -175,9 +191,7 @@ def run(cfg: DetCocoConfig) -> dict[str, float]:
             "iters": resolved.max_iters, "iters_per_epoch": resolved.iters_per_epoch, "lr_steps": resolved.steps,
             "global_batch_size": resolved.global_batch_size, "accumulate": resolved.accumulate,
             "batch_policy": resolved.batch_policy, "lr": resolved.lr, "world_size": info.world_size,
-            "norm": trainer.norm_name(model), "precision": resolved.precision, "encoder_evaluated": cfg.encoder,
-            "train_time_s": round(result.train_time_s, 2), "last_losses": result.last_losses,
-            "loss_plot": str(result.loss_plot) if result.loss_plot else None,
+            "precision": resolved.precision, "encoder_evaluated": cfg.encoder, "engine": cfg.engine, **engine,
         }
         metrics = run.finish(metrics, checkpoint=asdict(report), seeds={"train": cfg.seed},
                              batch_size_per_device=resolved.batch_size_per_device, details=details)
@@ -200,11 +214,17 @@ def check_inputs(cfg: DetCocoConfig) -> None:
         raise ValueError(f"step_epochs={list(cfg.step_epochs)} must lie in 1..epochs={cfg.epochs}")
     if not cfg.train_min_sizes or min(*cfg.train_min_sizes, cfg.test_min_size) <= 0:
         raise ValueError("train_min_sizes must list positive short sides, and test_min_size be positive")
+    if cfg.engine == "detectron2":
+        det_voc_detectron2.require_detectron2()
+        if dist.launch_rank() != 0 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ValueError("engine=detectron2 runs as one process (no torchrun): detectron2 launches one process "
+                             "per visible GPU itself")
 
 
 def resolve(cfg: DetCocoConfig, world_size: int, train_images: int, device: torch.device) -> Resolved:
     """Batch, lr and schedule for this process count (see the NOTE on small worlds in the module docstring)."""
-    per_step = cfg.batch_size_per_device * world_size
+    # detectron2 splits its IMS_PER_BATCH (the global batch) over the processes it launches: no accumulation
+    per_step = cfg.global_batch_size if cfg.engine == "detectron2" else cfg.batch_size_per_device * world_size
     if per_step >= cfg.global_batch_size or cfg.small_world == "accumulate":
         if cfg.global_batch_size % per_step:
             raise ValueError(f"global_batch_size={cfg.global_batch_size} is not a multiple of batch_size_per_device "
@@ -259,15 +279,43 @@ def predict_and_score(model: torch.nn.Module, dataset: COCODetection, record_pat
     per_image = trainer.predict(model, dataset, device=device, precision=precision, num_workers=num_workers,
                                 convert=lambda det, target: to_coco_results(target["image_id"], det, category_ids),
                                 desc=f"{PROTOCOL} predict")
+    if dist.is_main():
+        for k, path in enumerate(results_files(record_path).values()):
+            write_results(path, [r for image in per_image for r in image[k]])
+    return score_files(dataset, record_path)
+
+
+def results_files(record_path: Path) -> dict[str, Path]:
+    """The COCO results files of a record: ``<record>.results/{bbox,segm}.json.gz``."""
+    folder = record_path.with_suffix(".results")
+    return {"bbox": folder / "bbox.json.gz", "segm": folder / "segm.json.gz"}
+
+
+def score_files(dataset: COCODetection, record_path: Path) -> tuple[dict[str, float], dict[str, Any]]:
+    """COCOeval (rank 0) on the record's results files; the scores reach every rank."""
     scored: list[Any] = [None]
     if dist.is_main():
-        folder = record_path.with_suffix(".results")
-        files = {"bbox": folder / "bbox.json.gz", "segm": folder / "segm.json.gz"}
-        for k, iou_type in enumerate(("bbox", "segm")):
-            write_results(files[iou_type], [r for image in per_image for r in image[k]])
-        scored = [evaluate_files(dataset.coco, files, image_ids=dataset.image_ids)]
+        scored = [evaluate_files(dataset.coco, results_files(record_path), image_ids=dataset.image_ids)]
     metrics, scores = dist.all_gather_objects(scored)[0][0]
     return metrics, scores
+
+
+def _detectron2_train_and_predict(cfg: DetCocoConfig, backbone: torch.nn.Module, arch: str, run: Any,
+                                  train_images: int, num_classes: int) -> dict[str, Any]:
+    """detectron2 (``benchmarks/det_coco_detectron2.py``): export, config, train_net; the results files land next to
+    the record. Returns the record fields besides the scores."""
+    gpus = torch.cuda.device_count()
+    trunk = {k: v for k, v in backbone.state_dict().items() if not k.startswith("fc.")}
+    config = det_voc_detectron2.write_inputs(
+        trunk, lambda weights: det_coco_detectron2.config_values(cfg, arch, weights, run.run_dir / "output", gpus,
+                                                                  num_classes, train_images), run.run_dir)
+    results_dir = results_files(run.record_path)["bbox"].parent
+    det_voc_detectron2.launch_train_net(
+        "benchmarks.det_coco_detectron2",
+        ["--config-file", str(config), "--num-gpus", str(gpus), "--data-root", str(Path(cfg.data_root).resolve()),
+         "--results-dir", str(results_dir), "--resume"], {})
+    return {"norm": "SyncBN" if gpus > 1 else "BN", "detectron2_config": str(config), "detectron2_gpus": gpus,
+            "loss_plot": None}
 
 
 def main() -> None:

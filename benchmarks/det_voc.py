@@ -272,7 +272,8 @@ def check_inputs(cfg: DetVocConfig) -> None:
 
 def resolve(cfg: DetVocConfig, world_size: int, precision: str, device: str) -> Resolved:
     """Batch, lr and schedule for this process count (see the NOTE on small worlds in the module docstring)."""
-    per_step = cfg.batch_size_per_device * world_size
+    # detectron2 splits its IMS_PER_BATCH (the global batch) over the processes it launches: no accumulation
+    per_step = cfg.global_batch_size if cfg.engine == "detectron2" else cfg.batch_size_per_device * world_size
     if per_step >= cfg.global_batch_size or cfg.small_world == "accumulate":
         if cfg.global_batch_size % per_step:
             raise ValueError(f"global_batch_size={cfg.global_batch_size} is not a multiple of batch_size_per_device "
@@ -305,7 +306,7 @@ def _detectron2_trial(cfg: DetVocConfig, backbone: nn.Module, arch: str, trial_d
     config = det_voc_detectron2.write_inputs(
         trunk, lambda weights: det_voc_detectron2.config_values(cfg, arch, weights, trial_dir / "output", seed,
                                                                  gpus), trial_dir)
-    det_voc_detectron2.train_trial(config, results_dir, Path(cfg.data_root), gpus)
+    det_voc_detectron2.train_trial(config, results_dir, Path(cfg.data_root), gpus, cfg.test_images)
     return {"norm": "SyncBN" if gpus > 1 else "BN", "detectron2_config": str(config), "detectron2_gpus": gpus,
             "loss_plot": None}
 

@@ -67,6 +67,7 @@ def config_values(cfg: Any, arch: str, weights: Path, output_dir: Path, seed: in
         "VERSION": 2,
         "MODEL": {
             "META_ARCHITECTURE": "GeneralizedRCNN",
+            "DEVICE": "cuda" if world_size > 0 else "cpu",  # world_size = GPUs; 0: detectron2 on the CPU
             "WEIGHTS": fragment["MODEL"]["WEIGHTS"],
             "MASK_ON": False,
             "PIXEL_MEAN": fragment["MODEL"]["PIXEL_MEAN"],
@@ -86,6 +87,7 @@ def config_values(cfg: Any, arch: str, weights: Path, output_dir: Path, seed: in
                   "MAX_SIZE_TRAIN": cfg.train_max_size, "MIN_SIZE_TEST": cfg.test_size,
                   "MAX_SIZE_TEST": cfg.test_max_size},
         "DATASETS": {"TRAIN": ["voc_2007_trainval", "voc_2012_trainval"], "TEST": ["voc_2007_test"]},
+        "DATALOADER": {"NUM_WORKERS": cfg.num_workers},
         "SOLVER": {"IMS_PER_BATCH": ims_per_batch, "BASE_LR": cfg.lr, "MOMENTUM": cfg.momentum,
                    "WEIGHT_DECAY": cfg.weight_decay, "WEIGHT_DECAY_NORM": 0.0, "STEPS": list(cfg.steps),
                    "MAX_ITER": cfg.max_iters, "WARMUP_ITERS": cfg.warmup_iters, "WARMUP_FACTOR": 0.001,
@@ -107,13 +109,21 @@ def write_inputs(trunk: dict[str, torch.Tensor], values_of: Any, trial_dir: Path
     return atomic_write_text(trial_dir / "config.yaml", yaml.safe_dump(values_of(weights), sort_keys=False))
 
 
-def train_trial(config: Path, results_dir: Path, data_root: Path, num_gpus: int) -> None:
-    """Run this module's ``main`` (detectron2's own launcher) in a subprocess; the detections land in
-    ``results_dir``. detectron2 finds VOC under ``$DETECTRON2_DATASETS/VOC2007`` (= our ``VOCdevkit``)."""
-    env = {**os.environ, "DETECTRON2_DATASETS": str(Path(data_root) / "VOCdevkit")}
-    command = [sys.executable, "-m", "benchmarks.det_voc_detectron2", "--config-file", str(config),
-               "--num-gpus", str(num_gpus), "--results-dir", str(results_dir), "--resume"]
-    done = subprocess.run(command, env=env, check=False)
+def train_trial(config: Path, results_dir: Path, data_root: Path, num_gpus: int, test_images: int) -> None:
+    """Run this module's ``main`` (detectron2's own launcher) in a subprocess; the detections of the first
+    ``test_images`` test images (0: all) land in ``results_dir``. detectron2 finds VOC under
+    ``$DETECTRON2_DATASETS/VOC2007`` (= our ``VOCdevkit``)."""
+    launch_train_net("benchmarks.det_voc_detectron2",
+                     ["--config-file", str(config), "--num-gpus", str(num_gpus), "--results-dir", str(results_dir),
+                      "--test-images", str(test_images), "--resume"],
+                     {"DETECTRON2_DATASETS": str(Path(data_root) / "VOCdevkit")})
+
+
+def launch_train_net(module: str, arguments: list[str], env: dict[str, str]) -> None:
+    """``python -m module arguments`` in a subprocess, with ``env`` added to the environment: a train_net that
+    starts detectron2's own launcher (one process per GPU). A non-zero exit is a one-line error."""
+    command = [sys.executable, "-m", module, *arguments]
+    done = subprocess.run(command, env={**os.environ, **env}, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"detectron2 training failed (exit {done.returncode}): {' '.join(command)}")
 
@@ -136,6 +146,18 @@ def _register_head() -> None:
             seq, out_channels = super()._build_res5_block(cfg)
             seq.add_module("norm", get_norm(cfg.MODEL.RESNETS.NORM, out_channels))
             return seq, out_channels
+
+
+def _register_first_test_images(count: int) -> str:
+    """``voc_2007_test`` cut to its first ``count`` images (the native engine's ``test_images``); returns its name."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    name = f"voc_2007_test_first{count}"
+    if name not in DatasetCatalog.list():
+        DatasetCatalog.register(name, lambda: DatasetCatalog.get("voc_2007_test")[:count])
+        MetadataCatalog.get(name).set(**{k: v for k, v in MetadataCatalog.get("voc_2007_test").as_dict().items()
+                                         if k != "name"})
+    return name
 
 
 def _trainer_class(results_dir: Path) -> type:
@@ -176,6 +198,8 @@ def _main(args: argparse.Namespace) -> None:
     _register_head()
     cfg = get_cfg()
     cfg.merge_from_file(args.config_file)
+    if args.test_images:
+        cfg.DATASETS.TEST = (_register_first_test_images(args.test_images),)
     cfg.freeze()
     default_setup(cfg, args)
     trainer = _trainer_class(Path(args.results_dir))(cfg)
@@ -188,6 +212,7 @@ def main() -> None:
 
     parser = default_argument_parser()
     parser.add_argument("--results-dir", required=True, help="where the comp4_det_test_<class>.txt files go")
+    parser.add_argument("--test-images", type=int, default=0, help="score the first N test images only (0: all)")
     args = parser.parse_args()
     launch(_main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
            dist_url=args.dist_url, args=(args,))

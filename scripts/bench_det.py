@@ -7,8 +7,11 @@ against a reference measured in the same run, on the same images and batch.
 (a) native: ``trainer.train`` itself (data stream, flips, reseeding, accumulation off, logging) on the C4 Faster
     R-CNN of ``benchmarks/det_voc.py`` with a random-init ResNet-50; iterations/s from the per-iteration log
     timestamps after ``--warmup`` iterations;
-(b) detectron2 on the same config (``ratio_vs_detectron2``), when it is importable: not implemented here yet, so
-    the key is null (detectron2 has no PyPI release; see docs/DETECTION.md);
+(b) detectron2, when it is importable (no PyPI release; docs/DETECTION.md): the model its engine builds from the
+    same preset (``config_values`` of ``benchmarks/det_voc_detectron2.py`` / ``det_coco_detectron2.py``, random
+    init) in the plain loop of (c) with detectron2's own optimizer (``build_optimizer``), on the same batches and
+    precision, fed as detectron2 inputs (``Instances`` with boxes, classes and bitmasks): ``ratio_vs_detectron2`` =
+    (a) / (b). detectron2 gets no data loading in that loop, the native engine does: the ratio is conservative;
 (c) the floor check without detectron2: torchvision's stock ``fasterrcnn_resnet50_fpn`` (random init, BatchNorm,
     everything trainable) in a plain SGD loop over the same batches and precision: ``ratio_vs_torchvision_fpn`` =
     (a) / (c). The two models differ (C4's res5 runs once per RoI, FPN's box head is two small FC layers), so this is
@@ -34,11 +37,12 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks import det_coco, det_voc  # noqa: E402
+from benchmarks import det_coco, det_coco_detectron2, det_voc, det_voc_detectron2  # noqa: E402
 from byol_bench import training  # noqa: E402
 from byol_bench.backbone import build_resnet  # noqa: E402
 from byol_bench.config import load_config  # noqa: E402
@@ -114,12 +118,62 @@ def torchvision_fpn_rate(ds: SyntheticBoxes, size: int, rois: int, iters: int, w
     return iters / (time.perf_counter() - start)
 
 
-def mask_rcnn_rates(ds: SyntheticBoxes, size: int, rois: int, iters: int, warmup: int, batch: int, precision: str,
-                    device: torch.device) -> tuple[float, float]:
-    """(issue 15) det_coco's Mask R-CNN R50-FPN in ``trainer.train`` and torchvision's ``maskrcnn_resnet50_fpn_v2``
-    in the plain loop, iterations/s, on ``ds`` with each box's rectangle as its mask."""
-    from torchvision.models.detection import maskrcnn_resnet50_fpn_v2
+def detectron2_rate(ds: SyntheticBoxes, size: int, rois: int, iters: int, warmup: int, batch: int, precision: str,
+                    device: torch.device, model: str) -> float:
+    """detectron2's ``model`` (``c4`` or ``mask_rcnn``) from its engine's config for the same sizes, iterations/s in
+    the plain loop (``ds`` targets with ``masks`` for ``mask_rcnn``)."""
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+    from detectron2.solver import build_optimizer
+    from detectron2.structures import BitMasks, Boxes, Instances
+    from detectron2.utils.events import EventStorage
 
+    gpus = 1 if device.type == "cuda" else 0  # one process: plain BN, as the native engine here
+    with tempfile.TemporaryDirectory() as tmp:
+        if model == "c4":
+            cfg = load_config(det_voc.DetVocConfig, "faster-rcnn_resnet50-c4_8xb2-24k_voc0712",
+                              ["ckpt=x", f"train_sizes=[{size}]", f"roi_batch_size_per_image={rois}"],
+                              preset_dir=det_voc.PRESET_DIR)
+            det_voc_detectron2._register_head()
+            values = det_voc_detectron2.config_values(cfg, "resnet50", Path(tmp, "w.pkl"), Path(tmp), 0, gpus)
+        else:
+            cfg = load_config(det_coco.DetCocoConfig, "mask-rcnn_resnet50-fpn_8xb2-ms-1x_coco",
+                              ["ckpt=x", f"train_min_sizes=[{size}]", f"rois_per_image={rois}"],
+                              preset_dir=det_coco.PRESET_DIR)
+            values = det_coco_detectron2.config_values(cfg, "resnet50", Path(tmp, "w.pkl"), Path(tmp), gpus, 20,
+                                                       len(ds))
+        config = Path(tmp, "config.yaml")
+        config.write_text(yaml.safe_dump(values))
+        d2cfg = get_cfg()
+        d2cfg.merge_from_file(str(config))
+    torch.manual_seed(0)
+    net = build_model(d2cfg).train()
+    optimizer = build_optimizer(d2cfg, net)
+
+    def as_input(image: torch.Tensor, target: dict) -> dict:
+        fields = {"gt_boxes": Boxes(target["boxes"]), "gt_classes": target["labels"] - 1}
+        if "masks" in target:
+            fields["gt_masks"] = BitMasks(target["masks"].bool())
+        return {"image": image, "instances": Instances(tuple(image.shape[1:]), **fields)}
+
+    batches = [[as_input(*ds[(i * batch + j) % len(ds)]) for j in range(batch)] for i in range(warmup + iters)]
+    with EventStorage(0):  # detectron2's models log training statistics into one
+        for i, inputs in enumerate(batches):
+            if i == warmup:
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+            with training.autocast(device, precision):
+                losses = net(inputs)
+            optimizer.zero_grad(set_to_none=True)
+            sum(losses.values()).backward()
+            optimizer.step()
+            float(sum(v.detach() for v in losses.values()))  # one sync per step, as the engine's loss check
+    return iters / (time.perf_counter() - start)
+
+
+def with_box_masks(ds: SyntheticBoxes) -> SyntheticBoxes:
+    """``ds`` with each box's rectangle as its instance mask (for the Mask R-CNN models)."""
     masked = copy.copy(ds)
     masked.samples = []
     for image, target in ds.samples:
@@ -127,6 +181,16 @@ def mask_rcnn_rates(ds: SyntheticBoxes, size: int, rois: int, iters: int, warmup
         for mask, (x0, y0, x1, y1) in zip(masks, target["boxes"].round().int().tolist(), strict=True):
             mask[y0:y1, x0:x1] = 1
         masked.samples.append((image, {**target, "masks": masks}))
+    return masked
+
+
+def mask_rcnn_rates(ds: SyntheticBoxes, size: int, rois: int, iters: int, warmup: int, batch: int, precision: str,
+                    device: torch.device) -> tuple[float, float]:
+    """(issue 15) det_coco's Mask R-CNN R50-FPN in ``trainer.train`` and torchvision's ``maskrcnn_resnet50_fpn_v2``
+    in the plain loop, iterations/s, on ``ds`` with masks (:func:`with_box_masks`)."""
+    from torchvision.models.detection import maskrcnn_resnet50_fpn_v2
+
+    masked = ds
     cfg = load_config(det_coco.DetCocoConfig, "mask-rcnn_resnet50-fpn_8xb2-ms-1x_coco",
                       [f"train_min_sizes=[{size}]", f"test_min_size={size}", f"rois_per_image={rois}"],
                       preset_dir=det_coco.PRESET_DIR)
@@ -158,40 +222,32 @@ def main() -> None:
     iters = args.iters or (20 if use_cuda else 3)
     precision = training.resolve_precision("auto", device)
     ds = SyntheticBoxes(16, size, round(size * 4 / 3))  # 4:3 images already at the train short side
+    timing = (size, rois, iters, args.warmup, args.batch, precision, device)
     if args.model == "mask_rcnn":
-        _print_mask_rcnn(args, ds, size, rois, iters, precision, device)
-        return
-    native = native_rate(ds, size, rois, iters, args.warmup, args.batch, precision, device)
-    stock = torchvision_fpn_rate(ds, size, rois, iters, args.warmup, args.batch, precision, device)
+        ds = with_box_masks(ds)
+        native, stock = mask_rcnn_rates(ds, *timing)
+        names = ("native_mask_rcnn_fpn_iters_per_s", "torchvision_maskrcnn_v2_iters_per_s",
+                 "ratio_vs_torchvision_maskrcnn_v2")
+    else:
+        native, stock = native_rate(ds, *timing), torchvision_fpn_rate(ds, *timing)
+        names = ("native_c4_iters_per_s", "torchvision_fpn_iters_per_s", "ratio_vs_torchvision_fpn")
+    reference = detectron2_rate(ds, *timing, model=args.model) if _has_detectron2() else None
     out = {
         "device": torch.cuda.get_device_name(0) if use_cuda else "cpu", "cpu_model": cpu_model(),
         "threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__,
         "precision": precision, "size": size, "rois_per_image": rois, "batch": args.batch, "iters": iters,
-        "native_c4_iters_per_s": round(native, 4), "torchvision_fpn_iters_per_s": round(stock, 4),
-        "ratio_vs_torchvision_fpn": round(native / stock, 3),
-        "detectron2_iters_per_s": None, "ratio_vs_detectron2": None,
-        "detectron2": "not importable" if not _has_detectron2() else "importable, not timed (see docstring)",
-    }
-    if args.json:
-        print(json.dumps(out))
-    else:
-        for key, value in out.items():
-            print(f"{key}: {value}")
-
-
-def _print_mask_rcnn(args: argparse.Namespace, ds: SyntheticBoxes, size: int, rois: int, iters: int, precision: str,
-                     device: torch.device) -> None:
-    native, stock = mask_rcnn_rates(ds, size, rois, iters, args.warmup, args.batch, precision, device)
-    out = {
-        "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu", "cpu_model": cpu_model(),
-        "threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__,
-        "precision": precision, "size": size, "rois_per_image": rois, "batch": args.batch, "iters": iters,
-        "native_mask_rcnn_fpn_iters_per_s": round(native, 4), "torchvision_maskrcnn_v2_iters_per_s": round(stock, 4),
-        "ratio_vs_torchvision_maskrcnn_v2": round(native / stock, 3),
-        "detectron2_iters_per_s": None, "ratio_vs_detectron2": None,
-        "detectron2": "not importable" if not _has_detectron2() else "importable, not timed (see docstring)",
+        names[0]: round(native, 4), names[1]: round(stock, 4), names[2]: round(native / stock, 3),
+        "detectron2_iters_per_s": round(reference, 4) if reference else None,
+        "ratio_vs_detectron2": round(native / reference, 3) if reference else None,
+        "detectron2": "not importable" if reference is None else _detectron2_version(),
     }
     print(json.dumps(out) if args.json else "\n".join(f"{k}: {v}" for k, v in out.items()))
+
+
+def _detectron2_version() -> str:
+    import detectron2
+
+    return detectron2.__version__
 
 
 def _has_detectron2() -> bool:

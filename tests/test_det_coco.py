@@ -209,6 +209,10 @@ def test_full_preset_schedule():
                          117266, torch.device("cpu"))
     assert (scaled.accumulate, scaled.global_batch_size, scaled.lr) == (1, 4, pytest.approx(0.005))
     assert scaled.max_iters == 12 * 29317  # 4x the iterations at a quarter of the lr
+    # detectron2 runs its IMS_PER_BATCH (16) per step over the GPUs it launches: never accumulated or scaled
+    d2 = det.resolve(load_config(det.DetCocoConfig, FULL, ["engine=detectron2", "small_world=scale"],
+                                 preset_dir=det.PRESET_DIR), 1, 117266, torch.device("cpu"))
+    assert (d2.accumulate, d2.batch_policy, d2.global_batch_size, d2.max_iters) == (1, "recipe", 16, 12 * 7330)
     lrs = trainer.TrainSettings(max_iters=eight.max_iters, base_lr=eight.lr, steps=eight.steps,
                                 warmup_iters=cfg.warmup_iters).lrs()
     assert lrs[0] == pytest.approx(0.02 * 0.001) and lrs[1000] == pytest.approx(0.02)

@@ -149,6 +149,9 @@ def test_fewer_gpus_accumulate_or_scale():
         pytest.approx(0.005), 96000, (72000, 88000), 400, 4)
     with pytest.raises(ValueError, match="not a multiple"):
         det_voc.resolve(_cfg("batch_size_per_device=3"), 1, "fp32", "cpu")
+    # detectron2 runs its IMS_PER_BATCH (16) per step over the GPUs it launches: never accumulated or scaled
+    d2 = det_voc.resolve(_cfg("engine=detectron2", "small_world=scale"), 1, "fp32", "cpu")
+    assert (d2.accumulate, d2.batch_policy, d2.global_batch_size, d2.lr, d2.max_iters) == (1, "recipe", 16, 0.02, 24000)
 
 
 def test_trials_mean_and_sample_std():
