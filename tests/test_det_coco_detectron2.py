@@ -80,6 +80,9 @@ def test_generated_config_is_the_mmdet_config(tmp_path):
     assert (tiny["MODEL.FPN.OUT_CHANNELS"], tiny["MODEL.ROI_BOX_HEAD.CONV_DIM"], tiny["MODEL.ROI_BOX_HEAD.FC_DIM"],
             tiny["MODEL.ROI_MASK_HEAD.CONV_DIM"]) == (32, 32, 128, 32)
     assert tiny["MODEL.RESNETS.RES2_OUT_CHANNELS"] == 64 and tiny["SOLVER.MAX_ITER"] == 3 * 30
+    # a drop after the last epoch (the native engine ignores it) is left out: detectron2 refuses it
+    last = d2.config_values(_cfg("epochs=1", "step_epochs=[1]"), "resnet50", tmp_path / "w.pkl", tmp_path, 0, 80, 32)
+    assert (last["SOLVER"]["STEPS"], last["SOLVER"]["MAX_ITER"]) == ([], 2)
 
 
 def test_flip_detectron2_cannot_express_is_refused(tmp_path):

@@ -9,12 +9,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 import benchmarks.det_voc as det_voc
 import benchmarks.det_voc_detectron2 as d2
 from byol_bench.backbone import build_resnet
 from byol_bench.config import load_config
+from byol_bench.records import load_records
 
 REPO = Path(__file__).resolve().parents[1]
 FULL = "faster-rcnn_resnet50-c4_8xb2-24k_voc0712"
@@ -110,3 +112,24 @@ def test_extra_norm_head_registers_and_builds(tmp_path):
     model = build_model(d2cfg)
     assert type(model.roi_heads).__name__ == "Res5ROIHeadsExtraNorm"
     assert model.roi_heads.res5.norm.num_features == 2048
+
+
+@pytest.mark.skipif(not _has_detectron2(), reason="detectron2 is not importable (no PyPI release)")
+def test_tiny_run_scores_detectron2s_results_files(tiny_data, tmp_path):
+    # a random-init ResNet-50 (detectron2's C4 head is bottleneck-only), the tiny preset, 4 test images: detectron2
+    # predicts exactly the images the native engine would score
+    state = {k: v for k, v in build_resnet("resnet50").state_dict().items() if not k.startswith("fc.")}
+    ckpt = tmp_path / "r50.pth"
+    torch.save(state, ckpt)
+    cfg = load_config(det_voc.DetVocConfig, "tiny", [f"ckpt={ckpt}", f"data_root={tiny_data}", f"out_dir={tmp_path}",
+                                                      "engine=detectron2", "max_iters=4", "test_images=4"],
+                      preset_dir=det_voc.PRESET_DIR)
+    metrics = det_voc.run(cfg)
+    (record,) = load_records(tmp_path / "records")
+    assert record["metrics"] == metrics and set(metrics) == {"AP", "AP50", "AP75"}
+    assert record["details"]["engine"] == "detectron2" and record["details"]["test_images"] == 4
+    results = Path(record["details"]["trials"][0]["results_dir"])
+    assert len(list(results.glob("comp4_det_test_*.txt"))) == 20
+    ids = {line.split()[0] for f in results.glob("comp4_det_test_*.txt") for line in f.read_text().splitlines()}
+    test_ids = (tiny_data / "VOCdevkit/VOC2007/ImageSets/Main/test.txt").read_text().split()[:4]
+    assert ids <= set(test_ids)
