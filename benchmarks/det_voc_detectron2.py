@@ -1,10 +1,10 @@
 """The detectron2 engine of ``det_voc`` (``engine=detectron2``): MoCo's ``detection/train_net.py`` recipe, driven
 from our preset, scored by our metric on our results files.
 
-UNVERIFIED: detectron2 has no PyPI release and was not built in this repository's environment; the config
-generation is tested without it (``tests/test_det_voc_detectron2.py``), the training path only runs where
-detectron2 is installed (``pip install 'git+https://github.com/facebookresearch/detectron2.git'`` against the
-installed torch; see docs/DETECTION.md).
+detectron2 has no PyPI release: ``pip install --no-build-isolation
+'git+https://github.com/facebookresearch/detectron2.git'`` builds it against the installed torch (docs/DETECTION.md).
+Verified with detectron2 0.6 built from source (commit 02b5c4e) on the CPU: the tests that need it, a tiny run, and
+an overfit run (docs/DETECTION.md has the figures).
 
 What it does, per trial:
 
@@ -16,8 +16,9 @@ What it does, per trial:
    preset's sizes and schedule;
 3. ``python -m benchmarks.det_voc_detectron2 --config-file ... --num-gpus N --results-dir ...`` (this module's
    ``main``: detectron2's ``launch``, ``DefaultTrainer`` with precise BN, the ``Res5ROIHeadsExtraNorm`` head)
-   trains and predicts; its evaluator writes the detections as ``comp4_det_test_<class>.txt`` into the results
-   folder, and the runner scores them with ``byol_bench.detection.voc_eval`` (the same numbers as detectron2's
+   trains and predicts ``voc_2007_test`` (its first ``test_images`` images when the preset sets them); its
+   evaluator writes the detections as ``comp4_det_test_<class>.txt`` into the results folder, and the runner
+   scores them with ``byol_bench.detection.voc_eval`` (the same numbers as detectron2's
    ``PascalVOCDetectionEvaluator``).
 
 detectron2's C4 RoI head builds res5 from bottleneck blocks only: ResNet-50 and deeper.
@@ -39,7 +40,7 @@ import yaml
 from adapters.export import detectron2_config, to_detectron2
 from byol_bench.checkpoint import atomic_write, atomic_write_text
 
-INSTALL_HINT = ("engine=detectron2 needs detectron2, which has no PyPI release: pip install "
+INSTALL_HINT = ("engine=detectron2 needs detectron2, which has no PyPI release: pip install --no-build-isolation "
                 "'git+https://github.com/facebookresearch/detectron2.git' (docs/DETECTION.md), or use engine=native")
 
 
@@ -100,8 +101,8 @@ def config_values(cfg: Any, arch: str, weights: Path, output_dir: Path, seed: in
 
 
 def write_inputs(trunk: dict[str, torch.Tensor], values_of: Any, trial_dir: Path) -> Path:
-    """The ``.pkl`` weights and ``config.yaml`` of one trial; returns the config path (``values_of(weights)``
-    gives :func:`config_values`'s dict for those weights)."""
+    """The ``.pkl`` weights and ``config.yaml`` of one detectron2 run (a ``det_voc`` trial, a ``det_coco`` run) in
+    ``trial_dir``; returns the config path (``values_of(weights)`` gives the config dict for those weights)."""
     trial_dir.mkdir(parents=True, exist_ok=True)
     weights = trial_dir / "backbone_detectron2.pkl"
     payload = to_detectron2(trunk)
