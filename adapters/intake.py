@@ -99,12 +99,12 @@ DETECTRON2_NAMES = Naming(_detectron2_key, ("stem", "res2", "res3", "res4", "res
 SEQUENTIAL_NAMES = Naming(_sequential_key, tuple(_SEQUENTIAL_CHILDREN), "4.0.conv1.weight")
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested dicts -> one dict with dotted keys (the leaves are tensors, arrays or numbers)."""
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts -> one dict with dotted keys (checkpoint trees here; the detectron2 tests flatten configs)."""
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat
@@ -133,7 +133,7 @@ def _byol_bench_state(ckpt: Mapping[str, Any]) -> Mapping[str, Any] | None:
     """This project's checkpoint: ``{"format": "byol-bench", "online": {...}, "target": {...}, ...}``."""
     if ckpt.get("format") != "byol-bench":
         return None
-    return _flatten({name: ckpt[name] for name in ENCODERS if isinstance(ckpt.get(name), Mapping)})
+    return flatten({name: ckpt[name] for name in ENCODERS if isinstance(ckpt.get(name), Mapping)})
 
 
 def _vissl_state(ckpt: Mapping[str, Any]) -> Mapping[str, Any] | None:
@@ -143,7 +143,7 @@ def _vissl_state(ckpt: Mapping[str, Any]) -> Mapping[str, Any] | None:
     for level in ("classy_state_dict", "base_model", "model"):
         if isinstance(node.get(level), Mapping):
             node = node[level]
-    return _flatten(node) if isinstance(node.get("trunk"), Mapping) else None
+    return flatten(node) if isinstance(node.get("trunk"), Mapping) else None
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 
 from adapters.export import detectron2_config
+from benchmarks.det_voc_detectron2 import launch_main, train_net
 
 TRAIN_SET, VAL_SET = "byol_bench_coco_2017_train", "byol_bench_coco_2017_val"
 
@@ -112,9 +113,8 @@ def _register_datasets(data_root: Path) -> None:
                                     str(data_root / "coco" / split))
 
 
-def _trainer_class(results_dir: Path) -> type:
+def _files_evaluator(results_dir: Path) -> type:
     from detectron2.data import MetadataCatalog
-    from detectron2.engine import DefaultTrainer
     from detectron2.evaluation import DatasetEvaluator
     from detectron2.evaluation.coco_evaluation import instances_to_coco_json
     from detectron2.utils import comm
@@ -147,37 +147,20 @@ def _trainer_class(results_dir: Path) -> type:
             write_results(results_dir / "segm.json.gz", results)
             return {}
 
-    class Trainer(DefaultTrainer):
-        @classmethod
-        def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-            return FilesEvaluator(dataset_name)
-
-    return Trainer
+    return FilesEvaluator
 
 
 def _main(args: argparse.Namespace) -> None:
-    from detectron2.config import get_cfg
-    from detectron2.engine import default_setup
-
     _register_datasets(Path(args.data_root))
-    cfg = get_cfg()
-    cfg.merge_from_file(args.config_file)
-    cfg.freeze()
-    default_setup(cfg, args)
-    trainer = _trainer_class(Path(args.results_dir))(cfg)
-    trainer.resume_or_load(resume=args.resume)
-    trainer.train()
+    train_net(args, _files_evaluator(Path(args.results_dir)), lambda cfg: None)
 
 
 def main() -> None:
-    from detectron2.engine import default_argument_parser, launch
+    def add_arguments(parser) -> None:
+        parser.add_argument("--data-root", required=True, help="the folder holding coco/ (docs/DATASETS.md)")
+        parser.add_argument("--results-dir", required=True, help="where bbox.json.gz and segm.json.gz go")
 
-    parser = default_argument_parser()
-    parser.add_argument("--data-root", required=True, help="the folder holding coco/ (docs/DATASETS.md)")
-    parser.add_argument("--results-dir", required=True, help="where bbox.json.gz and segm.json.gz go")
-    args = parser.parse_args()
-    launch(_main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
+    launch_main(_main, add_arguments)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import os
 import pickle
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -161,8 +162,7 @@ def _register_first_test_images(count: int) -> str:
     return name
 
 
-def _trainer_class(results_dir: Path) -> type:
-    from detectron2.engine import DefaultTrainer
+def _files_evaluator(results_dir: Path) -> type:
     from detectron2.evaluation import PascalVOCDetectionEvaluator
     from detectron2.utils import comm
 
@@ -184,39 +184,59 @@ def _trainer_class(results_dir: Path) -> type:
                 (results_dir / f"comp4_det_test_{name}.txt").write_text(text + ("\n" if text else ""))
             return {}
 
-    class Trainer(DefaultTrainer):
-        @classmethod
-        def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-            return FilesEvaluator(dataset_name)
-
-    return Trainer
+    return FilesEvaluator
 
 
 def _main(args: argparse.Namespace) -> None:
-    from detectron2.config import get_cfg
-    from detectron2.engine import default_setup
-
     _register_head()
+
+    def test_subset(cfg) -> None:
+        if args.test_images:
+            cfg.DATASETS.TEST = (_register_first_test_images(args.test_images),)
+
+    train_net(args, _files_evaluator(Path(args.results_dir)), test_subset)
+
+
+def train_net(args: argparse.Namespace, evaluator_class: type, edit_config: Callable[[Any], None]) -> None:
+    """detectron2's ``train_net`` body, in each launched process: the config file (``edit_config`` changes it before
+    it is frozen), ``default_setup``, ``DefaultTrainer`` (resumed from its output folder, else ``MODEL.WEIGHTS``),
+    training and the final evaluation by ``evaluator_class(dataset_name)``, which writes the results files."""
+    from detectron2.config import get_cfg
+    from detectron2.engine import DefaultTrainer, default_setup
+
+    class Trainer(DefaultTrainer):
+        @classmethod
+        def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+            return evaluator_class(dataset_name)
+
     cfg = get_cfg()
     cfg.merge_from_file(args.config_file)
-    if args.test_images:
-        cfg.DATASETS.TEST = (_register_first_test_images(args.test_images),)
+    edit_config(cfg)
     cfg.freeze()
     default_setup(cfg, args)
-    trainer = _trainer_class(Path(args.results_dir))(cfg)
+    trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     trainer.train()
 
 
-def main() -> None:
+def launch_main(main_fn: Callable[[argparse.Namespace], None], add_arguments: Callable[[Any], None]) -> None:
+    """detectron2's command line (``--config-file``, ``--num-gpus``, ``--resume``, ...) plus ``add_arguments``, then
+    detectron2's ``launch`` of ``main_fn`` (one process per GPU; in this process without GPUs)."""
     from detectron2.engine import default_argument_parser, launch
 
     parser = default_argument_parser()
-    parser.add_argument("--results-dir", required=True, help="where the comp4_det_test_<class>.txt files go")
-    parser.add_argument("--test-images", type=int, default=0, help="score the first N test images only (0: all)")
+    add_arguments(parser)
     args = parser.parse_args()
-    launch(_main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+    launch(main_fn, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
            dist_url=args.dist_url, args=(args,))
+
+
+def main() -> None:
+    def add_arguments(parser) -> None:
+        parser.add_argument("--results-dir", required=True, help="where the comp4_det_test_<class>.txt files go")
+        parser.add_argument("--test-images", type=int, default=0, help="score the first N test images only (0: all)")
+
+    launch_main(_main, add_arguments)
 
 
 if __name__ == "__main__":

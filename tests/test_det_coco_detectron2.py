@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from detectron2_support import needs_detectron2, without_detectron2  # tests/ is on sys.path
 
 import benchmarks.det_coco as det
 import benchmarks.det_coco_detectron2 as d2
+from adapters.intake import flatten
 from byol_bench.config import load_config
 from byol_bench.records import load_records
 
@@ -51,32 +53,22 @@ MMDET_COCO = {
 }
 
 
-def _flat(values: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def _cfg(*overrides: str, preset: str = FULL) -> det.DetCocoConfig:
     return load_config(det.DetCocoConfig, preset, ["ckpt=x.pth", *overrides], preset_dir=det.PRESET_DIR)
 
 
 def test_generated_config_is_the_mmdet_config(tmp_path):
     values = d2.config_values(_cfg(), "resnet50", tmp_path / "w.pkl", tmp_path / "out", 8, 80, 117266)
-    flat = _flat(values)
+    flat = flatten(values)
     for key, value in MMDET_COCO.items():
         assert flat[key] == pytest.approx(value) if isinstance(value, float) else flat[key] == value, key
     assert flat["MODEL.WEIGHTS"] == str((tmp_path / "w.pkl").resolve()) and flat["MODEL.DEVICE"] == "cuda"
     # one GPU: plain BN everywhere; the CPU: detectron2's device cpu
-    one = _flat(d2.config_values(_cfg(), "resnet50", tmp_path / "w.pkl", tmp_path, 0, 80, 117266))
+    one = flatten(d2.config_values(_cfg(), "resnet50", tmp_path / "w.pkl", tmp_path, 0, 80, 117266))
     assert {one[k] for k in ("MODEL.RESNETS.NORM", "MODEL.FPN.NORM", "MODEL.ROI_BOX_HEAD.NORM",
                              "MODEL.ROI_MASK_HEAD.NORM")} == {"BN"} and one["MODEL.DEVICE"] == "cpu"
     # the tiny preset's widths reach every head; a basic-block ResNet gets detectron2's res2 width rule
-    tiny = _flat(d2.config_values(_cfg(preset="tiny"), "resnet18", tmp_path / "w.pkl", tmp_path, 0, 8, 120))
+    tiny = flatten(d2.config_values(_cfg(preset="tiny"), "resnet18", tmp_path / "w.pkl", tmp_path, 0, 8, 120))
     assert (tiny["MODEL.FPN.OUT_CHANNELS"], tiny["MODEL.ROI_BOX_HEAD.CONV_DIM"], tiny["MODEL.ROI_BOX_HEAD.FC_DIM"],
             tiny["MODEL.ROI_MASK_HEAD.CONV_DIM"]) == (32, 32, 128, 32)
     assert tiny["MODEL.RESNETS.RES2_OUT_CHANNELS"] == 64 and tiny["SOLVER.MAX_ITER"] == 3 * 30
@@ -92,15 +84,7 @@ def test_flip_detectron2_cannot_express_is_refused(tmp_path):
     assert off["INPUT"]["RANDOM_FLIP"] == "none"
 
 
-def _has_detectron2() -> bool:
-    try:
-        import detectron2  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(_has_detectron2(), reason="detectron2 is installed")
+@without_detectron2
 def test_engine_without_detectron2_is_a_one_line_error(ckpt, tmp_path):
     done = subprocess.run([sys.executable, "-m", "benchmarks.det_coco", "--preset", "tiny", "--ckpt", str(ckpt),
                            "--out-dir", str(tmp_path), "engine=detectron2"], cwd=REPO, capture_output=True, text=True,
@@ -108,7 +92,7 @@ def test_engine_without_detectron2_is_a_one_line_error(ckpt, tmp_path):
     assert done.returncode == 2 and "no PyPI release" in done.stderr and len(done.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.skipif(not _has_detectron2(), reason="detectron2 is not importable (no PyPI release)")
+@needs_detectron2
 def test_built_model_has_the_mmdet_heads(tmp_path):
     from detectron2.config import get_cfg
     from detectron2.modeling import build_model
@@ -130,7 +114,7 @@ def test_built_model_has_the_mmdet_heads(tmp_path):
     assert all(p.requires_grad for p in model.parameters())  # nothing frozen
 
 
-@pytest.mark.skipif(not _has_detectron2(), reason="detectron2 is not importable (no PyPI release)")
+@needs_detectron2
 def test_tiny_run_scores_detectron2s_results_files(ckpt, tiny_data, tmp_path):
     # the tiny preset with the demo's ResNet-18 (detectron2's FPN backbone takes basic blocks), one epoch
     cfg = load_config(det.DetCocoConfig, "tiny", [f"ckpt={ckpt}", f"data_root={tiny_data}", f"out_dir={tmp_path}",

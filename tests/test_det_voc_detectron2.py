@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from detectron2_support import needs_detectron2, without_detectron2  # tests/ is on sys.path
 
 import benchmarks.det_voc as det_voc
 import benchmarks.det_voc_detectron2 as d2
+from adapters.intake import flatten
 from byol_bench.backbone import build_resnet
 from byol_bench.config import load_config
 from byol_bench.records import load_records
@@ -47,21 +49,11 @@ MOCO_VOC = {
 }
 
 
-def _flat(values: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def test_generated_config_is_mocos_voc_config(tmp_path):
     cfg = load_config(det_voc.DetVocConfig, FULL, ["ckpt=x.pth"], preset_dir=det_voc.PRESET_DIR)
     trunk = {k: v for k, v in build_resnet("resnet50").state_dict().items() if not k.startswith("fc.")}
     config = d2.write_inputs(trunk, lambda w: d2.config_values(cfg, "resnet50", w, tmp_path / "out", 3, 8), tmp_path)
-    flat = _flat(yaml.safe_load(config.read_text()))
+    flat = flatten(yaml.safe_load(config.read_text()))
     for key, value in MOCO_VOC.items():
         assert flat[key] == pytest.approx(value) if isinstance(value, float) else flat[key] == value, key
     assert flat["SEED"] == 3 and flat["MODEL.WEIGHTS"] == str((tmp_path / "backbone_detectron2.pkl").resolve())
@@ -70,7 +62,7 @@ def test_generated_config_is_mocos_voc_config(tmp_path):
     assert {"stem.conv1.weight", "stem.conv1.norm.running_mean", "res4.2.conv2.norm.weight", "res5.0.shortcut.weight",
             "res5.0.shortcut.norm.bias"} <= names and weights["matching_heuristics"] is True
     # one GPU: plain BN (SyncBN needs a process group); the rest unchanged
-    one = _flat(d2.config_values(cfg, "resnet50", tmp_path / "w.pkl", tmp_path, 0, 1))
+    one = flatten(d2.config_values(cfg, "resnet50", tmp_path / "w.pkl", tmp_path, 0, 1))
     assert one["MODEL.RESNETS.NORM"] == "BN"
 
 
@@ -80,15 +72,7 @@ def test_basic_block_resnets_are_refused(tmp_path):
         d2.config_values(cfg, "resnet18", tmp_path / "w.pkl", tmp_path, 0, 1)
 
 
-def _has_detectron2() -> bool:
-    try:
-        import detectron2  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(_has_detectron2(), reason="detectron2 is installed")
+@without_detectron2
 def test_engine_without_detectron2_is_a_one_line_error(ckpt, tmp_path):
     done = subprocess.run([sys.executable, "-m", "benchmarks.det_voc", "--preset", "tiny", "--ckpt", str(ckpt),
                            "--out-dir", str(tmp_path), "engine=detectron2"], cwd=REPO, capture_output=True, text=True,
@@ -96,7 +80,7 @@ def test_engine_without_detectron2_is_a_one_line_error(ckpt, tmp_path):
     assert done.returncode == 2 and "no PyPI release" in done.stderr and len(done.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.skipif(not _has_detectron2(), reason="detectron2 is not importable (no PyPI release)")
+@needs_detectron2
 def test_extra_norm_head_registers_and_builds(tmp_path):
     from detectron2.config import get_cfg
     from detectron2.modeling import build_model
@@ -114,7 +98,7 @@ def test_extra_norm_head_registers_and_builds(tmp_path):
     assert model.roi_heads.res5.norm.num_features == 2048
 
 
-@pytest.mark.skipif(not _has_detectron2(), reason="detectron2 is not importable (no PyPI release)")
+@needs_detectron2
 def test_tiny_run_scores_detectron2s_results_files(tiny_data, tmp_path):
     # a random-init ResNet-50 (detectron2's C4 head is bottleneck-only), the tiny preset, 4 test images: detectron2
     # predicts exactly the images the native engine would score

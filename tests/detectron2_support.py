@@ -1,0 +1,12 @@
+"""The detectron2-engine tests' skip marks: detectron2 has no PyPI release, so the tests that need it skip in CI."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+HAS_DETECTRON2 = importlib.util.find_spec("detectron2") is not None
+needs_detectron2 = pytest.mark.skipif(not HAS_DETECTRON2, reason="detectron2 is not importable (no PyPI release)")
+without_detectron2 = pytest.mark.skipif(HAS_DETECTRON2, reason="detectron2 is installed")
+
