@@ -44,7 +44,6 @@ full-size run uses the config's 256 / 1024 / 512.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -215,10 +214,7 @@ def check_inputs(cfg: DetCocoConfig) -> None:
     if not cfg.train_min_sizes or min(*cfg.train_min_sizes, cfg.test_min_size) <= 0:
         raise ValueError("train_min_sizes must list positive short sides, and test_min_size be positive")
     if cfg.engine == "detectron2":
-        det_voc_detectron2.require_detectron2()
-        if dist.launch_rank() != 0 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise ValueError("engine=detectron2 runs as one process (no torchrun): detectron2 launches one process "
-                             "per visible GPU itself")
+        det_voc_detectron2.check_engine()
 
 
 def resolve(cfg: DetCocoConfig, world_size: int, train_images: int, device: torch.device) -> Resolved:
@@ -304,18 +300,13 @@ def _detectron2_train_and_predict(cfg: DetCocoConfig, backbone: torch.nn.Module,
                                   train_images: int, num_classes: int) -> dict[str, Any]:
     """detectron2 (``benchmarks/det_coco_detectron2.py``): export, config, train_net; the results files land next to
     the record. Returns the record fields besides the scores."""
-    gpus = torch.cuda.device_count()
-    trunk = {k: v for k, v in backbone.state_dict().items() if not k.startswith("fc.")}
-    config = det_voc_detectron2.write_inputs(
-        trunk, lambda weights: det_coco_detectron2.config_values(cfg, arch, weights, run.run_dir / "output", gpus,
-                                                                  num_classes, train_images), run.run_dir)
-    results_dir = results_files(run.record_path)["bbox"].parent
-    det_voc_detectron2.launch_train_net(
+    return det_voc_detectron2.train_on_detectron2(
+        backbone, run.run_dir,
+        lambda weights, gpus: det_coco_detectron2.config_values(cfg, arch, weights, run.run_dir / "output", gpus,
+                                                                 num_classes, train_images),
         "benchmarks.det_coco_detectron2",
-        ["--config-file", str(config), "--num-gpus", str(gpus), "--data-root", str(Path(cfg.data_root).resolve()),
-         "--results-dir", str(results_dir), "--resume"], {})
-    return {"norm": "SyncBN" if gpus > 1 else "BN", "detectron2_config": str(config), "detectron2_gpus": gpus,
-            "loss_plot": None}
+        ["--data-root", str(Path(cfg.data_root).resolve()),
+         "--results-dir", str(results_files(run.record_path)["bbox"].parent)], {})
 
 
 def main() -> None:

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -264,10 +263,7 @@ def check_inputs(cfg: DetVocConfig) -> None:
     if list(cfg.steps) != sorted(cfg.steps):
         raise ValueError(f"steps={cfg.steps} must be increasing")
     if cfg.engine == "detectron2":
-        det_voc_detectron2.require_detectron2()
-        if dist.launch_rank() != 0 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise ValueError("engine=detectron2 runs as one process (no torchrun): detectron2 launches one process "
-                             "per visible GPU itself")
+        det_voc_detectron2.check_engine()
 
 
 def resolve(cfg: DetVocConfig, world_size: int, precision: str, device: str) -> Resolved:
@@ -301,14 +297,12 @@ def _detectron2_trial(cfg: DetVocConfig, backbone: nn.Module, arch: str, trial_d
                       seed: int) -> dict:
     """One trial on detectron2 (``benchmarks/det_voc_detectron2.py``): export, config, train_net; the results files
     land in ``results_dir``. Returns the trial's record fields besides the scores."""
-    gpus = torch.cuda.device_count()
-    trunk = {k: v for k, v in backbone.state_dict().items() if not k.startswith("fc.")}
-    config = det_voc_detectron2.write_inputs(
-        trunk, lambda weights: det_voc_detectron2.config_values(cfg, arch, weights, trial_dir / "output", seed,
-                                                                 gpus), trial_dir)
-    det_voc_detectron2.train_trial(config, results_dir, Path(cfg.data_root), gpus, cfg.test_images)
-    return {"norm": "SyncBN" if gpus > 1 else "BN", "detectron2_config": str(config), "detectron2_gpus": gpus,
-            "loss_plot": None}
+    # detectron2 finds VOC under $DETECTRON2_DATASETS/VOC2007 (= our VOCdevkit); it predicts the first test_images
+    return det_voc_detectron2.train_on_detectron2(
+        backbone, trial_dir,
+        lambda weights, gpus: det_voc_detectron2.config_values(cfg, arch, weights, trial_dir / "output", seed, gpus),
+        "benchmarks.det_voc_detectron2", ["--results-dir", str(results_dir), "--test-images", str(cfg.test_images)],
+        {"DETECTRON2_DATASETS": str(Path(cfg.data_root) / "VOCdevkit")})
 
 
 # ---------------------------------------------------------------- the C4 model

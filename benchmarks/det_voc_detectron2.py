@@ -27,6 +27,7 @@ detectron2's C4 RoI head builds res5 from bottleneck blocks only: ResNet-50 and 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import pickle
 import subprocess
@@ -37,20 +38,29 @@ from typing import Any
 
 import torch
 import yaml
+from torch import nn
 
 from adapters.export import detectron2_config, to_detectron2
+from byol_bench import dist
+from byol_bench.backbone import trunk_state_dict
 from byol_bench.checkpoint import atomic_write, atomic_write_text
 
 INSTALL_HINT = ("engine=detectron2 needs detectron2, which has no PyPI release: pip install --no-build-isolation "
                 "'git+https://github.com/facebookresearch/detectron2.git' (docs/DETECTION.md), or use engine=native")
 
 
-def require_detectron2() -> None:
-    """A one-line error when detectron2 is not importable."""
-    try:
-        import detectron2  # noqa: F401
-    except ImportError:
-        raise ValueError(INSTALL_HINT) from None
+def has_detectron2() -> bool:
+    return importlib.util.find_spec("detectron2") is not None
+
+
+def check_engine() -> None:
+    """The one-line errors of ``engine=detectron2`` (both detection runners), before anything is written:
+    detectron2 not importable, or the runner started under torchrun (detectron2 launches its own processes)."""
+    if not has_detectron2():
+        raise ValueError(INSTALL_HINT)
+    if dist.launch_rank() != 0 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("engine=detectron2 runs as one process (no torchrun): detectron2 launches one process per "
+                         "visible GPU itself")
 
 
 def config_values(cfg: Any, arch: str, weights: Path, output_dir: Path, seed: int, world_size: int) -> dict:
@@ -111,23 +121,21 @@ def write_inputs(trunk: dict[str, torch.Tensor], values_of: Any, trial_dir: Path
     return atomic_write_text(trial_dir / "config.yaml", yaml.safe_dump(values_of(weights), sort_keys=False))
 
 
-def train_trial(config: Path, results_dir: Path, data_root: Path, num_gpus: int, test_images: int) -> None:
-    """Run this module's ``main`` (detectron2's own launcher) in a subprocess; the detections of the first
-    ``test_images`` test images (0: all) land in ``results_dir``. detectron2 finds VOC under
-    ``$DETECTRON2_DATASETS/VOC2007`` (= our ``VOCdevkit``)."""
-    launch_train_net("benchmarks.det_voc_detectron2",
-                     ["--config-file", str(config), "--num-gpus", str(num_gpus), "--results-dir", str(results_dir),
-                      "--test-images", str(test_images), "--resume"],
-                     {"DETECTRON2_DATASETS": str(Path(data_root) / "VOCdevkit")})
-
-
-def launch_train_net(module: str, arguments: list[str], env: dict[str, str]) -> None:
-    """``python -m module arguments`` in a subprocess, with ``env`` added to the environment: a train_net that
-    starts detectron2's own launcher (one process per GPU). A non-zero exit is a one-line error."""
-    command = [sys.executable, "-m", module, *arguments]
+def train_on_detectron2(backbone: nn.Module, folder: Path, values_of: Callable[[Path, int], dict], module: str,
+                        arguments: list[str], env: dict[str, str]) -> dict[str, Any]:
+    """One detectron2 run of either detection runner: the trunk's export and the config (``values_of(weights,
+    gpus)``) in ``folder``, then ``python -m module --config-file ... --num-gpus N --resume arguments`` (a
+    train_net on detectron2's own launcher, one process per visible GPU) in a subprocess with ``env`` added.
+    Returns the record fields that say how it ran; a non-zero exit is a one-line error."""
+    gpus = torch.cuda.device_count()
+    config = write_inputs(trunk_state_dict(backbone), lambda weights: values_of(weights, gpus), folder)
+    command = [sys.executable, "-m", module, "--config-file", str(config), "--num-gpus", str(gpus), "--resume",
+               *arguments]
     done = subprocess.run(command, env={**os.environ, **env}, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"detectron2 training failed (exit {done.returncode}): {' '.join(command)}")
+    return {"norm": "SyncBN" if gpus > 1 else "BN", "detectron2_config": str(config), "detectron2_gpus": gpus,
+            "loss_plot": None}
 
 
 # ---------------------------------------------------------------- train_net (runs where detectron2 is installed)

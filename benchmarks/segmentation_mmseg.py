@@ -44,6 +44,7 @@ from torch import nn
 
 from adapters.export import to_mm
 from adapters.intake import ConversionReport
+from byol_bench.backbone import trunk_state_dict
 from byol_bench.checkpoint import atomic_save
 from byol_bench.datasets.cityscapes import LABELS
 
@@ -205,7 +206,7 @@ def train_and_predict(cfg: Any, run: Any, log: Any, backbone: nn.Module, report:
 
     work_dir = run.run_dir / "mmseg"
     work_dir.mkdir(parents=True, exist_ok=True)
-    trunk = {k: v for k, v in backbone.state_dict().items() if not k.startswith("fc.")}
+    trunk = trunk_state_dict(backbone)
     meta = {"converted_by": "byol-bench adapters", "source": report.source, "source_sha256": report.sha256,
             "encoder": report.encoder, "arch": report.arch}
     pretrained = atomic_save(to_mm(trunk, meta), work_dir / "pretrained_mm.pth")

@@ -58,6 +58,11 @@ def build_resnet(arch: str) -> nn.Module:
     return TORCHVISION_RESNETS[arch](weights=None)
 
 
+def trunk_state_dict(resnet: nn.Module) -> dict[str, torch.Tensor]:
+    """A torchvision ResNet's weights without its classifier (``fc.*``): what the adapters export and verify."""
+    return {k: v for k, v in resnet.state_dict().items() if not k.startswith("fc.")}
+
+
 def feature_channels(backbone: nn.Module) -> dict[str, int]:
     """Channel count of feature1..5 for a torchvision/timm ResNet."""
     widths = [backbone.bn1.num_features]

@@ -33,8 +33,9 @@ import json
 import platform
 import sys
 import tempfile
-import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
@@ -47,7 +48,7 @@ from byol_bench import training  # noqa: E402
 from byol_bench.backbone import build_resnet  # noqa: E402
 from byol_bench.config import load_config  # noqa: E402
 from byol_bench.detection import data, trainer  # noqa: E402
-from byol_bench.runlog import RunLog, cpu_model  # noqa: E402
+from byol_bench.runlog import RunLog, cpu_model, steps_per_second  # noqa: E402
 
 
 class SyntheticBoxes(torch.utils.data.Dataset):
@@ -103,19 +104,25 @@ def torchvision_fpn_rate(ds: SyntheticBoxes, size: int, rois: int, iters: int, w
     model = model.to(device).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.002, momentum=0.9, weight_decay=1e-4)
     batches = [data.collate([ds[(i * batch + j) % len(ds)] for j in range(batch)]) for i in range(warmup + iters)]
-    for i, (images, targets) in enumerate(batches):
-        if i == warmup:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-        images, targets = data.to_device(images, targets, device)
+    return plain_loop_rate(lambda b: model(*data.to_device(*b, device)), optimizer, batches, warmup, iters,
+                           precision, device)
+
+
+def plain_loop_rate(forward: Callable[[Any], dict[str, torch.Tensor]], optimizer: torch.optim.Optimizer,
+                    batches: list, warmup: int, iters: int, precision: str, device: torch.device) -> float:
+    """Iterations/s of the references' plain loop over ``batches`` (``warmup + iters`` of them): ``forward(batch)``
+    -> summed losses -> backward -> step, one sync per step (as the engine's loss check)."""
+    stream = iter(batches)
+
+    def step() -> None:
         with training.autocast(device, precision):
-            losses = model(images, targets)
+            losses = forward(next(stream))
         optimizer.zero_grad(set_to_none=True)
         sum(losses.values()).backward()
         optimizer.step()
-        float(sum(v.detach() for v in losses.values()))  # one sync per step, as the engine's loss check
-    return iters / (time.perf_counter() - start)
+        float(sum(v.detach() for v in losses.values()))
+
+    return steps_per_second(step, device, warmup, iters)
 
 
 def detectron2_rate(ds: SyntheticBoxes, size: int, rois: int, iters: int, warmup: int, batch: int, precision: str,
@@ -158,18 +165,7 @@ def detectron2_rate(ds: SyntheticBoxes, size: int, rois: int, iters: int, warmup
 
     batches = [[as_input(*ds[(i * batch + j) % len(ds)]) for j in range(batch)] for i in range(warmup + iters)]
     with EventStorage(0):  # detectron2's models log training statistics into one
-        for i, inputs in enumerate(batches):
-            if i == warmup:
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                start = time.perf_counter()
-            with training.autocast(device, precision):
-                losses = net(inputs)
-            optimizer.zero_grad(set_to_none=True)
-            sum(losses.values()).backward()
-            optimizer.step()
-            float(sum(v.detach() for v in losses.values()))  # one sync per step, as the engine's loss check
-    return iters / (time.perf_counter() - start)
+        return plain_loop_rate(net, optimizer, batches, warmup, iters, precision, device)
 
 
 def with_box_masks(ds: SyntheticBoxes) -> SyntheticBoxes:
@@ -231,7 +227,7 @@ def main() -> None:
     else:
         native, stock = native_rate(ds, *timing), torchvision_fpn_rate(ds, *timing)
         names = ("native_c4_iters_per_s", "torchvision_fpn_iters_per_s", "ratio_vs_torchvision_fpn")
-    reference = detectron2_rate(ds, *timing, model=args.model) if _has_detectron2() else None
+    reference = detectron2_rate(ds, *timing, model=args.model) if det_voc_detectron2.has_detectron2() else None
     out = {
         "device": torch.cuda.get_device_name(0) if use_cuda else "cpu", "cpu_model": cpu_model(),
         "threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__,
@@ -248,14 +244,6 @@ def _detectron2_version() -> str:
     import detectron2
 
     return detectron2.__version__
-
-
-def _has_detectron2() -> bool:
-    try:
-        import detectron2  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 if __name__ == "__main__":

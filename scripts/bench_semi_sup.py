@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.semi_sup import PRESET_DIR, SemiSupConfig, cell_name
-from byol_bench.backbone import build_resnet
+from byol_bench.backbone import build_resnet, trunk_state_dict
 from byol_bench.checkpoint import atomic_save
 from byol_bench.cli import main_guard
 from byol_bench.config import load_config
@@ -84,7 +84,7 @@ def main() -> None:
             data = ensure_tiny_data(Path(tmp) / "tiny")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            state = {k: v for k, v in build_resnet(args.arch).state_dict().items() if not k.startswith("fc.")}
+            state = trunk_state_dict(build_resnet(args.arch))
         ckpt = atomic_save(state, Path(tmp) / f"random-init_{args.arch}.pth")
         load_start = os.getloadavg()
 

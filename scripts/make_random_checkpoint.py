@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from byol_bench.backbone import build_resnet
+from byol_bench.backbone import build_resnet, trunk_state_dict
 from byol_bench.checkpoint import atomic_save
 from byol_bench.cli import main_guard
 
@@ -23,7 +23,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="output .pth (name it random-init_* so tables say so)")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
-    state = {k: v for k, v in build_resnet(args.arch).state_dict().items() if not k.startswith("fc.")}
+    state = trunk_state_dict(build_resnet(args.arch))
     atomic_save(state, args.out)
     print(args.out)
 

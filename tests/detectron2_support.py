@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 
-HAS_DETECTRON2 = importlib.util.find_spec("detectron2") is not None
+from benchmarks.det_voc_detectron2 import has_detectron2
+
+HAS_DETECTRON2 = has_detectron2()
 needs_detectron2 = pytest.mark.skipif(not HAS_DETECTRON2, reason="detectron2 is not importable (no PyPI release)")
 without_detectron2 = pytest.mark.skipif(HAS_DETECTRON2, reason="detectron2 is installed")
 
