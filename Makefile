@@ -11,7 +11,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: these wheels are on the CI machines' disk (a bare "torch" would fetch a newer CUDA build).
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[dev]'
+	# dev: pytest + ruff; engines: mmsegmentation 1.2.2 (engine=mmseg of the segmentation runner), so CI runs its tests.
+	$(PY) -m pip install -q -e '.[dev,engines]'
 	touch $(STAMP)
 
 ## make demo: build the embedded mini-datasets, pretrain the tiny BYOL checkpoint, run every protocol, print tables.

@@ -1,14 +1,14 @@
-"""Detection training speed: the native engine (``byol_bench.detection.trainer.train`` on ``det_voc``'s C4 model)
+"""Detection training speed: the native engine (``benchmarks.detection.trainer.train`` on ``det_voc``'s C4 model)
 against a reference measured in the same run, on the same images and batch.
 
     python scripts/bench_det.py --json                        # CPU: small images, 64 RoIs, a few iterations
     python scripts/bench_det.py --device cuda --json          # GPU: the protocol's sizes (800 px, 512 RoIs)
 
 (a) native: ``trainer.train`` itself (data stream, flips, reseeding, accumulation off, logging) on the C4 Faster
-    R-CNN of ``benchmarks/det_voc.py`` with a random-init ResNet-50; iterations/s from the per-iteration log
+    R-CNN of ``benchmarks/detection/voc.py`` with a random-init ResNet-50; iterations/s from the per-iteration log
     timestamps after ``--warmup`` iterations;
 (b) detectron2, when it is importable (no PyPI release; docs/DETECTION.md): the model its engine builds from the
-    same preset (``config_values`` of ``benchmarks/det_voc_detectron2.py`` / ``det_coco_detectron2.py``, random
+    same preset (``config_values`` of ``benchmarks/detection/detectron2_voc.py`` / ``detectron2_coco.py``, random
     init) in the plain loop of (c) with detectron2's own optimizer (``build_optimizer``), on the same batches and
     precision, fed as detectron2 inputs (``Instances`` with boxes, classes and bitmasks): ``ratio_vs_detectron2`` =
     (a) / (b). detectron2 gets no data loading in that loop, the native engine does: the ratio is conservative;
@@ -43,11 +43,12 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks import det_coco, det_coco_detectron2, det_voc, det_voc_detectron2  # noqa: E402
+from benchmarks.detection import c4, data, detectron2_coco, detectron2_engine, detectron2_voc, trainer  # noqa: E402
+from benchmarks.detection import coco as det_coco  # noqa: E402
+from benchmarks.detection import voc as det_voc  # noqa: E402
 from byol_bench import training  # noqa: E402
 from byol_bench.backbone import build_resnet  # noqa: E402
 from byol_bench.config import load_config  # noqa: E402
-from byol_bench.detection import data, trainer  # noqa: E402
 from byol_bench.runlog import RunLog, cpu_model, steps_per_second  # noqa: E402
 
 
@@ -79,7 +80,7 @@ def native_rate(ds: SyntheticBoxes, size: int, rois: int, iters: int, warmup: in
                           ["ckpt=x", f"train_sizes=[{size}]", f"roi_batch_size_per_image={rois}"],
                           preset_dir=det_voc.PRESET_DIR)
         torch.manual_seed(0)
-        model = det_voc.build_model(build_resnet("resnet50"), cfg)
+        model = c4.build_faster_rcnn_c4(build_resnet("resnet50"), cfg)
     model = trainer.prepare(model, device)
     settings = trainer.TrainSettings(max_iters=warmup + iters, base_lr=0.002, steps=(), warmup_iters=0,
                                      batch_size_per_device=batch, precision=precision, num_workers=2,
@@ -141,13 +142,13 @@ def detectron2_rate(ds: SyntheticBoxes, size: int, rois: int, iters: int, warmup
             cfg = load_config(det_voc.DetVocConfig, "faster-rcnn_resnet50-c4_8xb2-24k_voc0712",
                               ["ckpt=x", f"train_sizes=[{size}]", f"roi_batch_size_per_image={rois}"],
                               preset_dir=det_voc.PRESET_DIR)
-            det_voc_detectron2._register_head()
-            values = det_voc_detectron2.config_values(cfg, "resnet50", Path(tmp, "w.pkl"), Path(tmp), 0, gpus)
+            detectron2_voc.register_head()
+            values = detectron2_voc.config_values(cfg, "resnet50", Path(tmp, "w.pkl"), Path(tmp), 0, gpus)
         else:
             cfg = load_config(det_coco.DetCocoConfig, "mask-rcnn_resnet50-fpn_8xb2-ms-1x_coco",
                               ["ckpt=x", f"train_min_sizes=[{size}]", f"rois_per_image={rois}"],
                               preset_dir=det_coco.PRESET_DIR)
-            values = det_coco_detectron2.config_values(cfg, "resnet50", Path(tmp, "w.pkl"), Path(tmp), gpus, 20,
+            values = detectron2_coco.config_values(cfg, "resnet50", Path(tmp, "w.pkl"), Path(tmp), gpus, 20,
                                                        len(ds))
         config = Path(tmp, "config.yaml")
         config.write_text(yaml.safe_dump(values))
@@ -227,7 +228,7 @@ def main() -> None:
     else:
         native, stock = native_rate(ds, *timing), torchvision_fpn_rate(ds, *timing)
         names = ("native_c4_iters_per_s", "torchvision_fpn_iters_per_s", "ratio_vs_torchvision_fpn")
-    reference = detectron2_rate(ds, *timing, model=args.model) if det_voc_detectron2.has_detectron2() else None
+    reference = detectron2_rate(ds, *timing, model=args.model) if detectron2_engine.has_detectron2() else None
     out = {
         "device": torch.cuda.get_device_name(0) if use_cuda else "cpu", "cpu_model": cpu_model(),
         "threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__,

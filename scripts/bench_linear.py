@@ -3,7 +3,7 @@
 
 Measured in one process, same backbone, resolution, batch, head sizes and images:
 
-(a) **this runner**: ``benchmarks.linear_mhead.train_step`` (the function ``run()`` calls once per batch: the
+(a) **this runner**: ``benchmarks.linear.mhead.train_step`` (the function ``run()`` calls once per batch: the
     frozen backbone once under ``torch.inference_mode()`` via ``pooled_features``, five fp32 ``MultiHeads``, the
     summed cross-entropy, SGD nesterov) fed by the runner's own data path: its ``DataLoader`` (DistributedSampler,
     ``--workers`` workers, pin_memory on CUDA) over ``classification.train_transform('imagenet', size)`` on the
@@ -45,7 +45,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler
 
-from benchmarks.linear_mhead import POOL_GRIDS, MultiHeads, head_dims, train_step
+from benchmarks.linear.mhead import POOL_GRIDS, MultiHeads, head_dims, train_step
 from byol_bench.backbone import FEATURE_NAMES, MultiLayerFeatures, build_resnet, feature_channels
 from byol_bench.classification import open_split, train_transform
 from byol_bench.cli import main_guard
@@ -168,7 +168,7 @@ def main() -> None:
             train = open_split("imagenet", root, "train", train_transform("imagenet", args.image_size), tiny=True)
             repeats = -(-steps_needed * args.batch // len(train.dataset))
             data = ConcatDataset([train.dataset] * repeats)  # one epoch covers every step (see the docstring)
-            if shuffle_by_sampler:  # the runner's loader (benchmarks/linear_mhead.py run())
+            if shuffle_by_sampler:  # the runner's loader (benchmarks/linear/mhead.py run())
                 sampler = DistributedSampler(data, num_replicas=1, rank=0, shuffle=True, seed=0)
                 return DataLoader(data, args.batch, sampler=sampler, num_workers=args.workers, pin_memory=cuda,
                                   persistent_workers=False)

@@ -4,13 +4,13 @@ sliding-window inference.
 
 Measured in one process on the same model size, crop, batch and random inputs:
 
-(a) **native training**: ``benchmarks.segmentation.train_step`` (the function ``run()`` calls once per batch: forward
-    of the dilated ResNet + FCN and auxiliary heads, both CE losses on logits resized to the labels, backward, SGD),
+(a) **native training**: ``benchmarks.segmentation.fcn.train_step`` (what ``run()`` calls once per batch: forward of
+    the dilated ResNet + FCN and auxiliary heads, both CE losses on logits resized to the labels, backward, SGD),
     bf16 autocast + channels_last on CUDA as the runner, on pre-made batches (``--crop`` px, ``--batch`` images);
 (b) **mmseg training** (only when ``mmseg`` imports): its ``EncoderDecoder`` built from the same FCN R50-D8 model
     config (``arch`` depth, 512 / 256 head channels, SyncBN replaced by BN in one process) and its
     ``train_step`` with the same SGD and batch; ``ratio_vs_mmseg`` = (a) / (b). Without mmseg the ratio is null;
-(c) **sliding-window inference**: ``benchmarks.segmentation.predict`` on one ``--image`` (W x H) uint8 image with
+(c) **sliding-window inference**: ``benchmarks.segmentation.fcn.predict`` on one ``--image`` (W x H) uint8 image with
     the Cityscapes test settings (test scale = the image size, crop ``--test-crop``, stride ``--test-stride``),
     images/s.
 
@@ -34,8 +34,9 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.segmentation import FCN, SegmentationConfig, predict, train_step
-from benchmarks.segmentation_mmseg import import_mmseg, mmseg_fcn_config
+from benchmarks.segmentation.fcn import FCN, predict, train_step
+from benchmarks.segmentation.mmseg import import_mmseg, mmseg_fcn_config
+from benchmarks.segmentation.runner import SegmentationConfig
 from byol_bench.backbone import build_resnet
 from byol_bench.cli import main_guard
 from byol_bench.runlog import steps_per_second

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.semi_sup import PRESET_DIR, SemiSupConfig, cell_name
+from benchmarks.semi_sup.runner import PRESET_DIR, SemiSupConfig, cell_name
 from byol_bench.backbone import build_resnet, trunk_state_dict
 from byol_bench.checkpoint import atomic_save
 from byol_bench.cli import main_guard

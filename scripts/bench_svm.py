@@ -38,7 +38,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.svm_protocol import (
+from benchmarks.voc07_svm.protocol import (
     COST_GRIDS,
     LOWSHOT_KS,
     NEGATIVE_WEIGHT,
@@ -50,7 +50,7 @@ from benchmarks.svm_protocol import (
     train_lowshot_svm,
     training_targets,
 )
-from benchmarks.svm_solver import linear_kernel
+from benchmarks.voc07_svm.solver import linear_kernel
 from byol_bench.metrics import voc_area_ap
 from byol_bench.runlog import cpu_model
 from byol_bench.tinydata.svm_features import make_voc_like_problem

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.svm_protocol import l2_normalize
+from benchmarks.voc07_svm.protocol import l2_normalize
 from byol_bench.backbone import build_resnet
 from byol_bench.checkpoint import atomic_save
 from byol_bench.tinydata import ensure_tiny_data

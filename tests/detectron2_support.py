@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.det_voc_detectron2 import has_detectron2
+from benchmarks.detection.detectron2_engine import has_detectron2
 
 HAS_DETECTRON2 = has_detectron2()
 needs_detectron2 = pytest.mark.skipif(not HAS_DETECTRON2, reason="detectron2 is not importable (no PyPI release)")

@@ -1,4 +1,4 @@
-"""Mask R-CNN R50-FPN on COCO (benchmarks.det_coco, byol_bench.detection.mask_rcnn): the model matches the mmdet
+"""Mask R-CNN R50-FPN on COCO (benchmarks.det_coco, benchmarks.detection.mask_rcnn): the model matches the mmdet
 config (head shapes, norms, nothing frozen, anchors per level, RoI level mapping, aligned binary mask targets), the
 train -> predict -> score path learns (overfit check), the tiny run writes its record and results files, and bad
 input is a one-line error."""
@@ -20,13 +20,13 @@ from torch.utils.data import Subset
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import roi_align
 
-import benchmarks.det_coco as det
+import benchmarks.detection.coco as det
+from benchmarks.detection import trainer
+from benchmarks.detection.coco_eval import evaluate_files, to_coco_results, write_results
+from benchmarks.detection.mask_rcnn import FPNRoIAlign, build_mask_rcnn, mask_targets
 from byol_bench.backbone import build_resnet
 from byol_bench.checkpoint import safe_load
 from byol_bench.config import load_config
-from byol_bench.detection import trainer
-from byol_bench.detection.coco_eval import evaluate_files, to_coco_results, write_results
-from byol_bench.detection.mask_rcnn import FPNRoIAlign, build_mask_rcnn, mask_targets
 from byol_bench.records import load_records
 from byol_bench.runlog import RunLog
 from byol_bench.tables import render_markdown

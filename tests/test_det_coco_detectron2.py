@@ -13,8 +13,8 @@ import pytest
 import yaml
 from detectron2_support import needs_detectron2, without_detectron2  # tests/ is on sys.path
 
-import benchmarks.det_coco as det
-import benchmarks.det_coco_detectron2 as d2
+import benchmarks.detection.coco as det
+import benchmarks.detection.detectron2_coco as d2
 from adapters.intake import flatten
 from byol_bench.config import load_config
 from byol_bench.records import load_records

@@ -1,4 +1,4 @@
-"""COCO evaluation from results files (byol_bench.detection.coco_eval) and the COCO training targets
+"""COCO evaluation from results files (benchmarks.detection.coco_eval) and the COCO training targets
 (byol_bench.datasets.coco): ground truth as detections scores AP 100 through the results-file path, crowds are
 ignored as COCO does, rejected results files and bad annotations are one-line errors, documented drops counted."""
 
@@ -14,9 +14,9 @@ import pytest
 import torch
 from pycocotools import mask as mask_utils
 
+from benchmarks.detection.coco_eval import ResultsError, evaluate_files, to_coco_results, write_results
 from byol_bench.datasets import DatasetError
 from byol_bench.datasets.coco import COCODetection, load_coco_json
-from byol_bench.detection.coco_eval import ResultsError, evaluate_files, to_coco_results, write_results
 
 # pycocotools 2.0.x calls np.array(copy=False) internally under numpy 2; harmless, and not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

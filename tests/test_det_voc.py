@@ -20,12 +20,12 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.models.resnet import BasicBlock
 from torchvision.ops import roi_align
 
-import benchmarks.det_voc as det_voc
+import benchmarks.detection.voc as det_voc
+from benchmarks.detection import c4, data, trainer, voc_eval
 from byol_bench.backbone import build_resnet
 from byol_bench.config import load_config
 from byol_bench.datasets import DatasetError
 from byol_bench.datasets.voc_det import VOCDetection, detection_sample
-from byol_bench.detection import data, trainer, voc_eval
 from byol_bench.records import load_records
 from byol_bench.runlog import RunLog
 from byol_bench.tables import render_markdown
@@ -43,7 +43,7 @@ def _cfg(*overrides: str, preset: str = FULL) -> det_voc.DetVocConfig:
 @pytest.fixture(scope="module")
 def r50_model():
     resnet = build_resnet("resnet50")
-    return det_voc.build_model(resnet, _cfg()), resnet
+    return c4.build_faster_rcnn_c4(resnet, _cfg()), resnet
 
 
 # ------------------------------------------------------------------ the C4 model
@@ -262,7 +262,7 @@ def test_overfit_ten_images(tiny_data, tmp_path):
     images = VOCDetection(tiny_data / "VOCdevkit", "2007", "trainval", detection_sample, image_format="tensor",
                           first=10)
     torch.manual_seed(0)
-    model = trainer.prepare(det_voc.build_model(MiniResNet(), cfg), torch.device("cpu"))
+    model = trainer.prepare(c4.build_faster_rcnn_c4(MiniResNet(), cfg), torch.device("cpu"))
     settings = trainer.TrainSettings(max_iters=200, base_lr=0.02, steps=(160,), warmup_iters=10,
                                      batch_size_per_device=2, num_workers=0, ckpt_every_iters=10**6)
     groups = data.orientation_groups([(a.width, a.height) for a in images.annotations])

@@ -13,8 +13,8 @@ import torch
 import yaml
 from detectron2_support import needs_detectron2, without_detectron2  # tests/ is on sys.path
 
-import benchmarks.det_voc as det_voc
-import benchmarks.det_voc_detectron2 as d2
+import benchmarks.detection.detectron2_voc as d2
+import benchmarks.detection.voc as det_voc
 from adapters.intake import flatten
 from byol_bench.backbone import build_resnet
 from byol_bench.config import load_config
@@ -86,7 +86,7 @@ def test_extra_norm_head_registers_and_builds(tmp_path):
     from detectron2.modeling import build_model
 
     cfg = load_config(det_voc.DetVocConfig, FULL, ["ckpt=x.pth"], preset_dir=det_voc.PRESET_DIR)
-    d2._register_head()
+    d2.register_head()
     values = d2.config_values(cfg, "resnet50", tmp_path / "w.pkl", tmp_path, 0, 1)
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(values))

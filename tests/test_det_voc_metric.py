@@ -1,4 +1,4 @@
-"""The VOC detection metric (byol_bench.detection.voc_eval) on hand-computed cases: duplicates, difficult matches,
+"""The VOC detection metric (benchmarks.detection.voc_eval) on hand-computed cases: duplicates, difficult matches,
 empty classes, the strict IoU threshold, 11-point interpolation, and the results files it is computed from."""
 
 from __future__ import annotations
@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks.detection import voc_eval
 from byol_bench.datasets import DatasetError
 from byol_bench.datasets.voc import VOC_CLASSES
 from byol_bench.datasets.voc_det import VOCAnnotation
-from byol_bench.detection import voc_eval
 
 # 1-based VOC boxes (inclusive pixels): A, B ordinary, C difficult; B is 10 x 10 = 100 pixels
 A, B, C = [1, 1, 20, 20], [31, 1, 40, 10], [51, 51, 70, 70]

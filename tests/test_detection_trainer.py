@@ -1,4 +1,4 @@
-"""The shared detection trainer (byol_bench.detection): batch stream, flip, resize, anchors, losses, parameter
+"""The shared detection trainer (benchmarks.detection): batch stream, flip, resize, anchors, losses, parameter
 groups, exact resume, precise BN and predict order, on a small synthetic Faster R-CNN (CPU, seconds)."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RPNHead
 
+from benchmarks.detection import data, rcnn, trainer
 from byol_bench import training
-from byol_bench.detection import data, rcnn, trainer
 from byol_bench.runlog import RunLog
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small ops: one thread is fastest on a shared 2-core box

@@ -14,7 +14,7 @@ from PIL import Image
 from torch.utils.data import Subset
 from torchvision import transforms
 
-from benchmarks.voc07_svm import PRESET_DIR, Voc07SvmConfig, voc07_datasets
+from benchmarks.voc07_svm.runner import PRESET_DIR, Voc07SvmConfig, voc07_datasets
 from byol_bench.backbone import IMAGENET_MEAN, IMAGENET_STD, MultiLayerFeatures, build_resnet
 from byol_bench.config import load_config
 from byol_bench.features import extract_features, squash_transform

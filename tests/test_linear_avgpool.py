@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-import benchmarks.linear_avgpool as avgpool
-from benchmarks.linear_avgpool import PRESET_DIR, AvgPoolHead, LinearAvgpoolConfig, build_optimizer, lr_schedule, run
+import benchmarks.linear.avgpool as avgpool
+from benchmarks.linear.avgpool import PRESET_DIR, AvgPoolHead, LinearAvgpoolConfig, build_optimizer, lr_schedule, run
 from byol_bench.backbone import IMAGENET_MEAN, IMAGENET_STD
 from byol_bench.checkpoint import safe_load
 from byol_bench.classification import crop_flip_transform
@@ -130,10 +130,10 @@ def test_tiny_imagenet_end_to_end_record_table_learning_and_rerun(ckpt, tiny_dat
     assert Path(details["val_curve_plot"]).is_file()
     # Learning signal: 10 classes (chance 10 %); measured 23.6 % for this seed and preset (seeds 1-3: 26.8, 23.6, 30.0).
     assert metrics["top1"] > 20.0
-    # The record fills the AvgPool cell of the ImageNet table.
+    # The record fills the AvgPool cell of the ImageNet table, naming its setting (the tiny preset keeps MoCo's).
     table = render_markdown([record]).split("## ImageNet Linear Evaluation")[1].split("##")[0]
     row = next(line for line in table.splitlines() if line.startswith("| random-init_resnet18"))
-    assert row.endswith(f"| {metrics['top1']:.2f} |")  # the last column is AvgPool
+    assert row.endswith(f"| {metrics['top1']:.2f} (MoCo) |")  # the last column is AvgPool
 
     capsys.readouterr()
     assert run(cfg) == metrics  # skipped: the record exists

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-import benchmarks.linear_mhead as mhead
+import benchmarks.linear.mhead as mhead
 from byol_bench import training
 from byol_bench.backbone import FEATURE_NAMES, build_resnet, feature_channels
 from byol_bench.checkpoint import atomic_save, safe_load

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.util
 import re
 import typing
 from pathlib import Path
@@ -17,10 +18,22 @@ from pretrain.config import PRESET_DIR as PRETRAIN_PRESET_DIR
 from pretrain.config import PretrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
-RUNNERS = sorted(
-    name for name in (p.stem for p in (REPO / "benchmarks").glob("*.py"))
-    if hasattr(importlib.import_module(f"benchmarks.{name}"), "PROTOCOL")
-)
+
+
+def _runner_modules() -> dict[str, str]:
+    """protocol -> the module of its runner (a family module with ``PROTOCOL`` and ``run``)."""
+    found = {}
+    for path in sorted((REPO / "benchmarks").glob("*/*.py")):
+        if path.name in ("__init__.py", "__main__.py"):
+            continue
+        module = importlib.import_module(".".join(path.relative_to(REPO).with_suffix("").parts))
+        if hasattr(module, "PROTOCOL") and hasattr(module, "run"):
+            found[module.PROTOCOL] = module.__name__
+    return found
+
+
+RUNNER_MODULES = _runner_modules()
+RUNNERS = sorted(RUNNER_MODULES)
 # field -> (type, identity) that every runner config shares (docs/RUNNERS.md, "Config fields")
 SHARED_FIELDS = {
     "preset": (str, True), "ckpt": (str, True), "arch": (str | None, True), "encoder": (str, True),
@@ -61,8 +74,12 @@ def test_there_are_runners() -> None:
 
 @pytest.mark.parametrize("name", RUNNERS)
 def test_runner_module_follows_the_conventions(name: str) -> None:
-    module = importlib.import_module(f"benchmarks.{name}")
-    assert name == module.PROTOCOL  # run_all_benchmarks.sh runs benchmarks.<protocol>
+    module = importlib.import_module(RUNNER_MODULES[name])
+    # run_all_benchmarks.sh runs `python -m benchmarks.<protocol>`: an entry module (or a family's __main__) that
+    # starts this runner's main
+    spec = importlib.util.find_spec(f"benchmarks.{name}")
+    entry = Path(spec.origin) if spec.submodule_search_locations is None else Path(spec.origin).with_name("__main__.py")
+    assert f"from {module.__name__} import main" in entry.read_text()
     for dataset in _record_datasets(module):
         assert (module.PROTOCOL, dataset) in required_fields()  # the record fills table cells
     assert module.PRESET_DIR == CONFIG_ROOT / module.PROTOCOL
@@ -79,7 +96,7 @@ def test_runner_module_follows_the_conventions(name: str) -> None:
 
 @pytest.mark.parametrize("name", RUNNERS)
 def test_runner_presets_parse_and_the_full_preset_is_known(name: str) -> None:
-    module = importlib.import_module(f"benchmarks.{name}")
+    module = importlib.import_module(RUNNER_MODULES[name])
     presets = sorted(module.PRESET_DIR.glob("*.yaml"))
     for preset in presets:
         cfg = load_config(_config_class(module), preset.stem, preset_dir=module.PRESET_DIR)

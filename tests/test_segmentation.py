@@ -1,4 +1,5 @@
-"""FCN R50-D8 segmentation (benchmarks.segmentation, byol_bench.segmentation): the dilated backbone, the heads, the
+"""FCN R50-D8 segmentation (benchmarks.segmentation, benchmarks.segmentation.evaluation): the dilated backbone, the
+heads, the
 loss, the schedule, the crop rule, sliding-window inference and mIoU on hand-made cases, the runs' records (VOC and
 Cityscapes prediction files), resume exactness, an overfit check and one-line CLI errors."""
 
@@ -15,7 +16,10 @@ import torch
 import torchvision
 from PIL import Image
 
-import benchmarks.segmentation as seg
+import benchmarks.segmentation.runner as seg
+from benchmarks.segmentation import evaluation as seg_eval
+from benchmarks.segmentation import fcn
+from benchmarks.segmentation.evaluation import intersect_and_union, segmentation_scores, slide_logits
 from byol_bench import training
 from byol_bench.backbone import build_resnet, dilate_resnet
 from byol_bench.checkpoint import safe_load
@@ -25,7 +29,6 @@ from byol_bench.datasets.cityscapes import ID_TO_TRAIN_ID, LABELS, Cityscapes
 from byol_bench.datasets.images import load_label_map
 from byol_bench.datasets.voc_seg import VOCAugSegmentation
 from byol_bench.records import load_records
-from byol_bench.segmentation import intersect_and_union, segmentation_scores, slide_logits
 from byol_bench.tables import render_markdown
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,14 +67,14 @@ def test_dilated_resnet50_is_output_stride_8_with_mmseg_contract_dilation():
 
 
 def test_fcn_head_shapes_and_output_stride():
-    model = seg.FCN(build_resnet("resnet50"), 21)
+    model = fcn.FCN(build_resnet("resnet50"), 21)
     head, aux = model.decode_head, model.aux_head
     assert [m[0].in_channels for m in head.convs] == [2048, 512] and head.convs[-1][0].out_channels == 512
     assert head.conv_cat[0].in_channels == 2048 + 512 and head.conv_seg.in_channels == 512
     assert [m[0].in_channels for m in aux.convs] == [1024] and aux.conv_cat is None
     assert aux.conv_seg.in_channels == 256 and head.dropout.p == aux.dropout.p == 0.1
     assert all(isinstance(m[1], torch.nn.BatchNorm2d) and m[0].bias is None for m in (*head.convs, head.conv_cat))
-    small = seg.FCN(build_resnet("resnet18"), 19)  # BasicBlocks dilate too (torchvision refuses)
+    small = fcn.FCN(build_resnet("resnet18"), 19)  # BasicBlocks dilate too (torchvision refuses)
     logits, aux_logits = small(torch.randn(2, 3, 40, 56))
     assert logits.shape == aux_logits.shape == (2, 19, 5, 7)
     small.eval()
@@ -82,7 +85,7 @@ def test_loss_is_decode_plus_0_4_aux_over_all_pixels():
     torch.manual_seed(0)
     logits, aux = torch.randn(2, 3, 2, 2), torch.randn(2, 3, 2, 2)
     labels = torch.tensor([[[0, 1], [2, 255]], [[255, 255], [1, 1]]])
-    losses = seg.seg_losses(logits, aux, labels, align_corners=False)
+    losses = fcn.seg_losses(logits, aux, labels, align_corners=False)
 
     def hand(x):  # mmseg avg_non_ignore=False: sum over labelled pixels / all 8 pixels
         logp = torch.log_softmax(x, 1)
@@ -93,7 +96,7 @@ def test_loss_is_decode_plus_0_4_aux_over_all_pixels():
     torch.testing.assert_close(losses["loss_decode"], hand(logits))
     torch.testing.assert_close(losses["loss_aux"], hand(aux))
     torch.testing.assert_close(losses["loss"], hand(logits) + 0.4 * hand(aux))
-    assert seg.AUX_WEIGHT == 0.4
+    assert fcn.AUX_WEIGHT == 0.4
 
 
 @pytest.mark.parametrize(("preset", "iters"), [("fcn_r50-d8_4xb4-20k_voc12aug-512x512", 20000),
@@ -164,10 +167,10 @@ def test_train_transform_shapes_padding_and_photometric_ranges():
 
 
 def test_rescale_size_is_mmcv_imrescale():
-    assert seg.rescale_size(500, 375, (2048, 512)) == (683, 512)  # a VOC image at the test scale
-    assert seg.rescale_size(2048, 1024, (2049, 1025)) == (2049, 1025)  # Cityscapes
-    assert seg.rescale_size(100, 300, (2048, 512)) == (512, 1536)  # portrait: the short side bounds it
-    assert seg.rescale_size(1000, 100, (2048, 512)) == (2048, 205)  # very wide: the long side bounds it
+    assert fcn.rescale_size(500, 375, (2048, 512)) == (683, 512)  # a VOC image at the test scale
+    assert fcn.rescale_size(2048, 1024, (2049, 1025)) == (2049, 1025)  # Cityscapes
+    assert fcn.rescale_size(100, 300, (2048, 512)) == (512, 1536)  # portrait: the short side bounds it
+    assert fcn.rescale_size(1000, 100, (2048, 512)) == (2048, 205)  # very wide: the long side bounds it
 
 
 # ---------------------------------------------------------------- inference and metric
@@ -247,7 +250,7 @@ def test_tiny_voc_record_prediction_files_and_table_row(tiny_run, tiny_data):
         with Image.open(png) as img:
             assert img.mode == "P" and png.stem == image_path.stem
         areas += intersect_and_union(load_label_map(png), load_label_map(label_path), 21)
-    scores = segmentation_scores(areas, seg.CLASS_NAMES["voc12aug"])
+    scores = segmentation_scores(areas, seg_eval.CLASS_NAMES["voc12aug"])
     assert scores["mIoU"] == pytest.approx(metrics["mIoU"]) and scores["IoU"] == pytest.approx(details["IoU"])
     assert f"| random-init_resnet18 † | tiny | {metrics['mIoU']:.2f} |" in render_markdown([record])
 
@@ -274,7 +277,7 @@ def test_cityscapes_predictions_are_label_ids(ckpt, tiny_data, tmp_path):
         ids = load_label_map(png)
         assert set(np.unique(ids).tolist()) <= evaluated_ids
         areas += intersect_and_union(ID_TO_TRAIN_ID[ids], val[index][1], 19)
-    assert segmentation_scores(areas, seg.CLASS_NAMES["cityscapes"])["mIoU"] == pytest.approx(metrics["mIoU"])
+    assert segmentation_scores(areas, seg_eval.CLASS_NAMES["cityscapes"])["mIoU"] == pytest.approx(metrics["mIoU"])
 
 
 def _small(ckpt, data, out, *extra):
@@ -310,20 +313,20 @@ def test_overfit_a_few_images(tiny_data):
     images, labels = [], []
     for i in range(4):
         image, label = data[i]
-        x, y = seg.resize(image, torch.from_numpy(label), (48, 40))
+        x, y = fcn.resize(image, torch.from_numpy(label), (48, 40))
         images.append(x.round())
         labels.append(y)
-    batch = (torch.stack(images) - seg.MEAN) / seg.STD
+    batch = (torch.stack(images) - fcn.MEAN) / fcn.STD
     targets = torch.stack(labels).long()
     torch.manual_seed(0)
-    model = seg.FCN(build_resnet("resnet18"), 21)
+    model = fcn.FCN(build_resnet("resnet18"), 21)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     for _ in range(OVERFIT_ITERS):
-        seg.train_step(model, optimizer, batch, targets, False, "fp32", CPU)
+        fcn.train_step(model, optimizer, batch, targets, False, "fp32", CPU)
     model.eval()
-    areas = sum(intersect_and_union(seg.predict(model, x, cfg, "fp32").numpy(), y.numpy(), 21)
+    areas = sum(intersect_and_union(fcn.predict(model, x, cfg, "fp32").numpy(), y.numpy(), 21)
                 for x, y in zip(images, labels, strict=True))
-    miou = segmentation_scores(areas, seg.CLASS_NAMES["voc12aug"])["mIoU"]
+    miou = segmentation_scores(areas, seg_eval.CLASS_NAMES["voc12aug"])["mIoU"]
     print(f"overfit: mIoU {miou:.1f} after {OVERFIT_ITERS} iterations")
     assert miou >= 50.0
 

@@ -1,9 +1,10 @@
 """mmsegmentation 1.2.x (skipped when ``mmseg`` is not importable): equivalence on identical inputs (the mIoU of
-``byol_bench.segmentation`` vs ``IoUMetric``, ``slide_logits`` vs ``EncoderDecoder.slide_inference``, the native
+``benchmarks.segmentation.evaluation`` vs ``IoUMetric``, ``slide_logits`` vs ``EncoderDecoder.slide_inference``, the
+native
 FCN R50-D8 vs mmseg's on the same weights) and the ``engine=mmseg`` runner (generated config, tiny e2e run, resume).
 
 mmseg 1.2.x installs with mmcv-lite, which lacks ``mmcv.ops`` (compiled ops): importing ``mmseg.models`` fails on it,
-so ``benchmarks/segmentation_mmseg.py``'s ``import_mmseg`` puts a stub module in its place (FCN uses none of its
+so ``benchmarks/segmentation/mmseg.py``'s ``import_mmseg`` puts a stub module in its place (FCN uses none of its
 ops). Run by hand once (docs/SEGMENTATION.md): ``pip install --no-deps --target DIR mmsegmentation==1.2.2 mmengine
 mmcv-lite==2.1.0 opencv-python-headless addict yapf platformdirs termcolor rich
 prettytable wcwidth ftfy regex``, then ``PYTHONPATH=DIR pytest tests/test_segmentation_mmseg.py``.
@@ -18,11 +19,13 @@ import numpy as np
 import pytest
 import torch
 
-import benchmarks.segmentation as seg
-from benchmarks.segmentation_mmseg import data_list, import_mmseg, mmseg_config, mmseg_fcn_config
+import benchmarks.segmentation.runner as seg
+from benchmarks.segmentation import evaluation as seg_eval
+from benchmarks.segmentation import fcn
+from benchmarks.segmentation.evaluation import intersect_and_union, segmentation_scores, slide_logits
+from benchmarks.segmentation.mmseg import data_list, import_mmseg, mmseg_config, mmseg_fcn_config
 from byol_bench.backbone import build_resnet
 from byol_bench.config import load_config
-from byol_bench.segmentation import intersect_and_union, segmentation_scores, slide_logits
 
 if not import_mmseg():
     pytest.skip("mmseg is not importable", allow_module_level=True)
@@ -91,7 +94,7 @@ def test_slide_inference_equals_mmseg():
 
 def test_fcn_r50_d8_equals_mmseg_on_the_same_weights():
     torch.manual_seed(0)
-    ours = seg.FCN(build_resnet("resnet50"), 21).eval()
+    ours = fcn.FCN(build_resnet("resnet50"), 21).eval()
     theirs = MODELS.build(mmseg_fcn_config("resnet50", 21, False, dict(mode="whole"))).eval()
     state = _to_mmseg_keys({k: v for k, v in ours.state_dict().items() if not k.startswith("backbone.fc")})
     missing, unexpected = theirs.load_state_dict(state, strict=False)
@@ -111,7 +114,7 @@ def test_fcn_r50_d8_equals_mmseg_on_the_same_weights():
     labels[:, :8] = 255
     sample = SegDataSample()
     sample.gt_sem_seg = PixelData(data=labels)
-    mine = seg.seg_losses(logits, aux, labels, align_corners=False)
+    mine = fcn.seg_losses(logits, aux, labels, align_corners=False)
     theirs_decode = theirs.decode_head.loss_by_feat(logits, [sample])["loss_ce"]
     theirs_aux = theirs.auxiliary_head.loss_by_feat(aux, [sample])["loss_ce"]
     torch.testing.assert_close(mine["loss_decode"], theirs_decode, rtol=1e-5, atol=1e-6)
@@ -131,7 +134,7 @@ def test_generated_config_is_the_preset(preset, tmp_path):
     cfg = _cfg(tmp_path / "x.pth", tmp_path, tmp_path, preset=preset)
     city = cfg.dataset == "cityscapes"
     config = mmseg_config(cfg, "resnet50", 19 if city else 21, tmp_path / "w.pth", tmp_path, [],
-                          seg.CLASS_NAMES[cfg.dataset])
+                          seg_eval.CLASS_NAMES[cfg.dataset])
     model, pipeline = config["model"], config["train_dataloader"]["dataset"]["pipeline"]
     crop = (769, 769) if city else (512, 512)
     assert config["train_cfg"]["max_iters"] == (40000 if city else 20000)
@@ -185,8 +188,8 @@ def test_engine_mmseg_tiny_run_writes_a_record_and_resumes(ckpt, tiny_data, tmp_
     pngs = sorted(Path(details["predictions"]).glob("*.png"))
     assert len(pngs) == len(val)
     # the record's mIoU is our metric on those files
-    areas = seg.score_files(val, list(range(len(val))), "voc12aug", Path(details["predictions"]))
-    assert seg.segmentation_scores(areas, seg.CLASS_NAMES["voc12aug"])["mIoU"] == pytest.approx(metrics["mIoU"])
+    areas = seg_eval.score_files(val, list(range(len(val))), "voc12aug", Path(details["predictions"]))
+    assert seg.segmentation_scores(areas, seg_eval.CLASS_NAMES["voc12aug"])["mIoU"] == pytest.approx(metrics["mIoU"])
     log_path = next((record_path.parents[1] / "runs").glob("segmentation/*/log.jsonl"))
     log = [json.loads(line) for line in log_path.read_text().splitlines()]
     assert [row["step"] for row in log] == [4] and log[0]["loss"] > 0

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import benchmarks.semi_sup as semi
+import benchmarks.semi_sup.runner as semi
 from byol_bench import training
 from byol_bench.backbone import build_resnet
 from byol_bench.checkpoint import safe_load, sha256_file

@@ -12,7 +12,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import check_cv, cross_val_score
 from sklearn.svm import LinearSVC
 
-from benchmarks.svm_protocol import (
+from benchmarks.voc07_svm.protocol import (
     COST_GRIDS,
     FullSvmResult,
     LowShotResult,
@@ -25,7 +25,7 @@ from benchmarks.svm_protocol import (
     train_lowshot_svm,
     training_targets,
 )
-from benchmarks.svm_solver import linear_kernel
+from benchmarks.voc07_svm.solver import linear_kernel
 from byol_bench.metrics import voc_area_ap
 from byol_bench.tinydata.svm_features import make_voc_like_problem
 

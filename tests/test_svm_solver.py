@@ -10,8 +10,8 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.svm import LinearSVC
 
-from benchmarks.svm_protocol import l2_normalize, training_targets
-from benchmarks.svm_solver import SolverOptions, linear_kernel, solve_kernel_svms
+from benchmarks.voc07_svm.protocol import l2_normalize, training_targets
+from benchmarks.voc07_svm.solver import SolverOptions, linear_kernel, solve_kernel_svms
 from byol_bench.metrics import voc_area_ap
 
 COSTS = (0.5**19, 1e-3, 0.0625, 1.0, 100.0)  # both ends of the mmselfsup grid and the middle

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import adapters.loading
-from benchmarks.voc07_svm import PRESET_DIR, Voc07SvmConfig, run
+from benchmarks.voc07_svm.runner import PRESET_DIR, Voc07SvmConfig, run
 from byol_bench import scaffold
 from byol_bench.checkpoint import sha256_file
 from byol_bench.config import load_config

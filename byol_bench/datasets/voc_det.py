@@ -152,7 +152,7 @@ class VOCDetection:
 
 
 def detection_sample(image: torch.Tensor, ann: VOCAnnotation) -> tuple[torch.Tensor, dict[str, Any]]:
-    """A ``VOCDetection`` transform giving torchvision detection samples (``byol_bench.detection.data``).
+    """A ``VOCDetection`` transform giving torchvision detection samples (``benchmarks.detection.data``).
 
     ``labels`` are the class index + 1 (0 is the background); ``difficult`` boxes are kept (detectron2 trains on
     them; every VOC evaluation ignores them).

@@ -78,7 +78,6 @@ from byol_bench.classification import (
     open_subset,
     test_transform,
 )
-from byol_bench.cli import main_guard
 from byol_bench.config import CONFIG_ROOT, config_hash, opt, parse_args
 from byol_bench.datasets.imagenet import write_image_list
 from byol_bench.metrics import TopkCounter
@@ -478,7 +477,3 @@ def _bn_kind(model: nn.Module) -> str:
 
 def main() -> None:
     run(parse_args(SemiSupConfig, preset_dir=PRESET_DIR, description=__doc__))
-
-
-if __name__ == "__main__":
-    main_guard(main)

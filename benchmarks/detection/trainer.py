@@ -4,7 +4,7 @@ A model qualifies when ``model(images, targets)`` in train mode returns a dict o
 in eval mode returns one dict of detections per image (``boxes`` in input-image pixels, ``scores``, ``labels``,
 optionally ``masks``), with ``images`` a list of float32 ``(3, H, W)`` RGB tensors in [0, 1] at their original size:
 torchvision's ``GeneralizedRCNN`` family. The model resizes and normalises its inputs itself (its ``transform``;
-:class:`~byol_bench.detection.rcnn.ShortestEdgeTransform` for detectron2's multi-scale resize) and maps detections
+:class:`~benchmarks.detection.rcnn.ShortestEdgeTransform` for detectron2's multi-scale resize) and maps detections
 back to the input size.
 
 One iteration = ``accumulate`` micro-batches of ``batch_size_per_device`` images per process (gradients summed,
@@ -29,8 +29,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from benchmarks.detection.data import FlipSamples, GroupedBatchStream, collate, to_device
 from byol_bench import dist, training
-from byol_bench.detection.data import FlipSamples, GroupedBatchStream, collate, to_device
 from byol_bench.runlog import Progress, RunLog
 from byol_bench.seeding import rng_for
 
@@ -129,7 +129,7 @@ def train(model: nn.Module, dataset: Dataset, groups: Sequence[int], settings: T
 
     Args:
         model: the unwrapped model on ``device`` (DDP is added here in a multi-process job).
-        dataset: training samples ``(uint8 image, target)`` (see :mod:`byol_bench.detection.data`); flipped here.
+        dataset: training samples ``(uint8 image, target)`` (see :mod:`benchmarks.detection.data`); flipped here.
         groups: aspect-ratio group per sample (``data.orientation_groups``).
         settings: the run's :class:`TrainSettings`.
         device: this process's device.

@@ -9,15 +9,25 @@
 * :func:`slide_logits`: mmseg's ``EncoderDecoder.slide_inference``: crops of ``crop`` on a ``stride`` grid whose last
   row/column is shifted back to end at the image border, logits summed where crops overlap and divided by the
   number of crops covering each pixel.
+* the prediction files both engines write and score (:func:`save_prediction`, :func:`prediction_name`,
+  :func:`score_files`): VOC palette PNGs of class indices, Cityscapes labelId PNGs, as the official tools read them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import Dataset
+
+from byol_bench.datasets.cityscapes import LABELS, TRAIN_CLASSES, label_ids_to_train_ids
+from byol_bench.datasets.images import load_label_map
+from byol_bench.datasets.voc import VOC_CLASSES
+from byol_bench.tinydata.voc import voc_palette
 
 
 def intersect_and_union(pred: np.ndarray, label: np.ndarray, num_classes: int,
@@ -88,3 +98,42 @@ def slide_logits(forward: Callable[[torch.Tensor], torch.Tensor], images: torch.
             total += F.pad(logits, (x1, w_img - x2, y1, h_img - y2))
             count[:, :, y1:y2, x1:x2] += 1
     return total / count
+
+
+# ---------------------------------------------------------------- prediction files (both engines write these)
+
+
+IGNORE_INDEX = 255
+CLASS_NAMES = {"voc12aug": ("background", *VOC_CLASSES), "cityscapes": TRAIN_CLASSES}
+# trainId -> official labelId (the Cityscapes prediction files hold labelIds)
+TRAIN_ID_TO_ID = np.array([next(lb.id for lb in LABELS if lb.train_id == t) for t in range(len(TRAIN_CLASSES))],
+                          dtype=np.uint8)
+
+
+def prediction_name(dataset: Dataset, index: int) -> str:
+    """The PNG name of one val prediction: VOC ``<id>.png``; Cityscapes the image's ``..._leftImg8bit.png``."""
+    return dataset.samples[index][0].with_suffix(".png").name
+
+
+def save_prediction(pred: np.ndarray, dataset: str, path: Path) -> None:
+    """One prediction PNG: Cityscapes official labelIds (grey), VOC a palette PNG of the class indices."""
+    if dataset == "cityscapes":
+        png = Image.fromarray(TRAIN_ID_TO_ID[pred], mode="L")
+    else:
+        png = Image.fromarray(pred, mode="P")
+        png.putpalette(voc_palette())
+    png.save(path)
+
+
+def score_files(val_set: Dataset, indices: list[int], dataset: str, pred_dir: Path) -> np.ndarray:
+    """Summed :func:`intersect_and_union` areas of the prediction PNGs (read back from disk) against the labels."""
+    num_classes = len(CLASS_NAMES[dataset])
+    areas = np.zeros((4, num_classes), dtype=np.int64)
+    for index in indices:
+        _, label = val_set[index]
+        path = pred_dir / prediction_name(val_set, index)
+        pred = load_label_map(path)
+        if dataset == "cityscapes":
+            pred = label_ids_to_train_ids(pred, path)
+        areas += intersect_and_union(pred, label, num_classes, IGNORE_INDEX)
+    return areas

@@ -1,8 +1,8 @@
 """Mask R-CNN R50-FPN as mmdetection's ``mask_rcnn_r50_fpn_mstrain_1x_coco`` (the mmselfsup benchmark config; B §5.3),
 built from torchvision's detection blocks (``GeneralizedRCNN``, ``BackboneWithFPN``, ``RPNHead``,
 ``RegionProposalNetwork``, ``RoIHeads``, ``FastRCNNConvFCHead``, ``MaskRCNNHeads``) and the shared pieces of
-:mod:`byol_bench.detection.rcnn` (unrounded anchors, L1 losses, the resize); trained by
-:mod:`byol_bench.detection.trainer`.
+:mod:`benchmarks.detection.rcnn` (unrounded anchors, L1 losses, the resize); trained by
+:mod:`benchmarks.detection.trainer`.
 
 What is built (mmdet's ``_base_/models/mask-rcnn_r50_fpn.py`` with the benchmark's overrides):
 
@@ -50,14 +50,14 @@ from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import roi_align
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from byol_bench.backbone import feature_channels
-from byol_bench.detection.rcnn import (
+from benchmarks.detection.rcnn import (
     DetectronAnchorGenerator,
     Float32,
     L1RegionProposalNetwork,
     ShortestEdgeTransform,
     fastrcnn_l1_loss,
 )
+from byol_bench.backbone import feature_channels
 
 STRIDES = (4, 8, 16, 32)  # P2-P5, pooled by the RoI heads; P6 (stride 64) feeds the RPN only
 ANCHOR_SIZES = tuple((8 * s,) for s in (*STRIDES, 64))  # mmdet: scale 8 x stride, one size per level

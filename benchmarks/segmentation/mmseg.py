@@ -202,7 +202,7 @@ def train_and_predict(cfg: Any, run: Any, log: Any, backbone: nn.Module, report:
     from mmengine.dataset import Compose
     from mmengine.runner import Runner
 
-    from benchmarks.segmentation import CLASS_NAMES, prediction_name, save_prediction
+    from benchmarks.segmentation.evaluation import CLASS_NAMES, prediction_name, save_prediction
 
     work_dir = run.run_dir / "mmseg"
     work_dir.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,7 @@
 """The VOC07 SVM protocol around the solver: cost grids, 3-fold CV and cost choice, low-shot sampling and summary.
 
-Read this file against PROTOCOLS.md A.3 and B §2.3-2.4; the solver (``benchmarks/svm_solver.py``) only has to reach
+Read this file against PROTOCOLS.md A.3 and B §2.3-2.4; the solver (``benchmarks/voc07_svm/solver.py``) only has to
+reach
 scikit-learn's optimum. Labels are VOC's {1 present, 0 absent, -1 difficult only}:
 
 * full SVM (B §2.3): per class and cost, ``StratifiedKFold(3)`` without shuffle on trainval, the cost with the best
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 from sklearn.model_selection import StratifiedKFold
 
-from benchmarks.svm_solver import SolverOptions, linear_kernel, solve_kernel_svms, top_eigenpairs
+from benchmarks.voc07_svm.solver import SolverOptions, linear_kernel, solve_kernel_svms, top_eigenpairs
 from byol_bench.metrics import average_precision, voc_area_ap
 from byol_bench.seeding import rng_for
 

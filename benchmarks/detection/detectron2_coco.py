@@ -5,17 +5,17 @@ our pycocotools path on our results files.
 What it does:
 
 1. the backbone trunk goes through the adapters' detectron2 export (``.pkl``, MoCo's rename rules, B §5.0), as
-   ``det_voc``'s engine (``benchmarks.det_voc_detectron2.write_inputs``);
+   ``det_voc``'s engine (``benchmarks.detection.detectron2_engine.write_inputs``);
 2. :func:`config_values` writes a flat detectron2 config: ``build_resnet_fpn_backbone`` with nothing frozen, the
    mmdet settings where detectron2 has a key for them (norms in ResNet, FPN, box and mask heads; the 4conv1fc box
    head as ``FastRCNNConvFCHead`` with 4 convs + 1 FC; anchors 32-512 one per level; RPN 2000 per level -> 1000;
    ROIAlignV2 7/14; 512 RoIs at 25 %; 12 epochs of ``ceil(N / 16)`` iterations, steps at 8 and 11; warm-up 1000 from
    0.001; weight decay 1e-4 on every parameter, norms included; no precise BN) and our preset's sizes;
-3. ``python -m benchmarks.det_coco_detectron2 --config-file ... --data-root ... --results-dir ...`` (this module's
+3. ``python -m benchmarks.detection.detectron2_coco --config-file ... --data-root ... --results-dir ...`` (this module's
    ``main``: detectron2's ``launch`` and ``DefaultTrainer``) registers our ``coco/`` folder's train2017 / val2017
    under their own names (any category set: the embedded data has 8), trains, predicts val2017 and writes
    ``bbox.json.gz`` / ``segm.json.gz`` (COCO results with RLE masks, the dataset's category ids) into the results
-   folder; the runner scores them with ``byol_bench.detection.coco_eval.evaluate_files``, as the native engine's.
+   folder; the runner scores them with ``benchmarks.detection.coco_eval.evaluate_files``, as the native engine's.
 
 Where detectron2 cannot follow the mmdet config (docs/DETECTION.md lists them): no gradient accumulation
 (``SOLVER.IMS_PER_BATCH`` = the global batch, split over the GPUs detectron2 launches: one GPU holds all 16 images),
@@ -33,7 +33,7 @@ from typing import Any
 import yaml
 
 from adapters.export import detectron2_config
-from benchmarks.det_voc_detectron2 import launch_main, train_net
+from benchmarks.detection.detectron2_engine import launch_main, train_net
 
 TRAIN_SET, VAL_SET = "byol_bench_coco_2017_train", "byol_bench_coco_2017_val"
 
@@ -119,7 +119,7 @@ def _files_evaluator(results_dir: Path) -> type:
     from detectron2.evaluation.coco_evaluation import instances_to_coco_json
     from detectron2.utils import comm
 
-    from byol_bench.detection.coco_eval import write_results
+    from benchmarks.detection.coco_eval import write_results
 
     class FilesEvaluator(DatasetEvaluator):
         """Every val image's detections as COCO results files (``bbox.json.gz``, ``segm.json.gz``), in the

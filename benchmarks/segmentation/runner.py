@@ -24,11 +24,13 @@ Fixed protocol (B §6.1-6.2):
     hue +-18 in OpenCV units of 2 degrees) -> normalise RGB (mean 123.675/116.28/103.53, std 58.395/57.12/57.375)
     -> pad to the crop (image 0, label 255);
   * test: resize to ``test_scale`` keeping the aspect ratio, single scale, no flip; ``whole`` image (VOC) or
-    ``slide`` windows (Cityscapes: crop 769, stride 513, ``byol_bench.segmentation.slide_logits``); logits resized
+    ``slide`` windows (Cityscapes: crop 769, stride 513, ``benchmarks.segmentation.evaluation.slide_logits``); logits
+    resized
     back to the original size, argmax;
   * metric: the val predictions are written as PNG label maps next to the record (VOC: palette PNGs of the class
     indices; Cityscapes: official labelIds, as cityscapesScripts reads them), read back and scored with mmseg's
-    ``IoUMetric`` (``byol_bench.segmentation``: dataset-level intersection/union, ignore 255, NaN classes out of the
+    ``IoUMetric`` (``benchmarks.segmentation.evaluation``: dataset-level intersection/union, ignore 255, NaN classes
+    out of the
     mean); the table reads mIoU (%), per-class IoU, mAcc and aAcc are in ``details``.
 
 NOTE: the CE loss is mmseg's default (``avg_non_ignore=False``): summed over the non-ignored pixels and divided by
@@ -54,37 +56,30 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
-from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from adapters import load_backbone
-from benchmarks import segmentation_mmseg
+from benchmarks.segmentation import mmseg as segmentation_mmseg
+from benchmarks.segmentation.evaluation import (
+    CLASS_NAMES,
+    IGNORE_INDEX,
+    prediction_name,
+    save_prediction,
+    score_files,
+    segmentation_scores,
+)
+from benchmarks.segmentation.fcn import FCN, MEAN, STD, predict, rescale_size, resize, train_step
 from byol_bench import dist, training
-from byol_bench.backbone import dilate_resnet, feature_channels
-from byol_bench.cli import main_guard
 from byol_bench.config import CONFIG_ROOT, opt, parse_args
-from byol_bench.datasets.cityscapes import LABELS, TRAIN_CLASSES, Cityscapes, label_ids_to_train_ids
-from byol_bench.datasets.images import load_label_map
-from byol_bench.datasets.voc import VOC_CLASSES
+from byol_bench.datasets.cityscapes import Cityscapes
 from byol_bench.datasets.voc_seg import VOCAugSegmentation
 from byol_bench.runlog import Progress
 from byol_bench.scaffold import open_run
 from byol_bench.seeding import rng_for
-from byol_bench.segmentation import intersect_and_union, segmentation_scores, slide_logits
-from byol_bench.tinydata.voc import voc_palette
 
 PROTOCOL = "segmentation"
 DATASETS = ("voc12aug", "cityscapes")
 PRESET_DIR = CONFIG_ROOT / PROTOCOL
-IGNORE_INDEX = 255
-CLASS_NAMES = {"voc12aug": ("background", *VOC_CLASSES), "cityscapes": TRAIN_CLASSES}
-AUX_WEIGHT = 0.4  # B §6.1: auxiliary head loss weight
-MEAN = torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)  # B §6.1, RGB, on 0..255 pixels
-STD = torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1)
-# trainId -> official labelId (the Cityscapes prediction files hold labelIds)
-TRAIN_ID_TO_ID = np.array([next(lb.id for lb in LABELS if lb.train_id == t) for t in range(len(TRAIN_CLASSES))],
-                          dtype=np.uint8)
 
 
 @dataclass(frozen=True)
@@ -140,55 +135,6 @@ class Resolved:
     global_batch_size: int  # batch_size_per_device x world_size
     precision: str
     device: str
-
-
-class FCNHead(nn.Module):
-    """mmseg ``FCNHead``: ``num_convs`` 3x3 ConvBNReLU, optionally concat the input and fuse (3x3), Dropout2d,
-    1x1 classifier. Convs have no bias (BN follows), Kaiming-normal fan_out init; classifier N(0, 0.01), bias 0."""
-
-    def __init__(self, in_channels: int, channels: int, num_convs: int, concat_input: bool, num_classes: int,
-                 dropout: float = 0.1) -> None:
-        super().__init__()
-
-        def conv_bn_relu(c_in: int) -> nn.Sequential:
-            conv = nn.Conv2d(c_in, channels, 3, padding=1, bias=False)
-            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
-            return nn.Sequential(conv, nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
-
-        self.convs = nn.Sequential(*[conv_bn_relu(in_channels if i == 0 else channels) for i in range(num_convs)])
-        self.conv_cat = conv_bn_relu(in_channels + channels) if concat_input else None
-        self.dropout = nn.Dropout2d(dropout)
-        self.conv_seg = nn.Conv2d(channels, num_classes, 1)
-        nn.init.normal_(self.conv_seg.weight, std=0.01)
-        nn.init.zeros_(self.conv_seg.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.convs(x)
-        if self.conv_cat is not None:
-            out = self.conv_cat(torch.cat([x, out], dim=1))
-        return self.conv_seg(self.dropout(out))
-
-
-class FCN(nn.Module):
-    """Dilated ResNet (output stride 8) + FCN decode head on layer4 + auxiliary FCN head on layer3.
-
-    ``forward`` returns ``(logits, aux_logits)`` at 1/8 of the input size; ``aux_logits`` is None in eval mode.
-    """
-
-    def __init__(self, backbone: nn.Module, num_classes: int) -> None:
-        super().__init__()
-        self.backbone = dilate_resnet(backbone)
-        self.backbone.fc = nn.Identity()  # never part of the transferred weights; keeps the state dict small
-        channels = feature_channels(self.backbone)
-        self.decode_head = FCNHead(channels["feat5"], 512, 2, True, num_classes)
-        self.aux_head = FCNHead(channels["feat4"], 256, 1, False, num_classes)
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        net = self.backbone
-        x = net.maxpool(net.relu(net.bn1(net.conv1(images))))
-        c3 = net.layer3(net.layer2(net.layer1(x)))
-        logits = self.decode_head(net.layer4(c3))
-        return logits, self.aux_head(c3) if self.training else None
 
 
 def run(cfg: SegmentationConfig) -> dict[str, float]:
@@ -341,20 +287,6 @@ class TrainStream(Dataset):
         return train_transform(image, torch.from_numpy(label), rng_for(self.cfg.seed, "augment", g), self.cfg)
 
 
-def rescale_size(w: int, h: int, scale: tuple[float, float]) -> tuple[int, int]:
-    """mmcv ``rescale_size`` with a (long, short) bound: the largest aspect-kept size within it, rounded."""
-    factor = min(max(scale) / max(h, w), min(scale) / min(h, w))
-    return int(w * factor + 0.5), int(h * factor + 0.5)
-
-
-def resize(image: torch.Tensor, label: torch.Tensor | None, size: tuple[int, int]):
-    """Image bilinear (float CHW), label nearest, to ``size`` = (w, h)."""
-    image = F.interpolate(image[None].float(), size=(size[1], size[0]), mode="bilinear", align_corners=False)[0]
-    if label is not None:
-        label = F.interpolate(label[None, None].float(), size=(size[1], size[0]), mode="nearest")[0, 0].to(torch.uint8)
-    return image, label
-
-
 def crop_box(h: int, w: int, crop: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
     """mmseg ``RandomCrop.get_crop_bbox``: a uniformly placed window (clipped to the image when it is smaller)."""
     y = int(rng.integers(0, max(h - crop, 0) + 1))
@@ -441,60 +373,7 @@ def train_transform(image: torch.Tensor, label: torch.Tensor, rng: np.random.Gen
     return image.contiguous(), label.long()
 
 
-def seg_losses(logits: torch.Tensor, aux_logits: torch.Tensor, labels: torch.Tensor,
-               align_corners: bool) -> dict[str, torch.Tensor]:
-    """``loss = CE(decode) + AUX_WEIGHT * CE(aux)``; each CE on logits resized to the labels, ignore 255, summed
-    over the labelled pixels and divided by all pixels (mmseg ``avg_non_ignore=False``)."""
-    def ce(x: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(x.float(), size=labels.shape[-2:], mode="bilinear", align_corners=align_corners)
-        return F.cross_entropy(x, labels, ignore_index=IGNORE_INDEX, reduction="sum") / labels.numel()
-
-    decode, aux = ce(logits), ce(aux_logits)
-    return {"loss": decode + AUX_WEIGHT * aux, "loss_decode": decode, "loss_aux": aux}
-
-
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
-               align_corners: bool, precision: str, device: torch.device) -> dict[str, float]:
-    """One SGD step on a batch; returns the losses as floats. ``scripts/bench_seg.py`` times this very function."""
-    images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-    if device.type == "cuda":
-        images = images.contiguous(memory_format=torch.channels_last)
-    with training.autocast(device, precision):
-        logits, aux_logits = model(images)
-    losses = seg_losses(logits, aux_logits, labels, align_corners)
-    optimizer.zero_grad(set_to_none=True)
-    losses["loss"].backward()
-    optimizer.step()
-    return {k: v.item() for k, v in losses.items()}
-
-
 # ---------------------------------------------------------------- evaluation
-
-
-@torch.no_grad()
-def predict(model: FCN, image: torch.Tensor, cfg: SegmentationConfig, precision: str) -> torch.Tensor:
-    """Class map (H, W) of one uint8 CHW image: test resize, normalise, whole or slide logits, resize back, argmax."""
-    device = next(model.parameters()).device
-    h, w = image.shape[1:]
-    resized, _ = resize(image.to(device), None, rescale_size(w, h, cfg.test_scale))
-    x = ((resized - MEAN.to(device)) / STD.to(device))[None]
-
-    def forward(crop: torch.Tensor) -> torch.Tensor:
-        with training.autocast(device, precision):
-            logits = model(crop)[0]
-        return F.interpolate(logits.float(), size=crop.shape[-2:], mode="bilinear", align_corners=cfg.align_corners)
-
-    if cfg.test_mode == "slide":
-        logits = slide_logits(forward, x, (cfg.test_crop, cfg.test_crop), (cfg.test_stride, cfg.test_stride))
-    else:
-        logits = forward(x)
-    logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=cfg.align_corners)
-    return logits[0].argmax(0).to(torch.uint8).cpu()
-
-
-def prediction_name(dataset: Dataset, index: int) -> str:
-    """The PNG name of one val prediction: VOC ``<id>.png``; Cityscapes the image's ``..._leftImg8bit.png``."""
-    return dataset.samples[index][0].with_suffix(".png").name
 
 
 def predict_val(model: FCN, val_set: Dataset, cfg: SegmentationConfig, out: Path, rank: int, world: int,
@@ -514,16 +393,6 @@ def predict_val(model: FCN, val_set: Dataset, cfg: SegmentationConfig, out: Path
     return indices
 
 
-def save_prediction(pred: np.ndarray, dataset: str, path: Path) -> None:
-    """One prediction PNG: Cityscapes official labelIds (grey), VOC a palette PNG of the class indices."""
-    if dataset == "cityscapes":
-        png = Image.fromarray(TRAIN_ID_TO_ID[pred], mode="L")
-    else:
-        png = Image.fromarray(pred, mode="P")
-        png.putpalette(voc_palette())
-    png.save(path)
-
-
 class _Indexed(Dataset):
     """``(index, image)`` for the given val indices (decoding in the workers; labels are read when scoring)."""
 
@@ -537,23 +406,5 @@ class _Indexed(Dataset):
         return self.indices[i], self.dataset[self.indices[i]][0]
 
 
-def score_files(val_set: Dataset, indices: list[int], dataset: str, pred_dir: Path) -> np.ndarray:
-    """Summed :func:`intersect_and_union` areas of the prediction PNGs (read back from disk) against the labels."""
-    num_classes = len(CLASS_NAMES[dataset])
-    areas = np.zeros((4, num_classes), dtype=np.int64)
-    for index in indices:
-        _, label = val_set[index]
-        path = pred_dir / prediction_name(val_set, index)
-        pred = load_label_map(path)
-        if dataset == "cityscapes":
-            pred = label_ids_to_train_ids(pred, path)
-        areas += intersect_and_union(pred, label, num_classes, IGNORE_INDEX)
-    return areas
-
-
 def main() -> None:
     run(parse_args(SegmentationConfig, preset_dir=PRESET_DIR, description=__doc__))
-
-
-if __name__ == "__main__":
-    main_guard(main)

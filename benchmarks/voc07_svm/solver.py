@@ -8,7 +8,7 @@ penalty="l2", intercept_scaling=1)`` fits (liblinear, dual coordinate descent):
 The bias is regularised because liblinear treats it as one more feature of constant value ``intercept_scaling``.
 The objective is strictly convex, so the optimum is unique and any exact method reaches the same classifier;
 ``tests/test_svm_solver.py`` checks that against scikit-learn. The VOC07 protocol that uses it (cost grids, CV,
-low-shot sampling) is ``benchmarks/svm_protocol.py``.
+low-shot sampling) is ``benchmarks/voc07_svm/protocol.py``.
 
 How this solver gets its speed (the VOC07 reference fits 20 classes x 19 costs x 4 folds = 1,520 separate SVMs):
 

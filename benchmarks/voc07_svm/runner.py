@@ -10,7 +10,8 @@ Fixed protocol:
     images go the reference's way: ``PIL.Image.open(path).convert("RGB")``, both resizes on the PIL image (PIL
     bilinear), then ToTensor + Normalize (equal within float rounding: ``tests/test_features_preprocess.py``);
   * classifier: per class, ``LinearSVC(C, class_weight={1: 2, -1: 1}, squared hinge, L2)``, solved exactly by
-    ``benchmarks.svm_solver`` for all classes x costs at once (the protocol math: ``benchmarks.svm_protocol``);
+    ``benchmarks.voc07_svm.solver`` for all classes x costs at once (the protocol math:
+    ``benchmarks.voc07_svm.protocol``);
   * full SVM: 3-fold StratifiedKFold (no shuffle) on trainval picks the cost per class by mean AP (ties -> first
     in grid order), refit on trainval; difficult-only images are negatives in training, ignored in testing;
     VOC "area" AP, mAP x 100; the best layer is the one with the best full-SVM mAP;
@@ -35,7 +36,7 @@ from typing import Literal
 import numpy as np
 
 from adapters import load_backbone
-from benchmarks.svm_protocol import (
+from benchmarks.voc07_svm.protocol import (
     LOWSHOT_KS,
     l2_normalize,
     parse_costs,
@@ -43,9 +44,8 @@ from benchmarks.svm_protocol import (
     train_full_svm,
     train_lowshot_svm,
 )
-from benchmarks.svm_solver import linear_kernel
+from benchmarks.voc07_svm.solver import linear_kernel
 from byol_bench.backbone import FEATURE_NAMES
-from byol_bench.cli import main_guard
 from byol_bench.config import CONFIG_ROOT, opt, parse_args
 from byol_bench.datasets.voc_cls import VOCClassification
 from byol_bench.features import (
@@ -226,7 +226,3 @@ def _plot_lowshot(lowshot: dict, path: Path, title: str) -> Path:
 
 def main() -> None:
     run(parse_args(Voc07SvmConfig, preset_dir=PRESET_DIR, description=__doc__))
-
-
-if __name__ == "__main__":
-    main_guard(main)
