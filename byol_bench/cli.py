@@ -7,7 +7,8 @@ from collections.abc import Callable
 from typing import Any
 
 # The project's own errors (CheckpointError, ConfigError, RecordError, the loaders' errors) subclass ValueError and
-# carry a complete one-line message naming the file and the fix; STYLE.md also uses ValueError for unknown names.
+# carry a complete one-line message naming the file and the fix; an unknown name (preset, arch, dataset, layer) is a
+# ValueError listing the valid names.
 # Anything else is a bug and keeps its traceback. (No imports of the error classes: this module stays torch-free.)
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)
 

@@ -7,7 +7,7 @@ What lives here, and nothing else:
 * distribution: :func:`wrap_ddp` (DDP only in a multi-process job; SyncBN conversion is ``dist.maybe_sync_bn``),
   :func:`batch_per_device` (the recipe fixes the global batch, whatever the process count);
 * augmentation seeds: :func:`epoch_seed` (a resumed run redraws the same crops; processes draw different ones);
-* schedules as per-iteration arrays (STYLE: precomputed, logged, checkpointed): :func:`step_lr`, :func:`cosine_lr`
+* schedules as per-iteration arrays (precomputed, logged, checkpointed): :func:`step_lr`, :func:`cosine_lr`
   (epoch-based recipes), :func:`warmup_multistep_lr` (detectron2/mmdet iteration recipes), :func:`poly_lr` (mmseg);
 * checkpoints and ``resume=auto|none|<path>`` at epoch (or every-N-iteration) boundaries: :func:`find_resume`,
   :func:`save_training_state`, :func:`load_training_state` — the trainable modules, the optimizer, the epochs or

@@ -1,4 +1,5 @@
-"""BYOL networks and loss: analytic invariants (STYLE.md 11)."""
+"""BYOL networks and loss: analytic invariants (bounded symmetrised loss, stop-gradient, target starts equal to
+online, EMA at m = 1 is the identity), the recipe's head shapes, and one train step against a plain loop."""
 
 from __future__ import annotations
 
