@@ -162,12 +162,47 @@ def read_record(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_records(records_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """All records under ``records_dir`` (recursively), sorted by file name.
+    """All records under ``records_dir`` (recursively), sorted by file name; other JSON files there are left alone.
+
+    A records folder also holds the files that belong to a record, written next to it (COCO detections
+    ``<record stem>.bbox.json``, ...), and whatever a user drops there. A ``*.json`` is a record when it holds a
+    JSON object with a ``schema_version`` field (or both ``protocol`` and ``metrics``); that one must then be valid.
+    Chosen over the file name (``<protocol>_<dataset>_<sha12>_<hash>.json``): a record keeps its identity in its
+    fields when it is copied or renamed (``results/published/`` names its files by model), so none drops out of the
+    tables unseen, while a non-record is skipped whatever it is called.
 
     Raises:
-        RecordError: the folder is missing, or a file in it is not a valid record.
+        RecordError: the folder is missing, a record in it breaks the schema, or a file that starts as a JSON object
+            is not valid JSON (it may be a damaged record: never skipped unseen).
     """
     folder = Path(records_dir)
     if not folder.is_dir():
         raise RecordError(f"{folder}: records folder not found; pass the folder the runners wrote (--out)/records")
-    return [read_record(path) for path in sorted(folder.rglob("*.json"))]
+    records = []
+    for path in sorted(folder.rglob("*.json")):
+        record = _read_if_record(path)
+        if record is not None:
+            records.append(record)
+    return records
+
+
+def _read_if_record(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The validated record in ``path``; None for a JSON file that is no record (an array, an object with none of
+    the record's marks). An array is recognised from its first byte, so a large results file is never parsed."""
+    try:
+        with open(path, "rb") as handle:
+            head = b""
+            while not head.strip():  # up to the first byte that is not whitespace
+                chunk = handle.read(4096)
+                if not chunk:
+                    return None  # empty
+                head += chunk
+            if not head.lstrip().startswith(b"{"):
+                return None  # a JSON array (COCO results) or a scalar: never a record
+            data = json.loads((head + handle.read()).decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RecordError(f"{path}: unreadable record ({exc})") from None
+    if not isinstance(data, dict) or not ("schema_version" in data or {"protocol", "metrics"} <= set(data)):
+        return None  # an object that does not claim to be a record (a hand-damaged record still does: it fails)
+    validate_record(data, str(path))
+    return data

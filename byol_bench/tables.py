@@ -24,6 +24,10 @@ segmentation       voc12aug, cityscapes                         mIoU
 
 The config column shows the record's ``preset`` of the table's ``config_source`` protocol.
 
+AvgPool cells name their linear-probe setting, "(MoCo)" or "(SimSiam)" (:func:`avgpool_setting`, from the record's
+``details``/``config`` ``setting`` or else its preset name), for measured and published rows alike: BYOL scores about 4
+points higher in the SimSiam setting (mmselfsup: 67.68 vs 71.72), so the two are never set side by side unnamed.
+
 Published rows: a record whose checkpoint ``format`` is ``"published"`` (``results/published/``) holds a number read
 from a paper or a model-zoo page, with its source in ``details["source"]`` (``ref``, ``version``, ``table``). It
 renders as a row marked "(published)" below the measured rows, and the sources are listed under the tables, so a
@@ -45,6 +49,19 @@ PUBLISHED_MARK = " (published)"
 PLOT_SUFFIX = "_plot"  # details keys ending so hold the path of a plot the report links
 TINY_NOTE = "† tiny embedded data: checks the pipeline end to end; not comparable with published numbers."
 
+# The AvgPool linear probe's two reference settings (PROTOCOLS.md B §3.3): cell label, what it is.
+AVGPOOL_SETTINGS: dict[str, tuple[str, str]] = {
+    "moco": ("MoCo", "SGD lr 30, batch 256, 100 epochs, lr x0.1 at 60 and 80"),
+    "simsiam": ("SimSiam", "LARS lr 1.6, batch 4096, cosine, 90 epochs"),
+}
+# Preset names of each setting, this suite's (linear-avgpool_resnet50_8xb32-steplr-100e_in1k,
+# linear-avgpool_resnet50_8xb512-coslr-90e_in1k) and mmselfsup's (resnet50_linear-8xb32-steplr-100e_in1k, ...): for
+# records that do not name their setting (published rows, hand-written ones).
+_SETTING_PRESETS = (("moco", "steplr-100e"), ("simsiam", "coslr-90e"))
+UNKNOWN_SETTING = "setting not stated"
+AVGPOOL_NOTE = ("AvgPool settings: " + "; ".join(f"({label}) {what}" for label, what in AVGPOOL_SETTINGS.values())
+                + ". BYOL scores about 4 points higher in the SimSiam setting: compare AvgPool figures of one setting.")
+
 
 @dataclass(frozen=True)
 class Column:
@@ -55,6 +72,7 @@ class Column:
     dataset: str
     metric: str
     from_details: bool = False
+    names_setting: bool = False  # the cell says which linear-probe setting its number comes from (AvgPool)
 
 
 @dataclass(frozen=True)
@@ -80,7 +98,8 @@ _LOWSHOT = [(f"k={k}", f"k{k}") for k in (1, 2, 4, 8, 16, 32, 64, 96)]
 
 def _linear(title: str, dataset: str) -> Table:
     return Table(title, "Config", ("linear_mhead", dataset),
-                 (*_cols("linear_mhead", dataset, _FEATURES), Column("AvgPool", "linear_avgpool", dataset, "top1")))
+                 (*_cols("linear_mhead", dataset, _FEATURES),
+                  Column("AvgPool", "linear_avgpool", dataset, "top1", names_setting=True)))
 
 
 def _segmentation(title: str, dataset: str) -> Table:
@@ -203,6 +222,21 @@ def is_published(record: dict[str, Any]) -> bool:
     return record["checkpoint"]["format"] == PUBLISHED_FORMAT
 
 
+def avgpool_setting(record: dict[str, Any]) -> str | None:
+    """The linear-probe setting (a key of :data:`AVGPOOL_SETTINGS`) a record's number comes from, None if unknown.
+
+    The record's ``details`` or ``config`` ``setting`` (what ``benchmarks/linear/avgpool.py`` writes), else its preset
+    name: ``...steplr-100e...`` is the MoCo setting, ``...coslr-90e...`` the SimSiam one.
+    """
+    for where in (record["details"], record["config"]):
+        if where.get("setting") in AVGPOOL_SETTINGS:
+            return where["setting"]
+    for setting, needle in _SETTING_PRESETS:
+        if needle in record["preset"]:
+            return setting
+    return None
+
+
 def _cell(record: dict[str, Any] | None, column: Column) -> str:
     if record is None:
         return ""
@@ -214,7 +248,11 @@ def _cell(record: dict[str, Any] | None, column: Column) -> str:
         # a mean over several trials (details: num_trials > 1, std per metric) shows its spread
         std = record["details"].get("std", {}).get(column.metric) if record["details"].get("num_trials", 1) > 1 \
             else None
-        return f"{value:.2f} ± {std:.2f}" if std is not None else f"{value:.2f}"
+        text = f"{value:.2f} ± {std:.2f}" if std is not None else f"{value:.2f}"
+        if column.names_setting:
+            setting = avgpool_setting(record)
+            text += f" ({AVGPOOL_SETTINGS[setting][0] if setting else UNKNOWN_SETTING})"
+        return text
     return _FEATURE_LABELS.get(str(value), str(value))
 
 
@@ -227,14 +265,19 @@ def render_markdown(records: list[dict[str, Any]], link_root: str | os.PathLike 
             reads on GitHub or in any viewer); None lists no plots.
     """
     parts = ["# Model zoo", ""]
+    settings_named = False
     for table in TABLES:
         rows = table_rows(table, records)
         parts += [f"## {table.title}", "", "| " + " | ".join(rows[0]) + " |",
                   "|" + "|".join("---" for _ in rows[0]) + "|"]
         parts += ["| " + " | ".join(row) + " |" for row in rows[1:]]
         parts.append("")
+        named = [i for i, column in enumerate(table.columns, start=2) if column.names_setting]
+        settings_named = settings_named or any(row[i] for row in rows[1:] for i in named)
     if any(r["tiny"] for r in records):
         parts += [TINY_NOTE, ""]
+    if settings_named:
+        parts += [AVGPOOL_NOTE, ""]
     parts += _sources_section(records)
     if link_root is not None:
         parts += _plots_section(records, Path(link_root))

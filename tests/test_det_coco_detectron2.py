@@ -125,5 +125,5 @@ def test_tiny_run_scores_detectron2s_results_files(ckpt, tiny_data, tmp_path):
     assert record["metrics"] == metrics and set(metrics) == {f"{t}_{k}" for t in ("bbox", "segm")
                                                              for k in ("AP", "AP50", "AP75")}
     assert record["details"]["engine"] == "detectron2" and record["details"]["batch_policy"] == "recipe"
-    for path in record["details"]["results_files"].values():
-        assert Path(path).is_file()
+    for iou_type, path in record["details"]["results_files"].items():  # plain COCO results next to the record
+        assert Path(path).name.endswith(f".{iou_type}.json") and Path(path).read_text().startswith("[")

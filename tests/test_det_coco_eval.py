@@ -4,7 +4,9 @@ ignored as COCO does, rejected results files and bad annotations are one-line er
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import io
 import json
 import shutil
 from pathlib import Path
@@ -13,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from pycocotools import mask as mask_utils
+from pycocotools.cocoeval import COCOeval
 
 from benchmarks.detection.coco_eval import ResultsError, evaluate_files, to_coco_results, write_results
 from byol_bench.datasets import DatasetError
@@ -41,8 +44,8 @@ def _score(ds: COCODetection, preds: dict, out: Path) -> tuple[dict, dict]:
         b, s = to_coco_results(image_id, pred, ds.category_ids)
         bbox += b
         segm += s
-    # plain and gzip-compressed files (the runner writes .json.gz: a .json under records/ would read as a record)
-    files = {"bbox": write_results(out / "bbox.json", bbox), "segm": write_results(out / "segm.json.gz", segm)}
+    # the standard plain files (the records loader reads JSON objects only: these lists never count as records)
+    files = {"bbox": write_results(out / "bbox.json", bbox), "segm": write_results(out / "segm.json", segm)}
     return evaluate_files(ds.coco, files)
 
 
@@ -65,12 +68,29 @@ def test_ground_truth_as_detections_scores_100_crowds_ignored(val, gt_preds, tmp
         assert {"APs", "APm", "APl"} <= set(details[iou_type])
         assert all(details[iou_type][k] in (100.0, -1.0) for k in ("APs", "APm", "APl"))  # -1: no GT of that size
     # the files are the standard ones: a segm entry is an RLE with text counts at the image's size
-    first = json.loads(gzip.decompress((tmp_path / "segm.json.gz").read_bytes()))[0]
+    first = json.loads((tmp_path / "segm.json").read_text())[0]
     info = val.coco.imgs[first["image_id"]]
     assert first["segmentation"]["size"] == [info["height"], info["width"]]
     assert isinstance(first["segmentation"]["counts"], str)
     bbox = json.loads((tmp_path / "bbox.json").read_text())
     assert {d["category_id"] for d in bbox} <= set(val.category_ids)
+    # pycocotools opens them as they are (a file name, no decompression) and scores the same
+    for iou_type in ("bbox", "segm"):
+        with contextlib.redirect_stdout(io.StringIO()):
+            evaluator = COCOeval(val.coco, val.coco.loadRes(str(tmp_path / f"{iou_type}.json")), iou_type)
+            evaluator.evaluate()
+            evaluator.accumulate()
+            evaluator.summarize()
+        assert 100.0 * evaluator.stats[0] == pytest.approx(metrics[f"{iou_type}_AP"])
+
+
+def test_gzip_results_of_earlier_runs_still_score(val, gt_preds, tmp_path):
+    metrics, _ = _score(val, gt_preds, tmp_path)
+    for iou_type in ("bbox", "segm"):
+        packed = tmp_path / f"{iou_type}.json.gz"
+        packed.write_bytes(gzip.compress((tmp_path / f"{iou_type}.json").read_bytes()))
+        again, _ = evaluate_files(val.coco, {iou_type: packed})
+        assert again == {k: v for k, v in metrics.items() if k.startswith(iou_type)}
 
 
 def test_moved_boxes_lose_ap(val, tmp_path):

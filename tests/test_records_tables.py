@@ -20,7 +20,7 @@ from byol_bench.records import (
     validate_record,
     write_record,
 )
-from byol_bench.tables import records_frame, render_csv, render_markdown, render_summary
+from byol_bench.tables import avgpool_setting, records_frame, render_csv, render_markdown, render_summary
 
 GOLDEN = Path(__file__).parent / "golden"
 REPO = Path(__file__).resolve().parents[1]
@@ -70,6 +70,40 @@ def test_write_find_and_corrupt_record(tmp_path):
     path.write_text("{ truncated")
     assert find_record(tmp_path, "voc07_svm", "voc07", "c" * 64, "abcdefabcdef") is None
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_loader_reads_records_only_and_other_json_leaves_the_tables_unchanged(tmp_path):
+    import shutil
+
+    folder = tmp_path / "records"
+    shutil.copytree(GOLDEN / "records", folder)
+    record_file = write_record(_record(), folder)
+    stem = record_file.name.removesuffix(".json")
+    detections = [{"image_id": 1, "category_id": 1, "bbox": [0.0, 0.0, 2.0, 2.0], "score": 0.9}]
+    (folder / f"{stem}.bbox.json").write_text(json.dumps(detections))  # results next to their record
+    (folder / "segm.json").write_text("\n  " + json.dumps(detections))
+    (folder / "bbox.json").write_text('[{"image_id": 1, "bbox": [0')  # a truncated results file: still not a record
+    (folder / "notes.json").write_text(json.dumps({"note": "mine", "dataset": "voc07"}))
+    (folder / "empty.json").write_text("")
+    (folder / "run" / "sub").mkdir(parents=True)
+    (folder / "run" / "sub" / "resolved.json").write_text(json.dumps({"lr": 30.0}))
+    records = load_records(folder)
+    written = read_record(record_file)
+    assert len(records) == 8 and records.count(written) == 1
+    expected = [*load_records(GOLDEN / "records"), written]
+    assert render_markdown(records) == render_markdown(expected) and render_csv(records) == render_csv(expected)
+
+
+@pytest.mark.parametrize("text, needle", [
+    ('{"schema_version": 1, "protocol": "voc07_svm"', "unreadable record"),  # truncated object: maybe a record
+    ('{"protocol": "voc07_svm", "metrics": {"svm": 1.0}}', "missing fields"),  # a damaged record is not skipped
+    ('{"schema_version": 1}', "missing fields"),
+])
+def test_loader_fails_on_a_damaged_record(tmp_path, text, needle):
+    (tmp_path / "odd_name.json").write_text(text)
+    with pytest.raises(RecordError, match=needle) as err:
+        load_records(tmp_path)
+    assert "odd_name.json" in str(err.value)
 
 
 def test_model_label():
@@ -140,14 +174,71 @@ def test_committed_published_records_are_valid_and_fill_table_cells():
     from byol_bench.tables import required_fields
 
     records = load_records(PUBLISHED)
-    assert {r["model"] for r in records} >= {"BYOL R50 200e (mmselfsup)", "Supervised torchvision R50 (OpenSelfSup)"}
+    assert {r["model"] for r in records} >= {BYOL_V05, BYOL_V11, "Supervised torchvision R50 (OpenSelfSup)"}
     fields = required_fields()
     for record in records:
         assert record["checkpoint"]["format"] == "published" and not record["tiny"]
         assert (record["protocol"], record["dataset"]) in fields, record
         assert set(record["metrics"]) & fields[(record["protocol"], record["dataset"])]["metrics"], record
-    seed_row = render_markdown(records).split("## VOC SVM")[1]
-    assert "| BYOL R50 200e (mmselfsup) (published) | svm_voc07 | feature5 | 86.31 | 45.37 | 56.83 |" in seed_row
+        if record["protocol"] == "linear_avgpool":  # every published AvgPool figure says its setting
+            assert avgpool_setting(record) == record["details"]["setting"], record
+
+
+BYOL_V05 = "BYOL R50 200e (mmselfsup v0.5.0, 2021-12-15)"  # the page this project reproduces
+BYOL_V11 = "BYOL R50 200e (mmselfsup v0.11.0)"
+
+
+def _table(md: str, title: str) -> str:
+    return md.split(f"## {title}\n")[1].split("\n## ")[0]
+
+
+def test_both_published_byol_rows_render_with_their_versions():
+    md = render_markdown(load_records(PUBLISHED))
+    svm = _table(md, "VOC SVM / Low-shot SVM")
+    lowshot = "86.31 | 45.37 | 56.83 | 68.47 | 74.12 | 78.30 | 81.53 | 83.56 | 84.73 |"
+    assert f"| {BYOL_V05} (published) | svm_voc07 | feature3 | {lowshot}" in svm  # same figures, other best layer
+    assert f"| {BYOL_V11} (published) | svm_voc07 | feature5 | {lowshot}" in svm
+    linear = _table(md, "ImageNet Linear Evaluation")
+    assert f"| {BYOL_V05} (published) |  |  |  |  |  |  | 67.68 (MoCo) |" in linear  # the page has AvgPool only
+    assert (f"| {BYOL_V11} (published) | resnet50_mhead_linear-8xb32-steplr-90e_in1k | 15.16 | 35.26 | 47.77 | 63.10 "
+            "| 71.21 | 71.72 (SimSiam) |") in linear
+    sources = md.split("## Sources of the published rows")[1]
+    page = "https://github.com/open-mmlab/mmselfsup/blob/v0.5.0/docs/algorithms/byol.md"
+    assert f"- {BYOL_V05}: {page} (v0.5.0" in sources
+    assert f"- {BYOL_V11}: https://github.com/open-mmlab/mmselfsup/blob/v0.11.0/" in sources
+
+
+def test_avgpool_cells_name_their_setting_for_measured_and_published_rows():
+    def avgpool(model, preset, top1, config=None, sha="c"):
+        record = _record(model=model, protocol="linear_avgpool", dataset="imagenet", preset=preset, tiny=False,
+                         metrics={"top1": top1}, config=config or {})
+        record["checkpoint"] = {**record["checkpoint"], "sha256": sha * 64}
+        return record
+
+    measured = [avgpool("mine_moco", "linear-avgpool_resnet50_8xb32-steplr-100e_in1k", 68.0, {"setting": "moco"}),
+                avgpool("mine_simsiam", "linear-avgpool_resnet50_8xb512-coslr-90e_in1k", 71.9, {"setting": "simsiam"},
+                        sha="d"),
+                avgpool("mine_unnamed", "my-own-probe", 70.0, sha="e")]
+    md = render_markdown(measured + load_records(PUBLISHED))
+    linear = _table(md, "ImageNet Linear Evaluation")
+    assert "| mine_moco |  |  |  |  |  |  | 68.00 (MoCo) |" in linear
+    assert "| mine_simsiam |  |  |  |  |  |  | 71.90 (SimSiam) |" in linear
+    assert "| mine_unnamed |  |  |  |  |  |  | 70.00 (setting not stated) |" in linear
+    assert f"| {BYOL_V05} (published) |  |  |  |  |  |  | 67.68 (MoCo) |" in linear
+    assert "71.72 (SimSiam) |" in linear and "67.58 (MoCo) |" in linear  # BYOL and MoCo v2 at v0.11.0: two settings
+    assert "AvgPool settings: (MoCo) SGD lr 30, batch 256, 100 epochs" in md
+    assert "AvgPool settings" not in render_markdown([_record()])  # no AvgPool cell: no note
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (REPO / "configs" / "linear_avgpool").glob("*.yaml")
+                                          if not p.stem.startswith("tiny")))
+def test_the_preset_name_alone_gives_the_setting_its_config_states(preset):
+    import yaml
+
+    stated = yaml.safe_load((REPO / "configs" / "linear_avgpool" / f"{preset}.yaml").read_text())["setting"]
+    record = _record(protocol="linear_avgpool", dataset="imagenet", preset=preset, config={}, details={})
+    assert avgpool_setting(record) == stated
+    assert avgpool_setting(_record(preset="tiny", config={"setting": stated})) == stated
 
 
 def test_report_links_the_runs_plots_relative_to_the_markdown(tmp_path):

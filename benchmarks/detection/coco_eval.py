@@ -2,10 +2,9 @@
 and detectron2's ``COCOEvaluator`` call).
 
 The runner turns every image's detections into COCO results (:func:`to_coco_results`), writes them as the field's
-standard files ``bbox.json`` and ``segm.json`` next to the record (:func:`write_results`; gzip-compressed when the
-name ends in ``.gz``: the segm file of val2017 is ~100 MB raw, and a ``.json`` under ``records/`` would be read as a
-record), and scores those files (:func:`evaluate_files`), so anyone can re-score them with pycocotools alone
-(after ``gunzip``):
+standard files, plain JSON lists next to the record (``<record stem>.bbox.json`` and ``<record stem>.segm.json``,
+:func:`write_results`), and scores those files (:func:`evaluate_files`), so anyone can re-score them with pycocotools
+alone (``COCO.loadRes(path)`` opens them as they are):
 
 * ``bbox``: ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}`` in original-image pixels;
 * ``segm``: the same with ``"segmentation"``: the mask (probabilities thresholded at ``mask_threshold``, 0.5 in
@@ -37,7 +36,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from byol_bench.fileio import atomic_write, atomic_write_text
+from byol_bench.fileio import atomic_write_text
 
 IOU_TYPES = ("bbox", "segm")
 # COCOeval.stats order (summarize()); the record keeps the first six per IoU type
@@ -80,19 +79,16 @@ def to_coco_results(image_id: int, prediction: Mapping[str, torch.Tensor], categ
 
 
 def write_results(path: str | Path, results: list[dict]) -> Path:
-    """Write a COCO results file (a JSON list), atomically; gzip-compressed when ``path`` ends in ``.gz``."""
-    text = json.dumps(results)
-    if Path(path).suffix == ".gz":
-        data = gzip.compress(text.encode(), mtime=0)  # mtime 0: the same results give the same bytes
-        return atomic_write(path, lambda handle: handle.write(data), "wb")
-    return atomic_write_text(path, text)
+    """Write a COCO results file (a plain JSON list, as ``COCO.loadRes`` reads it), atomically."""
+    return atomic_write_text(path, json.dumps(results))
 
 
 def load_results(gt: COCO, path: str | Path, iou_type: str) -> COCO:
     """Read and check a COCO results file against the ground truth; return pycocotools' results object.
 
     An empty list (a model that detects nothing) is valid and scores 0; pycocotools' ``loadRes`` cannot take one,
-    so its result is built here.
+    so its result is built here. A gzip-compressed file (``.json.gz``, what runs before the plain files wrote) is
+    read too.
 
     Raises:
         ResultsError: missing file, invalid JSON, not a list, an entry lacking a key, an image or category the

@@ -11,11 +11,12 @@ What it does:
    head as ``FastRCNNConvFCHead`` with 4 convs + 1 FC; anchors 32-512 one per level; RPN 2000 per level -> 1000;
    ROIAlignV2 7/14; 512 RoIs at 25 %; 12 epochs of ``ceil(N / 16)`` iterations, steps at 8 and 11; warm-up 1000 from
    0.001; weight decay 1e-4 on every parameter, norms included; no precise BN) and our preset's sizes;
-3. ``python -m benchmarks.detection.detectron2_coco --config-file ... --data-root ... --results-dir ...`` (this module's
-   ``main``: detectron2's ``launch`` and ``DefaultTrainer``) registers our ``coco/`` folder's train2017 / val2017
-   under their own names (any category set: the embedded data has 8), trains, predicts val2017 and writes
-   ``bbox.json.gz`` / ``segm.json.gz`` (COCO results with RLE masks, the dataset's category ids) into the results
-   folder; the runner scores them with ``benchmarks.detection.coco_eval.evaluate_files``, as the native engine's.
+3. ``python -m benchmarks.detection.detectron2_coco --config-file ... --data-root ... --bbox-file ... --segm-file ...``
+   (this module's ``main``: detectron2's ``launch`` and ``DefaultTrainer``) registers our ``coco/`` folder's
+   train2017 / val2017 under their own names (any category set: the embedded data has 8), trains, predicts val2017
+   and writes the plain COCO results files (RLE masks, the dataset's category ids) that the runner names next to its
+   record, ``<record stem>.bbox.json`` / ``<record stem>.segm.json``; the runner scores them with
+   ``benchmarks.detection.coco_eval.evaluate_files``, as the native engine's.
 
 Where detectron2 cannot follow the mmdet config (docs/DETECTION.md lists them): no gradient accumulation
 (``SOLVER.IMS_PER_BATCH`` = the global batch, split over the GPUs detectron2 launches: one GPU holds all 16 images),
@@ -113,7 +114,7 @@ def _register_datasets(data_root: Path) -> None:
                                     str(data_root / "coco" / split))
 
 
-def _files_evaluator(results_dir: Path) -> type:
+def _files_evaluator(bbox_file: Path, segm_file: Path) -> type:
     from detectron2.data import MetadataCatalog
     from detectron2.evaluation import DatasetEvaluator
     from detectron2.evaluation.coco_evaluation import instances_to_coco_json
@@ -122,7 +123,7 @@ def _files_evaluator(results_dir: Path) -> type:
     from benchmarks.detection.coco_eval import write_results
 
     class FilesEvaluator(DatasetEvaluator):
-        """Every val image's detections as COCO results files (``bbox.json.gz``, ``segm.json.gz``), in the
+        """Every val image's detections as plain COCO results files (``bbox_file``, ``segm_file``), in the
         dataset's category ids; scoring is the runner's."""
 
         def __init__(self, dataset_name: str) -> None:
@@ -142,9 +143,8 @@ def _files_evaluator(results_dir: Path) -> type:
             to_dataset = {contiguous: dataset_id for dataset_id, contiguous
                           in MetadataCatalog.get(self._dataset_name).thing_dataset_id_to_contiguous_id.items()}
             results = [{**r, "category_id": to_dataset[r["category_id"]]} for part in gathered for r in part]
-            write_results(results_dir / "bbox.json.gz",
-                          [{k: v for k, v in r.items() if k != "segmentation"} for r in results])
-            write_results(results_dir / "segm.json.gz", results)
+            write_results(bbox_file, [{k: v for k, v in r.items() if k != "segmentation"} for r in results])
+            write_results(segm_file, results)
             return {}
 
     return FilesEvaluator
@@ -152,13 +152,14 @@ def _files_evaluator(results_dir: Path) -> type:
 
 def _main(args: argparse.Namespace) -> None:
     _register_datasets(Path(args.data_root))
-    train_net(args, _files_evaluator(Path(args.results_dir)), lambda cfg: None)
+    train_net(args, _files_evaluator(Path(args.bbox_file), Path(args.segm_file)), lambda cfg: None)
 
 
 def main() -> None:
     def add_arguments(parser) -> None:
         parser.add_argument("--data-root", required=True, help="the folder holding coco/ (docs/DATASETS.md)")
-        parser.add_argument("--results-dir", required=True, help="where bbox.json.gz and segm.json.gz go")
+        parser.add_argument("--bbox-file", required=True, help="the COCO bbox results file to write (plain JSON)")
+        parser.add_argument("--segm-file", required=True, help="the COCO segm results file to write (plain JSON)")
 
     launch_main(_main, add_arguments)
 
