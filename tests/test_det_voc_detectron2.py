@@ -16,6 +16,7 @@ from detectron2_support import needs_detectron2, without_detectron2  # tests/ is
 import benchmarks.detection.detectron2_voc as d2
 import benchmarks.detection.voc as det_voc
 from adapters.intake import flatten
+from benchmarks.detection.detectron2_engine import write_inputs
 from byol_bench.backbone import build_resnet
 from byol_bench.config import load_config
 from byol_bench.records import load_records
@@ -52,7 +53,7 @@ MOCO_VOC = {
 def test_generated_config_is_mocos_voc_config(tmp_path):
     cfg = load_config(det_voc.DetVocConfig, FULL, ["ckpt=x.pth"], preset_dir=det_voc.PRESET_DIR)
     trunk = {k: v for k, v in build_resnet("resnet50").state_dict().items() if not k.startswith("fc.")}
-    config = d2.write_inputs(trunk, lambda w: d2.config_values(cfg, "resnet50", w, tmp_path / "out", 3, 8), tmp_path)
+    config = write_inputs(trunk, lambda w: d2.config_values(cfg, "resnet50", w, tmp_path / "out", 3, 8), tmp_path)
     flat = flatten(yaml.safe_load(config.read_text()))
     for key, value in MOCO_VOC.items():
         assert flat[key] == pytest.approx(value) if isinstance(value, float) else flat[key] == value, key

@@ -1,13 +1,11 @@
-"""mmsegmentation 1.2.x (skipped when ``mmseg`` is not importable): equivalence on identical inputs (the mIoU of
-``benchmarks.segmentation.evaluation`` vs ``IoUMetric``, ``slide_logits`` vs ``EncoderDecoder.slide_inference``, the
-native
-FCN R50-D8 vs mmseg's on the same weights) and the ``engine=mmseg`` runner (generated config, tiny e2e run, resume).
+"""mmsegmentation 1.2.x: equivalence on identical inputs (the mIoU of ``benchmarks.segmentation.evaluation`` vs
+``IoUMetric``, ``slide_logits`` vs ``EncoderDecoder.slide_inference``, the native FCN R50-D8 vs mmseg's on the same
+weights) and the ``engine=mmseg`` runner (generated config, tiny e2e run, resume).
 
-mmseg 1.2.x installs with mmcv-lite, which lacks ``mmcv.ops`` (compiled ops): importing ``mmseg.models`` fails on it,
-so ``benchmarks/segmentation/mmseg.py``'s ``import_mmseg`` puts a stub module in its place (FCN uses none of its
-ops). Run by hand once (docs/SEGMENTATION.md): ``pip install --no-deps --target DIR mmsegmentation==1.2.2 mmengine
-mmcv-lite==2.1.0 opencv-python-headless addict yapf platformdirs termcolor rich
-prettytable wcwidth ftfy regex``, then ``PYTHONPATH=DIR pytest tests/test_segmentation_mmseg.py``.
+mmseg comes with the project's ``engines`` extra (mmsegmentation 1.2.2, mmengine 0.10.7, mmcv-lite 2.1.0, ftfy,
+regex), which ``make`` installs, so CI runs these tests; by hand: ``pip install -e '.[engines]'``. Without it the
+module skips and says so. mmcv-lite lacks ``mmcv.ops`` (compiled ops), which ``mmseg.models`` imports:
+``benchmarks/segmentation/mmseg.py``'s ``import_mmseg`` puts a stub module in its place (FCN uses none of its ops).
 """
 
 from __future__ import annotations
@@ -23,12 +21,20 @@ import benchmarks.segmentation.runner as seg
 from benchmarks.segmentation import evaluation as seg_eval
 from benchmarks.segmentation import fcn
 from benchmarks.segmentation.evaluation import intersect_and_union, segmentation_scores, slide_logits
-from benchmarks.segmentation.mmseg import data_list, import_mmseg, mmseg_config, mmseg_fcn_config
+from benchmarks.segmentation.mmseg import (
+    data_list,
+    import_mmseg,
+    mmseg_config,
+    mmseg_fcn_config,
+    read_data_list,
+    write_data_list,
+)
 from byol_bench.backbone import build_resnet
 from byol_bench.config import load_config
 
 if not import_mmseg():
-    pytest.skip("mmseg is not importable", allow_module_level=True)
+    pytest.skip("mmsegmentation is not importable: install the project's engines extra, pip install -e '.[engines]' "
+                "(make does; docs/SEGMENTATION.md)", allow_module_level=True)
 
 from mmengine.config import ConfigDict
 from mmengine.structures import PixelData
@@ -133,9 +139,11 @@ def _cfg(ckpt: Path, data: Path, out: Path, *extra: str, preset: str = "tiny") -
 def test_generated_config_is_the_preset(preset, tmp_path):
     cfg = _cfg(tmp_path / "x.pth", tmp_path, tmp_path, preset=preset)
     city = cfg.dataset == "cityscapes"
-    config = mmseg_config(cfg, "resnet50", 19 if city else 21, tmp_path / "w.pth", tmp_path, [],
-                          seg_eval.CLASS_NAMES[cfg.dataset])
+    config = mmseg_config(cfg, "resnet50", 19 if city else 21, tmp_path / "w.pth", tmp_path,
+                          tmp_path / "train_list.json", seg_eval.CLASS_NAMES[cfg.dataset])
     model, pipeline = config["model"], config["train_dataloader"]["dataset"]["pipeline"]
+    # the samples stay in their file: mmengine prints the config into its log and every checkpoint
+    assert config["train_dataloader"]["dataset"]["data_list_file"] == str(tmp_path / "train_list.json")
     crop = (769, 769) if city else (512, 512)
     assert config["train_cfg"]["max_iters"] == (40000 if city else 20000)
     assert config["train_dataloader"]["batch_size"] == (2 if city else 4)
@@ -163,15 +171,18 @@ def test_pretrained_export_loads_into_mmseg_backbone_and_labels_map(ckpt, tiny_d
     state = torch.load(ckpt)
     weights = atomic_save(to_mm(state, {}), tmp_path / "w.pth")
     cfg = _cfg(ckpt, tiny_data, tmp_path)
-    model = MODELS.build(mmseg_config(cfg, "resnet18", 21, weights, tmp_path, [], ())["model"])
+    model = MODELS.build(mmseg_config(cfg, "resnet18", 21, weights, tmp_path, tmp_path / "list.json", ())["model"])
     model.init_weights()
     theirs = model.backbone.state_dict()
     assert set(theirs) == set(state)
     for key, value in state.items():
         torch.testing.assert_close(theirs[key], value, msg=key)
     city = seg.open_dataset("cityscapes", str(tiny_data), "val")
-    label_map = data_list(city, "cityscapes")[0]["label_map"]
+    infos = data_list(city, "cityscapes")
+    label_map = infos[0]["label_map"]
     assert label_map[7] == 0 and label_map[33] == 18 and label_map[0] == 255  # road, bicycle, unlabeled
+    # the dataset's file: the same infos back, label_map keys ints again (mmseg compares them to pixel values)
+    assert read_data_list(write_data_list(infos, tmp_path / "city.json")) == infos
 
 
 def test_engine_mmseg_tiny_run_writes_a_record_and_resumes(ckpt, tiny_data, tmp_path):
@@ -193,6 +204,11 @@ def test_engine_mmseg_tiny_run_writes_a_record_and_resumes(ckpt, tiny_data, tmp_
     log_path = next((record_path.parents[1] / "runs").glob("segmentation/*/log.jsonl"))
     log = [json.loads(line) for line in log_path.read_text().splitlines()]
     assert [row["step"] for row in log] == [4] and log[0]["loss"] > 0
+    # mmseg's dataset read the train set from the run folder's file, not from the config (which mmengine prints)
+    mm_dir = log_path.parent / "mmseg"
+    train = seg.open_dataset("voc12aug", str(tiny_data), "train")
+    assert read_data_list(mm_dir / "train_list.json") == data_list(train, "voc12aug")
+    assert "seg_map_path" not in (mm_dir / "config.py").read_text()
     # resume=auto: mmengine's own checkpoint (iteration 4 of 4) is loaded (weights_only off), the same model predicts
     record_path.unlink()
     assert seg.run(cfg)["mIoU"] == pytest.approx(metrics["mIoU"])
