@@ -26,7 +26,8 @@ What the scaffold does, and nothing else:
   returns the metrics.
 
 The config must have the fields every entry point shares (docs/RUNNERS.md): ``preset``, ``out_dir``, ``device``,
-``tiny`` and ``force``.
+``tiny`` and ``force`` (a runner's config subclasses :class:`byol_bench.runner_config.RunnerConfig`, which declares
+them; the pretrainer's declares its own).
 
 The pretrainer's checkpoint is its output, so it opens the run without one and names it with :meth:`Run.identify`
 once the final checkpoint exists.

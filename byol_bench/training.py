@@ -9,9 +9,10 @@ What lives here, and nothing else:
 * augmentation seeds: :func:`epoch_seed` (a resumed run redraws the same crops; processes draw different ones);
 * schedules as per-iteration arrays (precomputed, logged, checkpointed): :func:`step_lr`, :func:`cosine_lr`
   (epoch-based recipes), :func:`warmup_multistep_lr` (detectron2/mmdet iteration recipes), :func:`poly_lr` (mmseg);
-* checkpoints and ``resume=auto|none|<path>`` at epoch (or every-N-iteration) boundaries: :func:`find_resume`,
-  :func:`save_training_state`, :func:`load_training_state` — the trainable modules, the optimizer, the epochs or
-  iterations done, the RNG states and the config hash (a resumed run must be the same run);
+* checkpoints and ``resume=auto|none|<path>`` at epoch (or every-N-iteration) boundaries: :func:`resume_point` (the
+  one resume rule of every trainer: ``--force`` trains afresh), :func:`find_resume`, :func:`save_training_state`,
+  :func:`load_training_state` — the trainable modules, the optimizer, the epochs or iterations done, the RNG states
+  and the config hash (a resumed run must be the same run);
 * plots: :func:`plot_log` draws ``log.jsonl`` columns against a step/epoch column (loss curves, val curves);
   :func:`plot_bars` draws one value per class (per-class AP or IoU).
 
@@ -34,6 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from byol_bench import dist
 from byol_bench.checkpoint import CheckpointError, atomic_save, load_state_dict_strict, safe_load
+from byol_bench.runner_config import TrainerConfig
 from byol_bench.seeding import rng_for
 
 CHECKPOINT_FORMAT = "byol-bench-train"
@@ -135,6 +137,27 @@ def poly_lr(base_lr: float, total_iters: int, power: float = 0.9, min_lr: float 
 
 
 # ---------------------------------------------------------------- checkpoints and resume
+
+
+def resume_point(run_dir: Path, cfg: TrainerConfig, name: str = "latest.pth") -> Path | None:
+    """The checkpoint a trainer continues from, or None to train from scratch: the one resume rule of every trainer.
+
+    ``--force`` redoes the run, so with ``resume=auto`` a finished (or interrupted) run's ``run_dir/name`` is not
+    resumed from: training starts afresh and overwrites it. Otherwise :func:`find_resume` (``auto``: ``run_dir/name``
+    if it exists; ``none``; an explicit path, also under ``--force``).
+
+    Args:
+        run_dir: the folder of the state (the run folder; a grid cell's or a trial's own folder).
+        cfg: the runner's config (``resume``, ``force``).
+        name: the state file in ``run_dir`` (an engine's own, e.g. mmengine's ``last_checkpoint``).
+
+    Raises:
+        ValueError: ``resume=none`` but ``run_dir/name`` exists (it would be overwritten).
+        CheckpointError: an explicit path that does not exist.
+    """
+    if cfg.force and cfg.resume == "auto":
+        return None
+    return find_resume(run_dir, cfg.resume, name)
 
 
 def find_resume(run_dir: Path, resume: str, name: str = "latest.pth") -> Path | None:

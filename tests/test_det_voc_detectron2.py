@@ -13,6 +13,7 @@ import torch
 import yaml
 from detectron2_support import needs_detectron2, without_detectron2  # tests/ is on sys.path
 
+import benchmarks.detection.detectron2_engine as engine
 import benchmarks.detection.detectron2_voc as d2
 import benchmarks.detection.voc as det_voc
 from adapters.intake import flatten
@@ -71,6 +72,32 @@ def test_basic_block_resnets_are_refused(tmp_path):
     cfg = load_config(det_voc.DetVocConfig, "tiny", ["ckpt=x.pth"], preset_dir=det_voc.PRESET_DIR)
     with pytest.raises(ValueError, match="bottleneck ResNet"):
         d2.config_values(cfg, "resnet18", tmp_path / "w.pkl", tmp_path, 0, 1)
+
+
+def test_detectron2_resumes_by_the_runners_rule(tmp_path, monkeypatch):
+    """``--resume`` (detectron2 continues from its output folder's last_checkpoint) only where training.resume_point
+    would resume: not under --force, which trains afresh; resume=none refuses an output folder that holds one, and a
+    resume path is refused (detectron2 resumes from its own folder only)."""
+    def cfg(*overrides: str) -> det_voc.DetVocConfig:
+        return load_config(det_voc.DetVocConfig, "tiny", ["ckpt=x.pth", "engine=detectron2", *overrides],
+                           preset_dir=det_voc.PRESET_DIR)
+
+    output = tmp_path / "output"
+    assert not engine.resume_point(output, cfg())  # nothing to resume from yet
+    output.mkdir()
+    (output / "last_checkpoint").write_text("model_final.pth")
+    assert engine.resume_point(output, cfg()) and not engine.resume_point(output, cfg("force=true"))
+    with pytest.raises(ValueError, match="continue with resume=auto"):
+        engine.resume_point(output, cfg("resume=none"))
+    with pytest.raises(ValueError, match="continues from its own output folder"):
+        engine.check_engine(cfg(f"resume={tmp_path / 'latest.pth'}"))
+    commands = []
+    monkeypatch.setattr(engine.subprocess, "run", lambda command, **_: commands.append(command) or
+                        subprocess.CompletedProcess(command, 0))
+    for resume in (True, False):
+        engine.train_on_detectron2(build_resnet("resnet50"), tmp_path, lambda weights, gpus: {}, "m", ["--x"], {},
+                                   resume=resume)
+    assert ["--resume" in command for command in commands] == [True, False]
 
 
 @without_detectron2

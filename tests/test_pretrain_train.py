@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -98,7 +99,7 @@ def test_interrupted_and_resumed_run_ends_tensor_equal(data_root: Path, straight
     assert losses(straight_dir) == losses(tmp_path)  # the logged per-step losses agree as well
 
 
-def test_checkpoint_format_and_run_folder(data_root: Path, straight: tuple) -> None:
+def test_checkpoint_format_and_run_folder(data_root: Path, straight: tuple, trained_steps) -> None:
     out_dir, metrics = straight
     ckpt = safe_load(out_dir / "final.pth")  # weights_only=True
     assert ckpt["format"] == "byol-bench" and ckpt["format_version"] == 1 and ckpt["arch"] == "resnet18"
@@ -119,6 +120,17 @@ def test_checkpoint_format_and_run_folder(data_root: Path, straight: tuple) -> N
     # A rerun of the finished run trains nothing and reuses its record.
     again = run(small_config(data_root, out_dir, knn=True, knn_k=3))
     assert again["knn_top1"] == record["metrics"]["knn_top1"] and again["step"] == 6
+    # pretrain's --force is not the runners' rule: the model is the run's output (its sha256 names the record), so
+    # --force scores it again and rewrites the record, and training still resumes: not one step is trained again.
+    started = time.time()
+    forced = run(small_config(data_root, out_dir, knn=True, knn_k=3, force=True))
+    assert forced["knn_top1"] == record["metrics"]["knn_top1"] and forced["step"] == 6
+    assert trained_steps(out_dir / "log.jsonl", "loss", since=started) == []
+    assert trained_steps(out_dir / "log.jsonl", "loss") == [1, 2, 3, 4, 5, 6]
+    (rewritten,) = load_records(out_dir / "records")
+    assert record["details"]["steps_this_invocation"] == 6 and rewritten["details"]["steps_this_invocation"] == 0
+    assert {k: v for k, v in rewritten["metrics"].items() if k.startswith("knn")} == {
+        k: v for k, v in record["metrics"].items() if k.startswith("knn")}
 
 
 def test_resume_after_a_crash_logs_each_step_once_and_keeps_the_history(

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import importlib
 import importlib.util
+import inspect
 import re
 import typing
 from pathlib import Path
 
 import pytest
 
-from byol_bench.config import CONFIG_ROOT, load_config
+from byol_bench.config import CONFIG_ROOT, ConfigError, describe, load_config
 from byol_bench.records import make_record
+from byol_bench.runner_config import (
+    EpochTrainerConfig,
+    IterTrainerConfig,
+    RunnerConfig,
+    TrainerConfig,
+    TrainerResolved,
+)
 from byol_bench.tables import TABLES, TINY_MARK, required_fields, table_rows
 from pretrain.config import PRESET_DIR as PRETRAIN_PRESET_DIR
 from pretrain.config import PretrainConfig
@@ -34,12 +43,6 @@ def _runner_modules() -> dict[str, str]:
 
 RUNNER_MODULES = _runner_modules()
 RUNNERS = sorted(RUNNER_MODULES)
-# field -> (type, identity) that every runner config shares (docs/RUNNERS.md, "Config fields")
-SHARED_FIELDS = {
-    "preset": (str, True), "ckpt": (str, True), "arch": (str | None, True), "encoder": (str, True),
-    "data_root": (str, False), "out_dir": (str, False), "device": (typing.Literal["auto", "cpu", "cuda"], False),
-    "num_workers": (int, False), "tiny": (bool, True), "force": (bool, False),
-}
 
 
 def _config_class(module) -> type:
@@ -84,14 +87,71 @@ def test_runner_module_follows_the_conventions(name: str) -> None:
         assert (module.PROTOCOL, dataset) in required_fields()  # the record fills table cells
     assert module.PRESET_DIR == CONFIG_ROOT / module.PROTOCOL
     assert module.__doc__ and "python -m benchmarks." in module.__doc__  # the canonical command
-    cls = _config_class(module)
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for field, (hint, identity) in SHARED_FIELDS.items():
-        assert field in fields, f"{cls.__name__} lacks {field}"
-        assert hints[field] == hint, f"{cls.__name__}.{field}: {hints[field]} != {hint}"
-        assert fields[field].metadata["identity"] is identity, f"{cls.__name__}.{field} identity"
     assert dataclasses.is_dataclass(module.Resolved) and module.Resolved.__dataclass_params__.frozen
+
+
+@pytest.mark.parametrize("name", RUNNERS)
+def test_runner_config_declares_only_its_own_fields(name: str) -> None:
+    """The shared fields are RunnerConfig's (a trainer's: those of TrainerConfig and its epoch or iteration kind),
+    declared once: a runner config subclasses one, its class body declares none of them again, and only their
+    defaults may differ (out_dir: results/<protocol>)."""
+    module = importlib.import_module(RUNNER_MODULES[name])
+    cls = _config_class(module)
+    assert issubclass(cls, RunnerConfig) and cls.__dataclass_params__.frozen
+    base = cls.__mro__[1]
+    assert base in (RunnerConfig, EpochTrainerConfig, IterTrainerConfig), base
+    body = next(node for node in ast.walk(ast.parse(inspect.getsource(inspect.getmodule(cls))))
+                if isinstance(node, ast.ClassDef) and node.name == cls.__name__)
+    declared = {node.target.id for node in body.body if isinstance(node, ast.AnnAssign)}
+    shared = {f.name: f for f in dataclasses.fields(base)}
+    assert not declared & set(shared), f"{cls.__name__} declares {declared & set(shared)} again"
+    fields, hints, base_hints = {f.name: f for f in dataclasses.fields(cls)}, typing.get_type_hints(cls), \
+        typing.get_type_hints(base)
+    for field, declaration in shared.items():
+        assert hints[field] == base_hints[field] and fields[field].metadata == declaration.metadata, field
+    assert fields["out_dir"].default == f"results/{module.PROTOCOL}"
+    assert list(fields)[:len(shared)] == list(shared)  # --help and config.yaml list the shared fields first
+    assert all(f"\n  {field} (" in "\n" + describe(cls) for field in fields)  # --help lists every field
+    cfg = load_config(cls, overrides=["num_workers=1", "out_dir=elsewhere", "force=true", "device=cpu"])
+    assert (cfg.num_workers, cfg.out_dir, cfg.force, cfg.device) == (1, "elsewhere", True, "cpu")
+    with pytest.raises(ConfigError, match="unknown key 'num_worker'"):
+        load_config(cls, overrides=["num_worker=1"])
+    # a runner that trains resumes by the one rule (training.resume_point): its config is a TrainerConfig, and its
+    # Resolved the shared TrainerResolved (or a subclass)
+    source = "\n".join(p.read_text() for p in Path(module.__file__).parent.glob("*.py"))
+    if "load_training_state" in source:
+        assert issubclass(cls, TrainerConfig) and issubclass(module.Resolved, TrainerResolved)
+    if issubclass(cls, TrainerConfig):
+        assert "resume_point(" in source
+
+
+def test_the_resume_rule_is_written_once() -> None:
+    """No runner decides between --force and resume itself: training.resume_point is the rule."""
+    for path in sorted((REPO / "benchmarks").rglob("*.py")):
+        text = path.read_text()
+        assert "find_resume(" not in text, f"{path}: call training.resume_point(run_dir, cfg) instead"
+        assert not re.search(r"cfg\.force and cfg\.resume|cfg\.resume == .auto. and not cfg\.force", text), path
+
+
+def test_config_fields_table_of_runners_md_lists_the_shared_fields() -> None:
+    doc = (REPO / "docs" / "RUNNERS.md").read_text()
+    table = doc[doc.index("## Config fields"):].split("\n## ")[0]
+    listed = re.findall(r"^\| `(\w+)` \|", table, re.M)
+    assert listed == [f.name for f in dataclasses.fields(TrainerConfig)]
+    for kind in (EpochTrainerConfig, IterTrainerConfig):  # named in the text below the table
+        own = [f.name for f in dataclasses.fields(kind)][len(listed):]
+        assert f"`{kind.__name__}` (" + ", ".join(f"`{n}`" for n in own) + ")" in " ".join(table.split())
+
+
+def test_a_redeclared_shared_field_is_refused() -> None:
+    with pytest.raises(TypeError, match="declares num_workers again"):
+        @dataclasses.dataclass(frozen=True)
+        class Redeclared(RunnerConfig, protocol="x"):
+            num_workers: int = 2
+    with pytest.raises(TypeError, match="not an inherited field"):
+        @dataclasses.dataclass(frozen=True)
+        class Unknown(RunnerConfig, protocol="x", workers=2):
+            pass
 
 
 @pytest.mark.parametrize("name", RUNNERS)

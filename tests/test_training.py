@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from byol_bench.checkpoint import CheckpointError
+from byol_bench.runner_config import TrainerConfig
 from byol_bench.training import (
     batch_per_device,
     cosine_lr,
@@ -20,6 +21,7 @@ from byol_bench.training import (
     plot_log,
     poly_lr,
     resolve_precision,
+    resume_point,
     save_training_state,
     step_lr,
     warmup_multistep_lr,
@@ -107,6 +109,24 @@ def test_find_resume(tmp_path: Path) -> None:
         find_resume(tmp_path, "none")
     with pytest.raises(CheckpointError, match=r"nope\.pth: checkpoint file not found"):
         find_resume(tmp_path, str(tmp_path / "nope.pth"))
+
+
+def test_resume_point_is_the_one_rule(tmp_path: Path) -> None:
+    def cfg(resume: str, force: bool = False) -> TrainerConfig:
+        return TrainerConfig(resume=resume, force=force)
+
+    assert resume_point(tmp_path, cfg("auto")) is None
+    (tmp_path / "latest.pth").write_bytes(b"x")
+    assert resume_point(tmp_path, cfg("auto")) == tmp_path / "latest.pth"
+    assert resume_point(tmp_path, cfg("auto", force=True)) is None  # --force trains afresh
+    other = tmp_path / "other.pth"
+    other.write_bytes(b"x")
+    assert resume_point(tmp_path, cfg(str(other), force=True)) == other  # an explicit path is still taken
+    for force in (False, True):
+        with pytest.raises(ValueError, match="continue with resume=auto"):
+            resume_point(tmp_path, cfg("none", force))
+    (tmp_path / "last_checkpoint").write_text("iter_4.pth")  # an engine's own pointer
+    assert resume_point(tmp_path, cfg("auto"), name="last_checkpoint") == tmp_path / "last_checkpoint"
 
 
 def test_plot_log(tmp_path: Path) -> None:

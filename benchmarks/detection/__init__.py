@@ -19,7 +19,7 @@ API (a runner's pipeline, top to bottom)::
     settings = trainer.TrainSettings(max_iters=..., base_lr=..., steps=(...), warmup_iters=..., accumulate=...,
                                      batch_size_per_device=2, seed=..., precision="bf16"|"fp32", ...)
     result = trainer.train(model, train_set, groups, settings, device=device, run_dir=run_dir,
-                           config_hash=run.config_hash, log=log, resume_from=training.find_resume(run_dir, "auto"),
+                           config_hash=run.config_hash, log=log, resume_from=training.resume_point(run_dir, cfg),
                            desc="det_voc")                             # -> TrainResult (iters_done, finished, ...)
     if not result.finished: return {}                                  # stopped by stop_after_iters
     trainer.precise_bn(model, train_set, groups, settings, device=device, num_iters=200)
@@ -35,7 +35,8 @@ line with ETA, ``latest.pth`` every ``ckpt_every_iters`` (exact resume: everythi
 * :mod:`.c4` — the Faster R-CNN R50-C4 of ``det_voc``;
 * :mod:`.data` — the deterministic grouped batch stream, the flip, ``collate``, ``to_device``;
 * :mod:`.rcnn` — torchvision R-CNN pieces with detectron2's arithmetic (resize, anchors, L1 losses, RoIAlignV2);
-* :mod:`.trainer` — ``TrainSettings``, ``prepare``, ``param_groups``, ``train``, ``precise_bn``, ``predict``;
+* :mod:`.trainer` — ``TrainSettings``, ``prepare``, ``param_groups``, ``train``, ``precise_bn``, ``predict``, and
+  what both runners resolve from their configs (``batch_policy``, ``DetectionResolved``);
 * :mod:`.voc_eval` — the VOC07 11-point AP at IoU .50:.95 of detectron2's ``PascalVOCDetectionEvaluator``, from
   ``comp4_det_test_<class>.txt`` results files;
 * :mod:`.mask_rcnn` — mmdetection's Mask R-CNN R50-FPN (``det_coco``) from torchvision blocks: FPN with norms,

@@ -21,9 +21,9 @@ Fixed protocol (B §5.3):
   * schedule (``schedule_1x``): SGD lr 0.02 at batch 16 (2 per GPU x 8), momentum 0.9, weight decay 1e-4 on every
     parameter (no paramwise rule: norms decay too), linear warm-up over 1000 iterations from 0.001, 12 epochs with
     the lr x0.1 after epochs 8 and 11 (epochs counted as ``ceil(train images / 16)`` iterations), no grad clipping;
-  * metric: pycocotools ``COCOeval`` (bbox and segm) on ``val2017`` with crowds ignored, from the COCO results files
-    ``bbox.json`` / ``segm.json`` (gzip-compressed) in ``<record>.results/`` next to the record: AP (IoU .50:.95),
-    AP50, AP75 (%); APs/APm/APl in the record's details.
+  * metric: pycocotools ``COCOeval`` (bbox and segm) on ``val2017`` with crowds ignored, from the plain COCO results
+    files next to the record, ``<record stem>.bbox.json`` / ``<record stem>.segm.json`` (what ``COCO.loadRes`` opens
+    as they are): AP (IoU .50:.95), AP50, AP75 (%); APs/APm/APl in the record's details.
 
 NOTE: the trainer is iteration-based (``benchmarks.detection.trainer``, shared with ``det_voc``): an "epoch" is
 ``ceil(N / 16)`` iterations of one infinite aspect-ratio-grouped stream, not mmdet's per-epoch re-shuffled sampler.
@@ -58,6 +58,7 @@ from benchmarks.detection.mask_rcnn import build_mask_rcnn
 from byol_bench import dist, training
 from byol_bench.config import CONFIG_ROOT, opt, parse_args
 from byol_bench.datasets.coco import COCODetection
+from byol_bench.runner_config import IterTrainerConfig
 from byol_bench.scaffold import open_run
 
 PROTOCOL, DATASET = "det_coco", "coco"
@@ -65,15 +66,9 @@ PRESET_DIR = CONFIG_ROOT / PROTOCOL
 
 
 @dataclass(frozen=True)
-class DetCocoConfig:
+class DetCocoConfig(IterTrainerConfig, protocol=PROTOCOL):
     """Mask R-CNN R50-FPN 1x settings (defaults = mmselfsup's mmdetection config)."""
 
-    preset: str = opt("custom", "preset name (set by --preset; names the record's config column)")
-    ckpt: str = opt("", "checkpoint to transfer: any format `python -m adapters inspect` recognises")
-    arch: str | None = opt(None, "ResNet name; None infers it from the weights")
-    encoder: str = opt("online", "which encoder of a two-encoder checkpoint: online (as published) or target")
-    data_root: str = opt("data", "folder holding coco/ in the layout of docs/DATASETS.md", identity=False)
-    out_dir: str = opt("results/det_coco", "output: records/ and runs/ go here", identity=False)
     epochs: int = opt(12, "training length in epochs of ceil(train images / global batch) iterations")
     step_epochs: tuple[int, ...] = opt((8, 11), "epochs after which the lr is multiplied by 0.1")
     lr: float = opt(0.02, "SGD learning rate at the global batch (0.02 at 16)")
@@ -95,39 +90,17 @@ class DetCocoConfig:
     fc_channels: int = opt(1024, "box head FC width (1024; tiny presets only change it)")
     rois_per_image: int = opt(512, "RoIs sampled per image for the box head (512; tiny presets only change it)")
     seed: int = opt(0, "seed of the head initialisation, the data stream and every random draw in training")
-    ckpt_every_iters: int = opt(2000, "save the training state every this many iterations (and at the end)",
-                                identity=False)
-    resume: str = opt("auto", "auto (continue from the run folder's latest.pth), none, or a checkpoint path",
-                      identity=False)
-    stop_after_iters: int = opt(0, "stop after this many iterations without a record (0: never; for tests of resume)",
-                                identity=False)
-    precision: Literal["auto", "fp32", "bf16"] = opt("auto", "autocast: auto = bf16 on CUDA, fp32 on CPU",
-                                                     identity=False)
-    num_workers: int = opt(4, "DataLoader workers per process (decoding, mask rasterisation)", identity=False)
-    device: Literal["auto", "cpu", "cuda"] = opt("auto", "auto: CUDA when available", identity=False)
     engine: Literal["native", "detectron2"] = opt(
         "native", "native = torchvision blocks on benchmarks.detection (CI, demo); detectron2 = detectron2's Mask "
         "R-CNN FPN on a generated config (needs detectron2 installed; run as one process)")
-    tiny: bool = opt(False, "tiny sizes on the embedded data: the record is marked not comparable")
-    force: bool = opt(False, "redo even when a record for this checkpoint and config exists", identity=False)
 
 
 @dataclass(frozen=True)
-class Resolved:
-    """Values derived from the config, the machine and the data; written as the run folder's ``resolved.json``."""
+class Resolved(trainer.DetectionResolved):
+    """The batch, lr and schedule as run (the recipe's global batch of 16 unless small_world=scale), and the
+    epoch length they come from; written as the run folder's ``resolved.json``."""
 
-    world_size: int
-    batch_size_per_device: int
-    accumulate: int  # micro-batches per optimizer step
-    global_batch_size: int  # as run (the recipe's 16 unless small_world=scale)
-    batch_policy: str  # "recipe", "accumulate" or "scale"
-    lr: float  # as run
-    warmup_iters: int  # as run
     iters_per_epoch: int
-    max_iters: int
-    steps: tuple[int, ...]  # iterations at which the lr drops
-    precision: str
-    device: str
 
 
 def run(cfg: DetCocoConfig) -> dict[str, float]:
@@ -164,10 +137,9 @@ def run(cfg: DetCocoConfig) -> dict[str, float]:
                 accumulate=resolved.accumulate, flip_prob=cfg.flip_prob, seed=cfg.seed,
                 precision=resolved.precision, ckpt_every_iters=cfg.ckpt_every_iters,
                 stop_after_iters=cfg.stop_after_iters, num_workers=cfg.num_workers)
-            # --force retrains from scratch: a finished run's latest.pth is not resumed from (it is overwritten)
-            resume_from = None if cfg.force and cfg.resume == "auto" else training.find_resume(run.run_dir, cfg.resume)
             result = trainer.train(model, train_set, groups, settings, device=device, run_dir=run.run_dir,
-                                   config_hash=run.config_hash, log=log, resume_from=resume_from, desc=PROTOCOL,
+                                   config_hash=run.config_hash, log=log,
+                                   resume_from=training.resume_point(run.run_dir, cfg), desc=PROTOCOL,
                                    plot_title=run.plot_title("COCO Mask R-CNN FPN training"))
             if not result.finished:
                 print(f"{PROTOCOL}: stopped after iteration {result.iters_done} (stop_after_iters); rerun to resume")
@@ -212,27 +184,19 @@ def check_inputs(cfg: DetCocoConfig) -> None:
     if not cfg.train_min_sizes or min(*cfg.train_min_sizes, cfg.test_min_size) <= 0:
         raise ValueError("train_min_sizes must list positive short sides, and test_min_size be positive")
     if cfg.engine == "detectron2":
-        detectron2_engine.check_engine()
+        detectron2_engine.check_engine(cfg)
 
 
 def resolve(cfg: DetCocoConfig, world_size: int, train_images: int, device: torch.device) -> Resolved:
     """Batch, lr and schedule for this process count (see the NOTE on small worlds in the module docstring)."""
-    # detectron2 splits its IMS_PER_BATCH (the global batch) over the processes it launches: no accumulation
-    per_step = cfg.global_batch_size if cfg.engine == "detectron2" else cfg.batch_size_per_device * world_size
-    if per_step >= cfg.global_batch_size or cfg.small_world == "accumulate":
-        if cfg.global_batch_size % per_step:
-            raise ValueError(f"global_batch_size={cfg.global_batch_size} is not a multiple of batch_size_per_device "
-                             f"x processes = {per_step}; change batch_size_per_device or the process count")
-        accumulate, batch = cfg.global_batch_size // per_step, cfg.global_batch_size
-        policy = "recipe" if accumulate == 1 else "accumulate"
-    else:
-        accumulate, batch, policy = 1, per_step, "scale"
+    accumulate, batch, policy = trainer.batch_policy(cfg, world_size)
     factor = cfg.global_batch_size / batch  # > 1 when scaled: a lower lr, more (and longer warm-up) iterations
     iters_per_epoch = math.ceil(train_images / batch)
-    return Resolved(world_size, cfg.batch_size_per_device, accumulate, batch, policy, cfg.lr / factor,
-                    round(cfg.warmup_iters * factor), iters_per_epoch, cfg.epochs * iters_per_epoch,
-                    tuple(e * iters_per_epoch for e in cfg.step_epochs),
-                    training.resolve_precision(cfg.precision, device), str(device))
+    return Resolved(world_size=world_size, batch_size_per_device=cfg.batch_size_per_device, global_batch_size=batch,
+                    precision=training.resolve_precision(cfg.precision, device), device=str(device),
+                    accumulate=accumulate, batch_policy=policy, lr=cfg.lr / factor,
+                    max_iters=cfg.epochs * iters_per_epoch, steps=tuple(e * iters_per_epoch for e in cfg.step_epochs),
+                    warmup_iters=round(cfg.warmup_iters * factor), iters_per_epoch=iters_per_epoch)
 
 
 def coco_split(data_root: str, split: str, training: bool) -> COCODetection:
@@ -267,7 +231,7 @@ def build_model(backbone: torch.nn.Module, num_classes: int, cfg: DetCocoConfig)
 def predict_and_score(model: torch.nn.Module, dataset: COCODetection, record_path: Any, device: torch.device,
                       precision: str, num_workers: int,
                       ) -> tuple[dict[str, float], dict[str, Any]]:
-    """Detections on every image of ``dataset`` -> ``<record>.results/{bbox,segm}.json.gz`` (rank 0) -> COCOeval on
+    """Detections on every image of ``dataset`` -> ``<record stem>.{bbox,segm}.json`` (rank 0) -> COCOeval on
     those files (rank 0; the scores reach every rank)."""
     category_ids = dataset.category_ids
     per_image = trainer.predict(model, dataset, device=device, precision=precision, num_workers=num_workers,
@@ -280,9 +244,10 @@ def predict_and_score(model: torch.nn.Module, dataset: COCODetection, record_pat
 
 
 def results_files(record_path: Path) -> dict[str, Path]:
-    """The COCO results files of a record: ``<record>.results/{bbox,segm}.json.gz``."""
-    folder = record_path.with_suffix(".results")
-    return {"bbox": folder / "bbox.json.gz", "segm": folder / "segm.json.gz"}
+    """The COCO results files of a record, plain JSON lists next to it (mmdet's ``<outfile_prefix>.bbox.json``
+    naming): ``<record stem>.bbox.json`` and ``<record stem>.segm.json``. The records loader reads JSON objects
+    only, so these lists never count as records."""
+    return {iou_type: record_path.with_suffix(f".{iou_type}.json") for iou_type in ("bbox", "segm")}
 
 
 def score_files(dataset: COCODetection, record_path: Path) -> tuple[dict[str, float], dict[str, Any]]:
@@ -297,15 +262,16 @@ def score_files(dataset: COCODetection, record_path: Path) -> tuple[dict[str, fl
 def _detectron2_train_and_predict(cfg: DetCocoConfig, backbone: torch.nn.Module, arch: str, run: Any,
                                   train_images: int, num_classes: int) -> dict[str, Any]:
     """detectron2 (``benchmarks/detection/detectron2_coco.py``): export, config, train_net; the results files land next
-    to
-    the record. Returns the record fields besides the scores."""
+    to the record (:func:`results_files`). Returns the record fields besides the scores."""
     return detectron2_engine.train_on_detectron2(
         backbone, run.run_dir,
         lambda weights, gpus: detectron2_coco.config_values(cfg, arch, weights, run.run_dir / "output", gpus,
                                                                  num_classes, train_images),
         "benchmarks.detection.detectron2_coco",
         ["--data-root", str(Path(cfg.data_root).resolve()),
-         "--results-dir", str(results_files(run.record_path)["bbox"].parent)], {})
+         *(arg for iou_type, path in results_files(run.record_path).items()
+           for arg in (f"--{iou_type}-file", str(path.resolve())))], {},
+        resume=detectron2_engine.resume_point(run.run_dir / "output", cfg))
 
 
 def main() -> None:

@@ -3,9 +3,10 @@
 detectron2 has no PyPI release: ``pip install --no-build-isolation
 'git+https://github.com/facebookresearch/detectron2.git'`` builds it against the installed torch (docs/DETECTION.md).
 
-* in the runner's process: :func:`check_engine` (the one-line errors, before anything is written) and
-  :func:`train_on_detectron2` (the trunk's ``.pkl`` export and the config file via :func:`write_inputs`, then a
-  train_net module of this package in a subprocess on detectron2's own launcher);
+* in the runner's process: :func:`check_engine` (the one-line errors, before anything is written),
+  :func:`resume_point` (the runners' resume rule on detectron2's output folder) and :func:`train_on_detectron2` (the
+  trunk's ``.pkl`` export and the config file via :func:`write_inputs`, then a train_net module of this package in
+  a subprocess on detectron2's own launcher);
 * in the launched processes: :func:`launch_main` (detectron2's command line and ``launch``) and :func:`train_net`
   (``DefaultTrainer`` with the engine's files evaluator, which writes the results files our metric scores).
 """
@@ -27,7 +28,7 @@ import yaml
 from torch import nn
 
 from adapters.export import to_detectron2
-from byol_bench import dist
+from byol_bench import dist, training
 from byol_bench.backbone import trunk_state_dict
 from byol_bench.checkpoint import atomic_write, atomic_write_text
 
@@ -39,14 +40,24 @@ def has_detectron2() -> bool:
     return importlib.util.find_spec("detectron2") is not None
 
 
-def check_engine() -> None:
+def check_engine(cfg: Any) -> None:
     """The one-line errors of ``engine=detectron2`` (both detection runners), before anything is written:
-    detectron2 not importable, or the runner started under torchrun (detectron2 launches its own processes)."""
+    detectron2 not importable, the runner started under torchrun (detectron2 launches its own processes), or a
+    ``resume`` path (detectron2 continues from its own output folder only)."""
+    if cfg.resume not in ("auto", "none"):
+        raise ValueError(f"resume={cfg.resume!r}: engine=detectron2 continues from its own output folder; use "
+                         "resume=auto or none")
     if not has_detectron2():
         raise ValueError(INSTALL_HINT)
     if dist.launch_rank() != 0 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError("engine=detectron2 runs as one process (no torchrun): detectron2 launches one process per "
                          "visible GPU itself")
+
+
+def resume_point(output_dir: Path, cfg: Any) -> bool:
+    """Whether detectron2 continues from its ``output_dir/last_checkpoint``: the runners' resume rule
+    (``training.resume_point``: ``--force`` trains afresh; ``resume=none`` refuses a folder that holds one)."""
+    return training.resume_point(output_dir, cfg, name="last_checkpoint") is not None
 
 
 def write_inputs(trunk: dict[str, torch.Tensor], values_of: Any, trial_dir: Path) -> Path:
@@ -60,15 +71,17 @@ def write_inputs(trunk: dict[str, torch.Tensor], values_of: Any, trial_dir: Path
 
 
 def train_on_detectron2(backbone: nn.Module, folder: Path, values_of: Callable[[Path, int], dict], module: str,
-                        arguments: list[str], env: dict[str, str]) -> dict[str, Any]:
+                        arguments: list[str], env: dict[str, str], *, resume: bool) -> dict[str, Any]:
     """One detectron2 run of either detection runner: the trunk's export and the config (``values_of(weights,
-    gpus)``) in ``folder``, then ``python -m module --config-file ... --num-gpus N --resume arguments`` (a
+    gpus)``) in ``folder``, then ``python -m module --config-file ... --num-gpus N [--resume] arguments`` (a
     train_net on detectron2's own launcher, one process per visible GPU) in a subprocess with ``env`` added.
-    Returns the record fields that say how it ran; a non-zero exit is a one-line error."""
+    ``resume``: continue from the ``last_checkpoint`` of detectron2's output folder (:func:`resume_point`), else
+    train from the exported weights. Returns the record fields that say how it ran; a non-zero exit is a one-line
+    error."""
     gpus = torch.cuda.device_count()
     config = write_inputs(trunk_state_dict(backbone), lambda weights: values_of(weights, gpus), folder)
-    command = [sys.executable, "-m", module, "--config-file", str(config), "--num-gpus", str(gpus), "--resume",
-               *arguments]
+    command = [sys.executable, "-m", module, "--config-file", str(config), "--num-gpus", str(gpus),
+               *(["--resume"] if resume else []), *arguments]
     done = subprocess.run(command, env={**os.environ, **env}, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"detectron2 training failed (exit {done.returncode}): {' '.join(command)}")

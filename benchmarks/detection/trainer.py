@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from benchmarks.detection.data import FlipSamples, GroupedBatchStream, collate, to_device
 from byol_bench import dist, training
 from byol_bench.runlog import Progress, RunLog
+from byol_bench.runner_config import TrainerResolved
 from byol_bench.seeding import rng_for
 
 # Parameters of these modules get ``weight_decay_norm`` (detectron2 ``WEIGHT_DECAY_NORM``; 0 in the protocols).
@@ -78,6 +79,41 @@ class TrainSettings:
         """The per-iteration learning rates (numpy array of ``max_iters``)."""
         return training.warmup_multistep_lr(self.base_lr, self.max_iters, self.steps, self.gamma, self.warmup_iters,
                                             self.warmup_factor)
+
+
+@dataclass(frozen=True)
+class DetectionResolved(TrainerResolved):
+    """What both detection runners derive from the config and the machine (:func:`batch_policy`), written as the run
+    folder's ``resolved.json``: the batch, precision and device, and the schedule as run."""
+
+    accumulate: int  # micro-batches per optimizer step
+    batch_policy: str  # "recipe", "accumulate" or "scale"
+    lr: float  # as run
+    max_iters: int
+    steps: tuple[int, ...]  # iterations at which the lr drops
+    warmup_iters: int  # as run
+
+
+def batch_policy(cfg: Any, world_size: int) -> tuple[int, int, str]:
+    """How the recipe's ``global_batch_size`` runs on ``world_size`` processes (both detection runners' configs):
+    ``(accumulate, images per optimizer step, policy)``.
+
+    ``batch_size_per_device x world_size`` images per micro-step; fewer than the recipe's global batch are
+    accumulated to it (``small_world=accumulate``, policy ``accumulate``) or run as they are (``small_world=scale``,
+    policy ``scale``: the caller scales lr and lengths by ``global_batch_size / images per step``). detectron2
+    splits its global batch over the processes it launches itself: always the recipe's.
+
+    Raises:
+        ValueError: the global batch is not a multiple of the images per micro-step.
+    """
+    per_step = cfg.global_batch_size if cfg.engine == "detectron2" else cfg.batch_size_per_device * world_size
+    if per_step < cfg.global_batch_size and cfg.small_world == "scale":
+        return 1, per_step, "scale"
+    if cfg.global_batch_size % per_step:
+        raise ValueError(f"global_batch_size={cfg.global_batch_size} is not a multiple of batch_size_per_device "
+                         f"x processes = {per_step}; change batch_size_per_device or the process count")
+    accumulate = cfg.global_batch_size // per_step
+    return accumulate, cfg.global_batch_size, "recipe" if accumulate == 1 else "accumulate"
 
 
 @dataclass(frozen=True)
@@ -136,7 +172,7 @@ def train(model: nn.Module, dataset: Dataset, groups: Sequence[int], settings: T
         run_dir: ``latest.pth`` and ``loss.png`` go here.
         config_hash: written into checkpoints; a resume with another config is refused.
         log: the run's JSON-lines log: one row per iteration (``step``, ``lr``, ``loss``, each loss term).
-        resume_from: a checkpoint of this run to continue from (``training.find_resume``), or None.
+        resume_from: a checkpoint of this run to continue from (``training.resume_point``), or None.
         desc: label of the progress line (and of the loss plot without ``plot_title``).
         plot_title: the loss plot's title (``Run.plot_title``: checkpoint and preset).
 
@@ -153,9 +189,9 @@ def train(model: nn.Module, dataset: Dataset, groups: Sequence[int], settings: T
     if resume_from is not None:
         start, extra = training.load_training_state(resume_from, modules={"model": model}, optimizer=optimizer,
                                                     config_hash=config_hash)
-        log.drop_after_step(start)
         if dist.is_main():
             print(f"{desc}: resumed from {resume_from} after iteration {start}")
+    log.drop_after_step(start)  # rows of iterations this invocation trains (again)
 
     stream = GroupedBatchStream(groups, settings.batch_size_per_device, settings.seed, info_rank, world,
                                 start=start * settings.accumulate)

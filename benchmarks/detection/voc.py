@@ -60,6 +60,7 @@ from byol_bench.checkpoint import atomic_write_json
 from byol_bench.config import CONFIG_ROOT, opt, parse_args
 from byol_bench.datasets.voc_det import VOCDetection, detection_sample
 from byol_bench.runlog import RunLog
+from byol_bench.runner_config import IterTrainerConfig
 from byol_bench.scaffold import open_run
 
 PROTOCOL, DATASET = "det_voc", "voc0712"
@@ -69,16 +70,9 @@ TEST_SET = ("2007", "test")
 
 
 @dataclass(frozen=True)
-class DetVocConfig:
+class DetVocConfig(IterTrainerConfig, protocol=PROTOCOL):
     """Faster R-CNN C4 on VOC07+12 (defaults = detectron2's ``pascal_voc_R_50_C4_24k_moco``)."""
 
-    preset: str = opt("custom", "preset name (set by --preset; names the record's config column)")
-    ckpt: str = opt("", "checkpoint to evaluate: any format `python -m adapters inspect` recognises")
-    arch: str | None = opt(None, "ResNet name; None infers it from the weights")
-    encoder: str = opt("online", "which encoder of a two-encoder checkpoint: online (as published) or target")
-    data_root: str = opt("data", "folder holding VOCdevkit/VOC2007 and VOCdevkit/VOC2012 (docs/DATASETS.md)",
-                         identity=False)
-    out_dir: str = opt("results/det_voc", "output: records/ and runs/ go here", identity=False)
     engine: Literal["native", "detectron2"] = opt(
         "native", "native = torchvision blocks on benchmarks.detection (CI, demo); detectron2 = MoCo's train_net on "
         "a generated config (needs detectron2 installed; ResNet-50 and deeper; run as one process)")
@@ -106,36 +100,10 @@ class DetVocConfig:
     trials: int = opt(1, "independent trainings with seeds seed, seed+1, ...: the record has each and mean +- std "
                          "(MoCo reports the mean of 5)")
     seed: int = opt(0, "seed of the first trial (head initialisation, data order, flips, scales, sampling)")
-    ckpt_every_iters: int = opt(2000, "save the training state every this many iterations (and at the end)",
-                                identity=False)
-    resume: str = opt("auto", "auto (continue each trial from its latest.pth), none, or a checkpoint path",
-                      identity=False)
-    stop_after_iters: int = opt(0, "stop each trial after this many iterations without a record (0: never; for "
-                                   "tests of resume)", identity=False)
-    precision: Literal["auto", "fp32", "bf16"] = opt("auto", "autocast: auto = bf16 on CUDA, fp32 on CPU",
-                                                     identity=False)
     test_batch_size_per_device: int = opt(1, "test images per forward pass (detectron2: 1)", identity=False)
-    num_workers: int = opt(4, "DataLoader workers per process (decode, flip)", identity=False)
-    device: Literal["auto", "cpu", "cuda"] = opt("auto", "auto: CUDA when available", identity=False)
-    tiny: bool = opt(False, "tiny sizes on the embedded data: the record is marked not comparable")
-    force: bool = opt(False, "redo even when a record for this checkpoint and config exists", identity=False)
 
 
-@dataclass(frozen=True)
-class Resolved:
-    """Values derived from the config and the machine; written as the run folder's ``resolved.json``."""
-
-    world_size: int
-    batch_size_per_device: int
-    accumulate: int  # micro-batches per optimizer step
-    global_batch_size: int  # images per optimizer step actually used
-    batch_policy: str  # "recipe", "accumulate" or "scale"
-    lr: float
-    max_iters: int
-    steps: tuple[int, ...]
-    warmup_iters: int
-    precision: str
-    device: str
+Resolved = trainer.DetectionResolved  # the batch, lr and schedule as run (small_world: the module docstring)
 
 
 def run(cfg: DetVocConfig) -> dict[str, float]:
@@ -165,8 +133,11 @@ def run(cfg: DetVocConfig) -> dict[str, float]:
         results_root = run.record_path.with_suffix(".results")
         for trial in range(cfg.trials):
             seed, trial_dir = cfg.seed + trial, run.run_dir / f"trial{trial}"
+            # the resume rule, per trial: resume=auto continues the trial's latest.pth, --force trains it afresh,
+            # resume=none refuses a trial folder that holds one
+            resume_from = training.resume_point(trial_dir, cfg)
             scores_file = trial_dir / "scores.json"
-            if scores_file.is_file() and not cfg.force:  # finished in an earlier invocation of this run
+            if scores_file.is_file() and not cfg.force:  # finished in an earlier invocation (--force: trained again)
                 trials.append(json.loads(scores_file.read_text()))
                 continue
             results_dir = results_root / f"trial{trial}"
@@ -177,8 +148,6 @@ def run(cfg: DetVocConfig) -> dict[str, float]:
                 model = trainer.prepare(c4.build_faster_rcnn_c4(copy.deepcopy(backbone), cfg), device)
                 settings = train_settings(cfg, resolved, seed)
                 # each trial logs into its own folder: a resume's drop_after_step must not touch other trials' rows
-                resume_from = (None if cfg.force and cfg.resume == "auto"
-                               else training.find_resume(trial_dir, cfg.resume))
                 result = trainer.train(model, train_set, groups, settings, device=device, run_dir=trial_dir,
                                        config_hash=run.config_hash, log=RunLog(trial_dir), resume_from=resume_from,
                                        desc=f"{PROTOCOL} trial {trial}",
@@ -257,25 +226,17 @@ def check_inputs(cfg: DetVocConfig) -> None:
     if list(cfg.steps) != sorted(cfg.steps):
         raise ValueError(f"steps={cfg.steps} must be increasing")
     if cfg.engine == "detectron2":
-        detectron2_engine.check_engine()
+        detectron2_engine.check_engine(cfg)
 
 
 def resolve(cfg: DetVocConfig, world_size: int, precision: str, device: str) -> Resolved:
     """Batch, lr and schedule for this process count (see the NOTE on small worlds in the module docstring)."""
-    # detectron2 splits its IMS_PER_BATCH (the global batch) over the processes it launches: no accumulation
-    per_step = cfg.global_batch_size if cfg.engine == "detectron2" else cfg.batch_size_per_device * world_size
-    if per_step >= cfg.global_batch_size or cfg.small_world == "accumulate":
-        if cfg.global_batch_size % per_step:
-            raise ValueError(f"global_batch_size={cfg.global_batch_size} is not a multiple of batch_size_per_device "
-                             f"x processes = {per_step}; change batch_size_per_device or the process count")
-        accumulate = cfg.global_batch_size // per_step
-        return Resolved(world_size, cfg.batch_size_per_device, accumulate, cfg.global_batch_size,
-                        "recipe" if accumulate == 1 else "accumulate", cfg.lr, cfg.max_iters, tuple(cfg.steps),
-                        cfg.warmup_iters, precision, device)
-    factor = cfg.global_batch_size / per_step  # > 1: fewer images per step -> lower lr, more iterations
-    return Resolved(world_size, cfg.batch_size_per_device, 1, per_step, "scale", cfg.lr / factor,
-                    round(cfg.max_iters * factor), tuple(round(s * factor) for s in cfg.steps),
-                    round(cfg.warmup_iters * factor), precision, device)
+    accumulate, batch, policy = trainer.batch_policy(cfg, world_size)
+    factor = cfg.global_batch_size / batch  # > 1 when scaled: fewer images per step -> lower lr, more iterations
+    return Resolved(world_size=world_size, batch_size_per_device=cfg.batch_size_per_device, global_batch_size=batch,
+                    precision=precision, device=device, accumulate=accumulate, batch_policy=policy,
+                    lr=cfg.lr / factor, max_iters=round(cfg.max_iters * factor),
+                    steps=tuple(round(s * factor) for s in cfg.steps), warmup_iters=round(cfg.warmup_iters * factor))
 
 
 def train_settings(cfg: DetVocConfig, resolved: Resolved, seed: int) -> trainer.TrainSettings:
@@ -290,15 +251,16 @@ def train_settings(cfg: DetVocConfig, resolved: Resolved, seed: int) -> trainer.
 def _detectron2_trial(cfg: DetVocConfig, backbone: nn.Module, arch: str, trial_dir: Path, results_dir: Path,
                       seed: int) -> dict:
     """One trial on detectron2 (``benchmarks/detection/detectron2_voc.py``): export, config, train_net; the results
-    files
-    land in ``results_dir``. Returns the trial's record fields besides the scores."""
+    files land in ``results_dir``. Returns the trial's record fields besides the scores."""
     # detectron2 finds VOC under $DETECTRON2_DATASETS/VOC2007 (= our VOCdevkit); it predicts the first test_images
+    output = trial_dir / "output"
     return detectron2_engine.train_on_detectron2(
         backbone, trial_dir,
-        lambda weights, gpus: detectron2_voc.config_values(cfg, arch, weights, trial_dir / "output", seed, gpus),
-        "benchmarks.detection.detectron2_voc", ["--results-dir", str(results_dir), "--test-images", str(cfg.test_images)],
-        {"DETECTRON2_DATASETS": str(Path(cfg.data_root) / "VOCdevkit")})
-
+        lambda weights, gpus: detectron2_voc.config_values(cfg, arch, weights, output, seed, gpus),
+        "benchmarks.detection.detectron2_voc",
+        ["--results-dir", str(results_dir), "--test-images", str(cfg.test_images)],
+        {"DETECTRON2_DATASETS": str(Path(cfg.data_root) / "VOCdevkit")},
+        resume=detectron2_engine.resume_point(output, cfg))
 
 
 def main() -> None:

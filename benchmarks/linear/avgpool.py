@@ -56,16 +56,17 @@ from byol_bench.features import assert_frozen, state_snapshot
 from byol_bench.lars import LARS
 from byol_bench.metrics import TopkCounter
 from byol_bench.runlog import Progress
+from byol_bench.runner_config import EpochTrainerConfig, TrainerResolved
 from byol_bench.scaffold import open_run
 from byol_bench.training import (
     autocast,
     batch_per_device,
     cosine_lr,
     epoch_seed,
-    find_resume,
     load_training_state,
     plot_log,
     resolve_precision,
+    resume_point,
     save_training_state,
     step_lr,
     wrap_ddp,
@@ -78,54 +79,29 @@ TOPK = (1, 5)
 
 
 @dataclass(frozen=True)
-class LinearAvgpoolConfig:
+class LinearAvgpoolConfig(EpochTrainerConfig, protocol=PROTOCOL, num_workers=8, epochs=100):
     """AvgPool linear-probe settings (defaults = the MoCo setting on ImageNet, B §3.3)."""
 
-    preset: str = opt("custom", "preset name (set by --preset; names the record's config column)")
-    ckpt: str = opt("", "checkpoint to evaluate: any format `python -m adapters inspect` recognises")
-    arch: str | None = opt(None, "ResNet name; None infers it from the weights")
-    encoder: str = opt("online", "which encoder of a two-encoder checkpoint: online (as published) or target")
-    data_root: str = opt("data", "folder holding imagenet/, inat18/ or places205/ (docs/DATASETS.md)", identity=False)
-    out_dir: str = opt("results/linear_avgpool", "output: records/ and runs/ go here", identity=False)
     dataset: Literal["imagenet", "inat18", "places205"] = opt("imagenet", "which dataset's table cell to fill")
     setting: Literal["moco", "simsiam"] = opt(
         "moco", "moco: SGD + step lr (the seed's 67.68); simsiam: LARS (no exclusions) + per-epoch cosine")
-    epochs: int = opt(100, "training epochs")
     milestones: tuple[int, ...] = opt((60, 80), "moco: epochs at which the lr drops x 0.1 (ignored by simsiam)")
     lr: float = opt(30.0, "learning rate at lr_reference_batch (30 for moco, 1.6 for simsiam)")
     lr_reference_batch: int = opt(256, "the global batch lr is given for; another global batch scales lr linearly")
     momentum: float = opt(0.9, "SGD / LARS momentum")
     weight_decay: float = opt(0.0, "weight decay of the head (0 in both reference settings)")
-    global_batch_size: int = opt(256, "images per optimizer step over all processes (each gets its share)")
-    image_size: int = opt(224, "train RandomResizedCrop and test CenterCrop size")
-    test_resize: int = opt(256, "test Resize (short side) before the center crop")
-    eval_every_epochs: int = opt(10, "evaluate every this many epochs (the final epoch is always evaluated)")
-    ckpt_every_epochs: int = opt(10, "save the head/optimizer state every this many epochs (and at the last one)",
-                          identity=False)
-    resume: str = opt("auto", "auto: continue from the run folder's latest.pth if any; none; or a .pth path",
-                      identity=False)
-    stop_after_epochs: int = opt(0, "stop (state saved, no record) after this many epochs in total; 0 = run to the "
-                                    "end (for interrupted-run tests)", identity=False)
     seed: int = opt(0, "seed of the head's init, the sampler order and the augmentations")
     precision: Literal["auto", "fp32", "bf16"] = opt("auto", "auto: bf16 autocast of the backbone on CUDA, fp32 on CPU")
-    num_workers: int = opt(8, "DataLoader workers per process (decode and crop)", identity=False)
-    device: Literal["auto", "cpu", "cuda"] = opt("auto", "auto: CUDA when available", identity=False)
-    tiny: bool = opt(False, "tiny sizes on the embedded data: the record is marked not comparable")
-    force: bool = opt(False, "redo even when a record for this checkpoint and config exists", identity=False)
 
 
 @dataclass(frozen=True)
-class Resolved:
-    """Values derived from the config and the machine; written as the run folder's ``resolved.json``."""
+class Resolved(TrainerResolved):
+    """The batch, precision and device (batch_size_per_device = global_batch_size / world_size, precision: the
+    backbone's autocast), and the optimizer as run; written as the run folder's ``resolved.json``."""
 
-    world_size: int
-    batch_size_per_device: int  # global_batch_size / world_size
-    global_batch_size: int
     lr: float  # cfg.lr x global_batch_size / lr_reference_batch
     optimizer: str
     schedule: str
-    precision: str  # fp32 or bf16 (backbone autocast)
-    device: str
 
 
 class AvgPoolHead(nn.Module):
@@ -186,14 +162,14 @@ def run(cfg: LinearAvgpoolConfig) -> dict[str, float]:
         ddp_head = wrap_ddp(head, device)
         start_epoch, evals = 0, []
         latest = run.run_dir / "latest.pth"
-        resume_from = find_resume(run.run_dir, cfg.resume)
+        resume_from = resume_point(run.run_dir, cfg)  # --force: from scratch
         if resume_from is not None:
             start_epoch, extra = load_training_state(resume_from, modules={"head": head}, optimizer=optimizer,
                                                      config_hash=run.config_hash)
             evals = extra["evals"]
-            log.drop_after_step(start_epoch * len(train_loader))
             if info.is_main:
                 print(f"{PROTOCOL}: resumed from {resume_from} after epoch {start_epoch}")
+        log.drop_after_step(start_epoch * len(train_loader))  # rows of epochs this invocation trains (again)
 
         # ------------------------------------------------------------ loop
         bar = Progress(cfg.epochs * len(train_loader), f"{PROTOCOL} {cfg.dataset}",

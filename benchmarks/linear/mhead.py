@@ -53,6 +53,7 @@ from byol_bench.config import CONFIG_ROOT, opt, parse_args
 from byol_bench.features import assert_frozen, state_snapshot
 from byol_bench.metrics import TopkCounter
 from byol_bench.runlog import Progress
+from byol_bench.runner_config import EpochTrainerConfig, TrainerResolved
 from byol_bench.scaffold import open_run
 
 PROTOCOL = "linear_mhead"  # the record's dataset is cfg.dataset, one of DATASETS (each fills its table)
@@ -62,51 +63,23 @@ POOL_GRIDS = {"feat1": 12, "feat2": 6, "feat3": 4, "feat4": 3, "feat5": 2}
 
 
 @dataclass(frozen=True)
-class LinearMheadConfig:
+class LinearMheadConfig(EpochTrainerConfig, protocol=PROTOCOL, num_workers=8):
     """Multi-head linear probe settings (defaults = the mmselfsup ImageNet protocol)."""
 
-    preset: str = opt("custom", "preset name (set by --preset; names the record's config column)")
-    ckpt: str = opt("", "checkpoint to evaluate: any format `python -m adapters inspect` recognises")
-    arch: str | None = opt(None, "ResNet name; None infers it from the weights")
-    encoder: str = opt("online", "which encoder of a two-encoder checkpoint: online (as published) or target")
     dataset: Literal["imagenet", "inat18", "places205"] = opt("imagenet", "the dataset (and table) to evaluate on")
-    data_root: str = opt("data", "folder holding the datasets in the layouts of docs/DATASETS.md", identity=False)
-    out_dir: str = opt("results/linear_mhead", "output: records/ and runs/ go here", identity=False)
-    epochs: int = opt(90, "training epochs")
     milestones: tuple[int, ...] = opt((30, 60, 90), "epochs at which the lr is multiplied by 0.1")
     lr: float = opt(0.01, "SGD learning rate (global batch 256)")
     momentum: float = opt(0.9, "SGD momentum (nesterov)")
     weight_decay: float = opt(1e-4, "SGD weight decay")
-    global_batch_size: int = opt(256, "images per optimizer step over all processes (kept whatever the GPU count)")
-    image_size: int = opt(224, "train crop and test crop size")
-    test_resize: int = opt(256, "test resize (short side) before the center crop")
     pooling: Literal["specified", "adaptive"] = opt(
         "specified", "specified = the protocol's fixed AvgPool kernels (needs >= 192 px); adaptive = pool to the "
         "same grids at any size (tiny presets)")
-    eval_every_epochs: int = opt(10, "evaluate every this many epochs (and always after the final one)")
     seed: int = opt(0, "seed of the head initialisation and the augmentation / shuffling")
-    ckpt_every_epochs: int = opt(10, "save the training state every this many epochs (and at the end)",
-                                 identity=False)
-    resume: str = opt("auto", "auto (continue from the run folder's latest.pth), none, or a checkpoint path",
-                      identity=False)
-    stop_after_epochs: int = opt(0, "stop after this many epochs without a record (0: never; for tests of resume)",
-                                 identity=False)
     precision: Literal["auto", "fp32", "bf16"] = opt("auto", "backbone autocast: auto = bf16 on CUDA, fp32 on CPU; "
                                                      "the heads always run in fp32", identity=False)
-    num_workers: int = opt(8, "DataLoader workers per process (decode and crop)", identity=False)
-    device: Literal["auto", "cpu", "cuda"] = opt("auto", "auto: CUDA when available", identity=False)
-    tiny: bool = opt(False, "tiny sizes on the embedded data: the record is marked not comparable")
-    force: bool = opt(False, "redo even when a record for this checkpoint and config exists", identity=False)
 
 
-@dataclass(frozen=True)
-class Resolved:
-    """Values derived from the config and the machine; written as the run folder's ``resolved.json``."""
-
-    world_size: int
-    batch_size_per_device: int  # global_batch_size / world_size
-    precision: str  # fp32 or bf16 (backbone only)
-    device: str
+Resolved = TrainerResolved  # batch_size_per_device = global_batch_size / world_size; precision: the backbone's
 
 
 class MultiHeads(nn.Module):
@@ -140,7 +113,8 @@ def run(cfg: LinearMheadConfig) -> dict[str, float]:
         info, device = run.info, run.info.device
         precision = training.resolve_precision(cfg.precision, device)
         per_device = training.batch_per_device(cfg.global_batch_size, info.world_size)
-        log = run.start(Resolved(info.world_size, per_device, precision, str(device)))
+        log = run.start(Resolved(world_size=info.world_size, batch_size_per_device=per_device,
+                                 global_batch_size=cfg.global_batch_size, precision=precision, device=str(device)))
 
         # ------------------------------------------------------------ data (decode and crop in the workers)
         train = open_split(cfg.dataset, cfg.data_root, "train", train_transform(cfg.dataset, cfg.image_size),
@@ -177,14 +151,13 @@ def run(cfg: LinearMheadConfig) -> dict[str, float]:
                                     weight_decay=cfg.weight_decay, nesterov=True)
         lrs = training.step_lr(cfg.lr, cfg.epochs, len(loader), cfg.milestones)
         start_epoch, state = 0, {"evals": [], "train_time_s": 0.0}
-        # --force redoes the training too: a finished run's latest.pth is not resumed from (it is overwritten)
-        resume_from = None if cfg.force and cfg.resume == "auto" else training.find_resume(run.run_dir, cfg.resume)
+        resume_from = training.resume_point(run.run_dir, cfg)  # --force: from scratch
         if resume_from is not None:
             start_epoch, state = training.load_training_state(resume_from, modules={"heads": heads},
                                                               optimizer=optimizer, config_hash=run.config_hash)
-            log.drop_after_step(start_epoch * len(loader))
             if info.is_main:
                 print(f"{PROTOCOL}: resumed from {resume_from} after epoch {start_epoch}")
+        log.drop_after_step(start_epoch * len(loader))  # rows of steps this invocation trains (again)
 
         # ------------------------------------------------------------ loop
         progress = Progress(cfg.epochs * len(loader), f"{PROTOCOL} {cfg.dataset}", initial=start_epoch * len(loader),

@@ -2,9 +2,9 @@
 mmengine ``Runner`` on a config generated from our preset; its val predictions are written as our PNG files and
 scored by our metric (``benchmarks.segmentation``), so the record has the native engine's shape.
 
-Install (not a dependency of this repository; docs/SEGMENTATION.md)::
+Install: the project's ``engines`` extra (``make`` installs it; docs/SEGMENTATION.md)::
 
-    pip install mmsegmentation==1.2.2 mmcv-lite==2.1.0     # mmengine comes with them
+    pip install -e '.[engines]'     # mmsegmentation 1.2.2, mmengine 0.10.7, mmcv-lite 2.1.0, ftfy, regex
 
 What it does (one process; BN, as a one-GPU mmseg run):
 
@@ -17,9 +17,12 @@ What it does (one process; BN, as a one-GPU mmseg run):
    ``PhotoMetricDistortion`` (mmseg's defaults) -> ``SegDataPreProcessor`` (RGB mean/std, pad to the crop with 0 /
    255), the test resize and whole/slide inference of the preset;
 3. the file lists are our dataset classes' (``byol_bench.datasets``: the same checks and bad-input errors), handed to
-   mmseg through a ``BaseSegDataset`` whose data list is given; Cityscapes labelIds are mapped to trainIds with
-   mmseg's ``label_map`` (its stock dataset wants pre-converted ``*_labelTrainIds.png``);
-4. ``Runner.train()``; ``resume=auto`` continues from the run folder's ``mmseg/`` checkpoints. Their files hold
+   mmseg through a ``BaseSegDataset`` that reads them from the run folder's ``mmseg/train_list.json`` (a file, not
+   the config: mmengine formats the config with yapf for its log, its dump and every checkpoint, which takes seconds
+   per hundred samples); Cityscapes labelIds are mapped to trainIds with mmseg's ``label_map`` (its stock dataset
+   wants pre-converted ``*_labelTrainIds.png``);
+4. ``Runner.train()``; ``resume=auto`` continues from the run folder's ``mmseg/`` checkpoints (mmengine's
+   ``last_checkpoint``; the runners' rule, ``training.resume_point``: ``force=true`` trains afresh). Their files hold
    mmengine objects that torch >= 2.6's ``weights_only`` loading rejects, so this sets
    ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` (our own files, written by this run);
 5. the trained model's ``test_step`` on each val image gives the class map at the original size, written as the
@@ -44,12 +47,13 @@ from torch import nn
 
 from adapters.export import to_mm
 from adapters.intake import ConversionReport
+from byol_bench import training
 from byol_bench.backbone import trunk_state_dict
 from byol_bench.checkpoint import atomic_save
 from byol_bench.datasets.cityscapes import LABELS
 
-INSTALL_HINT = ("engine=mmseg needs mmsegmentation: pip install mmsegmentation==1.2.2 mmcv-lite==2.1.0 "
-                "(docs/SEGMENTATION.md), or use engine=native")
+INSTALL_HINT = ("engine=mmseg needs mmsegmentation: pip install -e '.[engines]' (mmsegmentation 1.2.2, mmengine, "
+                "mmcv-lite; docs/SEGMENTATION.md), or use engine=native")
 MEAN, STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]  # B §6.1, RGB
 AUX_WEIGHT = 0.4
 
@@ -123,28 +127,44 @@ def data_list(dataset: Any, name: str) -> list[dict]:
                  seg_fields=[]) for image, label in dataset.samples]
 
 
+def write_data_list(samples: list[dict], path: Path) -> Path:
+    """:func:`data_list`'s infos as the JSON file ``ByolBenchSegDataset`` reads (``label_map`` keys become strings)."""
+    path.write_text(json.dumps(samples))
+    return path
+
+
+def read_data_list(path: str | Path) -> list[dict]:
+    """The infos of :func:`write_data_list`'s file, ``label_map`` keys back to ints (mmseg compares them to pixels)."""
+    samples = json.loads(Path(path).read_text())
+    for info in samples:
+        if info.get("label_map") is not None:
+            info["label_map"] = {int(k): v for k, v in info["label_map"].items()}
+    return samples
+
+
 def _register_dataset() -> str:
-    """``ByolBenchSegDataset``: an mmseg ``BaseSegDataset`` over a given data list (our files)."""
+    """``ByolBenchSegDataset``: an mmseg ``BaseSegDataset`` over a data list file (our files, :func:`data_list`)."""
     from mmseg.datasets import BaseSegDataset
     from mmseg.registry import DATASETS
 
     name = "ByolBenchSegDataset"
     if name not in DATASETS.module_dict:
         class ByolBenchSegDataset(BaseSegDataset):
-            def __init__(self, samples: list[dict], **kwargs: Any) -> None:
-                self.samples = samples
+            def __init__(self, data_list_file: str, **kwargs: Any) -> None:
+                self.data_list_file = data_list_file
                 super().__init__(**kwargs)
 
             def load_data_list(self) -> list[dict]:
-                return [dict(info) for info in self.samples]
+                return read_data_list(self.data_list_file)
 
         DATASETS.register_module(name=name, module=ByolBenchSegDataset)
     return name
 
 
 def mmseg_config(cfg: Any, arch: str, num_classes: int, pretrained: Path, work_dir: Path,
-                 train_samples: list[dict], class_names: tuple[str, ...]) -> dict:
-    """The mmseg/mmengine config of our preset (``cfg``: a ``SegmentationConfig``)."""
+                 train_list: Path, class_names: tuple[str, ...]) -> dict:
+    """The mmseg/mmengine config of our preset (``cfg``: a ``SegmentationConfig``); ``train_list``: the train
+    set's :func:`write_data_list` file."""
     if cfg.test_mode == "slide":
         test_cfg = dict(mode="slide", crop_size=(cfg.test_crop, cfg.test_crop),
                         stride=(cfg.test_stride, cfg.test_stride))
@@ -171,7 +191,7 @@ def mmseg_config(cfg: Any, arch: str, num_classes: int, pretrained: Path, work_d
         train_dataloader=dict(
             batch_size=cfg.batch_size_per_device, num_workers=cfg.num_workers,
             persistent_workers=cfg.num_workers > 0, sampler=dict(type="InfiniteSampler", shuffle=True),
-            dataset=dict(type=_register_dataset(), samples=train_samples, metainfo=dict(classes=class_names),
+            dataset=dict(type=_register_dataset(), data_list_file=str(train_list), metainfo=dict(classes=class_names),
                          pipeline=train_pipeline, serialize_data=False)),
         train_cfg=dict(type="IterBasedTrainLoop", max_iters=cfg.max_iters),
         optim_wrapper=dict(type="OptimWrapper", optimizer=dict(type="SGD", lr=cfg.lr, momentum=cfg.momentum,
@@ -211,15 +231,18 @@ def train_and_predict(cfg: Any, run: Any, log: Any, backbone: nn.Module, report:
             "encoder": report.encoder, "arch": report.arch}
     pretrained = atomic_save(to_mm(trunk, meta), work_dir / "pretrained_mm.pth")
     classes = CLASS_NAMES[cfg.dataset]
-    config = mmseg_config(cfg, report.arch, len(classes), pretrained, work_dir, data_list(train_set, cfg.dataset),
-                          classes)
-    if cfg.resume == "auto" and not cfg.force:
-        config["resume"] = True  # mmengine: the work_dir's last_checkpoint, if any
-    elif cfg.resume not in ("auto", "none"):
-        config.update(resume=True, load_from=cfg.resume)
+    train_list = write_data_list(data_list(train_set, cfg.dataset), work_dir / "train_list.json")
+    config = mmseg_config(cfg, report.arch, len(classes), pretrained, work_dir, train_list, classes)
+    # the runners' resume rule on mmengine's pointer to its newest checkpoint (--force: from the pretrained weights)
+    resume_from = training.resume_point(work_dir, cfg, name="last_checkpoint")
+    if resume_from is not None:
+        if resume_from == work_dir / "last_checkpoint":
+            resume_from = Path(resume_from.read_text().strip())
+        config.update(resume=True, load_from=str(resume_from))
     # mmengine checkpoints hold its message hub and numpy state; torch >= 2.6 loads weights only by default.
     os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
-    runner = Runner.from_cfg(Config(config))
+    # mmengine prints its config with yapf at the log, the dump and every checkpoint (seconds each on a CPU): plain
+    runner = Runner.from_cfg(Config(config, format_python_code=False))
     started = time.time()
     model = runner.train()
     train_time = time.time() - started
@@ -238,7 +261,7 @@ def train_and_predict(cfg: Any, run: Any, log: Any, backbone: nn.Module, report:
     _copy_losses(work_dir, log)
     details = {"mmseg_version": mmseg.__version__, "precision": "fp32",
                "mmseg_config": str(work_dir / "config.py"), "mmseg_pretrained": str(pretrained)}
-    Config(config).dump(work_dir / "config.py")
+    Config(config, format_python_code=False).dump(work_dir / "config.py")
     return list(range(len(val_set))), {"train_time_s": train_time}, details
 
 

@@ -74,6 +74,7 @@ from byol_bench.config import CONFIG_ROOT, opt, parse_args
 from byol_bench.datasets.cityscapes import Cityscapes
 from byol_bench.datasets.voc_seg import VOCAugSegmentation
 from byol_bench.runlog import Progress
+from byol_bench.runner_config import IterTrainerConfig, TrainerResolved
 from byol_bench.scaffold import open_run
 from byol_bench.seeding import rng_for
 
@@ -83,16 +84,10 @@ PRESET_DIR = CONFIG_ROOT / PROTOCOL
 
 
 @dataclass(frozen=True)
-class SegmentationConfig:
-    """FCN R50-D8 settings (defaults = the VOC12+Aug recipe)."""
+class SegmentationConfig(IterTrainerConfig, protocol=PROTOCOL):
+    """FCN R50-D8 settings (defaults = the VOC12+Aug recipe; the loss is computed in fp32 under any precision)."""
 
-    preset: str = opt("custom", "preset name (set by --preset; names the record's config column)")
-    ckpt: str = opt("", "checkpoint to evaluate: any format `python -m adapters inspect` recognises")
-    arch: str | None = opt(None, "ResNet name; None infers it from the weights")
-    encoder: str = opt("online", "which encoder of a two-encoder checkpoint: online (as published) or target")
     dataset: Literal["voc12aug", "cityscapes"] = opt("voc12aug", "the dataset (and table) to evaluate on")
-    data_root: str = opt("data", "folder holding VOCdevkit/ and cityscapes/ (docs/DATASETS.md)", identity=False)
-    out_dir: str = opt("results/segmentation", "output: records/ and runs/ go here", identity=False)
     max_iters: int = opt(20000, "training iterations")
     lr: float = opt(0.01, "SGD learning rate")
     momentum: float = opt(0.9, "SGD momentum")
@@ -110,31 +105,12 @@ class SegmentationConfig:
     test_stride: int = opt(341, "slide: window stride")
     align_corners: bool = opt(False, "align_corners of every logit resize (Cityscapes: true)")
     seed: int = opt(0, "seed of the heads' initialisation, the shuffling and the augmentation")
-    ckpt_every_iters: int = opt(2000, "save the training state every this many iterations (and at the end)",
-                                identity=False)
-    resume: str = opt("auto", "auto (continue from the run folder's latest.pth), none, or a checkpoint path",
-                      identity=False)
-    stop_after_iters: int = opt(0, "stop after this many iterations without a record (0: never; for tests of resume)",
-                                identity=False)
-    precision: Literal["auto", "fp32", "bf16"] = opt("auto", "autocast: auto = bf16 on CUDA, fp32 on CPU; the loss "
-                                                     "is computed in fp32", identity=False)
-    num_workers: int = opt(4, "DataLoader workers per process (decode and augment)", identity=False)
-    device: Literal["auto", "cpu", "cuda"] = opt("auto", "auto: CUDA when available", identity=False)
     engine: Literal["native", "mmseg"] = opt(
         "native", "native = this module's training (CI, demo); mmseg = mmsegmentation 1.2.x's Runner on a generated "
         "config (needs mmseg installed; one process; docs/SEGMENTATION.md)")
-    tiny: bool = opt(False, "tiny sizes on the embedded data: the record is marked not comparable")
-    force: bool = opt(False, "redo even when a record for this checkpoint and config exists", identity=False)
 
 
-@dataclass(frozen=True)
-class Resolved:
-    """Values derived from the config and the machine; written as the run folder's ``resolved.json``."""
-
-    world_size: int
-    global_batch_size: int  # batch_size_per_device x world_size
-    precision: str
-    device: str
+Resolved = TrainerResolved  # global_batch_size = batch_size_per_device x world_size (the recipe fixes the former)
 
 
 def run(cfg: SegmentationConfig) -> dict[str, float]:
@@ -146,7 +122,8 @@ def run(cfg: SegmentationConfig) -> dict[str, float]:
         info, device = run.info, run.info.device
         precision = training.resolve_precision(cfg.precision, device)
         batch = cfg.batch_size_per_device
-        log = run.start(Resolved(info.world_size, batch * info.world_size, precision, str(device)))
+        log = run.start(Resolved(world_size=info.world_size, batch_size_per_device=batch,
+                                 global_batch_size=batch * info.world_size, precision=precision, device=str(device)))
 
         # ------------------------------------------------------------ data
         train_set, val_set = open_dataset(cfg.dataset, cfg.data_root, "train"), open_dataset(
@@ -172,13 +149,13 @@ def run(cfg: SegmentationConfig) -> dict[str, float]:
                                         weight_decay=cfg.weight_decay)
             lrs = training.poly_lr(cfg.lr, cfg.max_iters, cfg.poly_power, cfg.min_lr)
             start, state = 0, {"train_time_s": 0.0}
-            resume_from = None if cfg.force and cfg.resume == "auto" else training.find_resume(run.run_dir, cfg.resume)
+            resume_from = training.resume_point(run.run_dir, cfg)  # --force: from scratch
             if resume_from is not None:
                 start, state = training.load_training_state(resume_from, modules={"model": model}, optimizer=optimizer,
                                                             config_hash=run.config_hash)
-                log.drop_after_step(start)
                 if info.is_main:
                     print(f"{PROTOCOL}: resumed from {resume_from} after iteration {start}")
+            log.drop_after_step(start)  # rows of iterations this invocation trains (again)
 
             # ------------------------------------------------------------ loop (iteration-based)
             # Its own generator: the loader's base-seed draw must not shift the global stream (dropout) on resume.

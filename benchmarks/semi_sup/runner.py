@@ -82,6 +82,7 @@ from byol_bench.config import CONFIG_ROOT, config_hash, opt, parse_args
 from byol_bench.datasets.imagenet import write_image_list
 from byol_bench.metrics import TopkCounter
 from byol_bench.runlog import Progress
+from byol_bench.runner_config import EpochTrainerConfig, TrainerResolved
 from byol_bench.scaffold import open_run
 from byol_bench.seeding import rng_for
 
@@ -93,16 +94,10 @@ TOPK = (1, 5)
 
 
 @dataclass(frozen=True)
-class SemiSupConfig:
+class SemiSupConfig(EpochTrainerConfig, protocol=PROTOCOL, num_workers=8, epochs=20):
     """Semi-supervised fine-tuning settings (defaults = the 1 % grid of the reference, B §4)."""
 
-    preset: str = opt("custom", "preset name (set by --preset; names the record's config column)")
-    ckpt: str = opt("", "checkpoint to fine-tune: any format `python -m adapters inspect` recognises")
-    arch: str | None = opt(None, "ResNet name; None infers it from the weights")
-    encoder: str = opt("online", "which encoder of a two-encoder checkpoint: online (as published) or target")
     dataset: Literal["imagenet_1pct", "imagenet_10pct"] = opt("imagenet_1pct", "the label fraction (and table cell)")
-    data_root: str = opt("data", "folder holding imagenet/ (docs/DATASETS.md)", identity=False)
-    out_dir: str = opt("results/semi_sup", "output: records/ and runs/ go here", identity=False)
     subset_list: str = opt("", "the labelled subset: a SimCLR 1percent.txt/10percent.txt or a 'wnid/file label' "
                                "list (relative to <data_root>/imagenet or absolute); empty = a seeded class-balanced "
                                "subset of the fraction")
@@ -113,39 +108,22 @@ class SemiSupConfig:
     grid: Literal["one_pass", "sequential"] = opt(
         "one_pass", "one_pass: all cells step on each decoded batch (one data stream); sequential: one cell after "
         "another (less memory). Same numbers either way", identity=False)
-    epochs: int = opt(20, "training epochs")
     milestones: tuple[int, ...] = opt((12, 16), "epochs at which the lr is multiplied by gamma")
     gamma: float = opt(0.2, "lr decay factor at each milestone")
     momentum: float = opt(0.9, "SGD momentum (not nesterov)")
     weight_decay: float = opt(5e-4, "SGD weight decay on every parameter: 5e-4 at 1 %, 1e-4 at 10 %")
-    global_batch_size: int = opt(256, "images per optimizer step over all processes (kept whatever the GPU count)")
-    image_size: int = opt(224, "train RandomResizedCrop and test CenterCrop size")
-    test_resize: int = opt(256, "test resize (short side) before the center crop")
-    eval_every_epochs: int = opt(10, "evaluate every this many epochs (and always after the final one)")
     seed: int = opt(0, "seed of the head initialisation (the same in every cell), shuffling and augmentations")
     deterministic: bool = opt(False, "cuDNN deterministic + torch deterministic algorithms (the seed's "
                                      "--deterministic)")
-    ckpt_every_epochs: int = opt(10, "save every cell's state every this many epochs (and at the end)",
-                                 identity=False)
-    resume: str = opt("auto", "auto (continue each cell from its latest.pth) or none", identity=False)
-    stop_after_epochs: int = opt(0, "stop after this many epochs without a record (0: never; for tests of resume)",
-                                 identity=False)
     precision: Literal["auto", "fp32", "bf16"] = opt("auto", "autocast: auto = bf16 on CUDA, fp32 on CPU")
-    num_workers: int = opt(8, "DataLoader workers per process (decode and crop)", identity=False)
-    device: Literal["auto", "cpu", "cuda"] = opt("auto", "auto: CUDA when available", identity=False)
-    tiny: bool = opt(False, "tiny sizes on the embedded data: the record is marked not comparable")
-    force: bool = opt(False, "redo (cells retrained from scratch) even when a record exists", identity=False)
 
 
 @dataclass(frozen=True)
-class Resolved:
-    """Values derived from the config and the machine; written as the run folder's ``resolved.json``."""
+class Resolved(TrainerResolved):
+    """The batch (batch_size_per_device = global_batch_size / world_size), precision and device, and the grid's
+    cells; written as the run folder's ``resolved.json``."""
 
-    world_size: int
-    batch_size_per_device: int  # global_batch_size / world_size
     cells: tuple[str, ...]
-    precision: str
-    device: str
 
 
 class FineTuneNet(nn.Module):
@@ -198,8 +176,9 @@ def run(cfg: SemiSupConfig) -> dict[str, float]:
         per_device = training.batch_per_device(cfg.global_batch_size, info.world_size)
         precision = training.resolve_precision(cfg.precision, device)
         grid = [(lr, m) for lr in cfg.base_lrs for m in cfg.head_lr_mults]
-        log = run.start(Resolved(info.world_size, per_device, tuple(cell_name(*g) for g in grid), precision,
-                                 str(device)))
+        log = run.start(Resolved(world_size=info.world_size, batch_size_per_device=per_device,
+                                 global_batch_size=cfg.global_batch_size, precision=precision, device=str(device),
+                                 cells=tuple(cell_name(*g) for g in grid)))
 
         # ------------------------------------------------------------ labelled subset (a list file) and data
         samples, subset = labelled_subset(cfg.data_root, FRACTIONS[cfg.dataset], subset_list=cfg.subset_list,
@@ -225,8 +204,7 @@ def run(cfg: SemiSupConfig) -> dict[str, float]:
         cells = [make_cell(cfg, backbone, train.num_classes, lr, m, len(loader), device, cells_dir, run.ckpt_sha256)
                  for lr, m in grid]
         for cell in cells:  # resume=auto: each cell from its own state (--force starts every cell afresh)
-            resume_from = None if cfg.force and cfg.resume == "auto" else training.find_resume(
-                cell.state_file.parent, cfg.resume)
+            resume_from = training.resume_point(cell.state_file.parent, cfg)
             if resume_from is not None:
                 cell.done, cell.state = training.load_training_state(
                     resume_from, modules={"model": cell.model}, optimizer=cell.optimizer, config_hash=cell.key)

@@ -57,6 +57,7 @@ from byol_bench.features import (
     state_snapshot,
 )
 from byol_bench.fileio import atomic_write
+from byol_bench.runner_config import RunnerConfig
 from byol_bench.scaffold import open_run
 
 PROTOCOL, DATASET = "voc07_svm", "voc07"
@@ -64,15 +65,9 @@ PRESET_DIR = CONFIG_ROOT / PROTOCOL
 
 
 @dataclass(frozen=True)
-class Voc07SvmConfig:
-    """VOC07 SVM / low-shot SVM settings (defaults = the mmselfsup protocol)."""
+class Voc07SvmConfig(RunnerConfig, protocol=PROTOCOL):
+    """VOC07 SVM / low-shot SVM settings (defaults = the mmselfsup protocol); data_root holds VOCdevkit/VOC2007."""
 
-    preset: str = opt("custom", "preset name (set by --preset; names the record's config column)")
-    ckpt: str = opt("", "checkpoint to evaluate: any format `python -m adapters inspect` recognises")
-    arch: str | None = opt(None, "ResNet name; None infers it from the weights")
-    encoder: str = opt("online", "which encoder of a two-encoder checkpoint: online (as published) or target")
-    data_root: str = opt("data", "folder holding VOCdevkit/VOC2007 (docs/DATASETS.md)", identity=False)
-    out_dir: str = opt("results/voc07_svm", "output: records/ and runs/ go here", identity=False)
     layers: tuple[str, ...] = opt(FEATURE_NAMES, "feature layers to evaluate (feat1..feat5)")
     costs: str = opt("mmselfsup", "cost grid: mmselfsup (19 values), vissl, goyal, or c1,c2,...")
     low_shot: bool = opt(False, "also run the low-shot SVMs (every evaluated layer; the table uses the best)")
@@ -85,12 +80,7 @@ class Voc07SvmConfig:
         "pil", "image path: pil = the reference's (PIL decode, PIL bilinear resizes); tensor = torchvision.io decode "
         "and uint8 tensor resizes (opt-in: faster decoding, features differ from the reference's by ~1e-4)")
     batch_size_per_device: int = opt(32, "images per forward pass")
-    num_workers: int = opt(4, "DataLoader workers for decoding", identity=False)
-    device: Literal["auto", "cpu", "cuda"] = opt("auto", "auto: CUDA when available; features and SVMs run on it",
-                                                 identity=False)
     cache_dir: str = opt("", "feature cache (default <out_dir>/feature_cache)", identity=False)
-    tiny: bool = opt(False, "tiny sizes on the embedded data: the record is marked not comparable")
-    force: bool = opt(False, "redo even when a record for this checkpoint and config exists", identity=False)
 
 
 @dataclass(frozen=True)
@@ -98,7 +88,7 @@ class Resolved:
     """Values derived from the config and the machine; written as the run folder's ``resolved.json``."""
 
     costs: tuple[float, ...]  # the cost grid, in grid order
-    device: str  # where features and SVMs ran
+    device: str  # where features and SVMs ran (device=auto: CUDA when available)
 
 
 def run(cfg: Voc07SvmConfig) -> dict[str, float]:
