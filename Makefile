@@ -19,10 +19,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/run_all_benchmarks.sh
 
-## make test: ruff + the whole test suite (what CI runs).
+## make test: ruff + the whole test suite (what CI runs): one pytest-xdist worker per core, each file's tests on one
+## worker (they share module-scoped runs), one torch thread per worker (tests/conftest.py), the 25 slowest listed.
 test: $(STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadfile --durations=25
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

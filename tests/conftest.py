@@ -1,7 +1,17 @@
-"""Shared fixtures: the embedded mini-datasets (generated once per session); the SVM tests' problem and threads."""
+"""Shared fixtures: the embedded mini-datasets (generated once per session); the SVM tests' problem; one thread.
+
+One CPU thread per test process, and per process the tests start (``OMP_NUM_THREADS=1`` in the environment they
+inherit). The tests' tensors are small: with two OpenMP threads on a 2-core machine that also runs a DataLoader
+worker, a subprocess or the other pytest-xdist worker, every small op waits for a descheduled thread (measured: a
+6-step ResNet-18 pretraining took 44 s with two threads under load, 11 s with one). The suite runs in two
+pytest-xdist workers instead (``-n 2``, pyproject.toml), which is where the second core goes.
+"""
 
 from __future__ import annotations
 
+import json
+import math
+import os
 from pathlib import Path
 
 import pytest
@@ -12,6 +22,9 @@ from byol_bench.backbone import build_resnet
 from byol_bench.checkpoint import atomic_save
 from byol_bench.tinydata import ensure_tiny_data
 from byol_bench.tinydata.svm_features import make_voc_like_problem
+
+os.environ["OMP_NUM_THREADS"] = "1"  # inherited by every subprocess a test starts
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
@@ -30,21 +43,23 @@ def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def one_torch_thread():
-    """One torch thread for a module's tests (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``); yields
-    the thread count from before, for a test that wants it back for a while.
-
-    Why: the SVM solver makes many small LAPACK calls; two OpenMP threads busy-waiting on a shared 2-core CI
-    machine slow them down ~10x. One thread is fast everywhere at these sizes.
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield before
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def problem(one_torch_thread):
+def problem():
     """Structured features (600 x 2048, class signal, VOC07 positive rates), normalised as the protocol does."""
     x_tr, y_tr, x_te, y_te = make_voc_like_problem(600, 400, 2048, seed=1)
     return l2_normalize(x_tr), y_tr, l2_normalize(x_te), y_te
+
+
+@pytest.fixture(scope="session")
+def trained_steps():
+    """``trained_steps(log_file, key, since=0.0)``: the ``step`` of each row of a run's ``log.jsonl`` that holds
+    ``key`` (a training loss) and was logged at or after ``since`` (a ``time.time()``), in order.
+
+    A ``--force`` rerun of a finished run must train every step again (docs/RUNNERS.md): its rows are all logged
+    after it started, one per step, and the stale rows of the earlier run are gone.
+    """
+    def steps(log_file: Path, key: str, since: float = 0.0) -> list[int]:
+        floor = math.floor(since * 1000) / 1000  # rows carry time.time() rounded to the millisecond
+        rows = [json.loads(line) for line in Path(log_file).read_text().splitlines() if line.strip()]
+        return [row["step"] for row in rows if key in row and row["time"] >= floor]
+
+    return steps

@@ -5,16 +5,22 @@ input is a one-line error."""
 
 from __future__ import annotations
 
-import gzip
+import contextlib
+import io
 import json
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from cli_support import run_module  # tests/ is on sys.path
 from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 from torch import nn
 from torch.utils.data import Subset
 from torchvision.models.detection.image_list import ImageList
@@ -34,8 +40,7 @@ from byol_bench.tables import render_markdown
 REPO = Path(__file__).resolve().parents[1]
 FULL = "mask-rcnn_resnet50-fpn_8xb2-ms-1x_coco"
 # pycocotools 2.0.x calls np.array(copy=False) internally under numpy 2; harmless, and not ours to fix.
-pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
-              pytest.mark.usefixtures("one_torch_thread")]
+pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")]
 
 
 @pytest.fixture(scope="module")
@@ -237,21 +242,47 @@ def test_short_run_record_results_files_and_table_row(short_run):
     assert {"bbox_APs", "bbox_APm", "bbox_APl", "segm_APs", "segm_APm", "segm_APl"} <= set(details)
     assert details["train_annotations_dropped"]["crowd"] > 0 and details["val_images"] == 50
     assert details["iters"] == 8 and details["accumulate"] == 2 and details["norm"] == "BatchNorm2d"
-    for iou_type, path in details["results_files"].items():
-        results = json.loads(gzip.decompress(Path(path).read_bytes()))
-        assert Path(path).name == f"{iou_type}.json.gz" and isinstance(results, list)
-        assert Path(path).parent.name.endswith(".results")
     assert Path(details["loss_plot"]).is_file()
     rendered = render_markdown([record])
     assert "COCO2017" in rendered and f"{metrics['bbox_AP']:.2f}" in rendered
 
 
-def test_rerun_is_skipped_and_force_redoes(short_run, ckpt, tiny_data, capsys):
+def test_results_files_are_plain_coco_results_next_to_the_record(short_run, tiny_data, tmp_path):
+    metrics, record, out = short_run
+    files = {iou_type: Path(path) for iou_type, path in record["details"]["results_files"].items()}
+    (record_file,) = [p for p in (out / "records").iterdir() if p.name.count(".") == 1]
+    gt = COCO(str(tiny_data / "coco" / "annotations" / "instances_val2017.json"))
+    for iou_type, path in files.items():
+        assert path == record_file.with_suffix(f".{iou_type}.json") and path.read_text().startswith("[")
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools opens the file as it is and scores the same
+            evaluator = COCOeval(gt, gt.loadRes(str(path)), iou_type)
+            evaluator.evaluate()
+            evaluator.accumulate()
+            evaluator.summarize()
+        ap = 100.0 * evaluator.stats[0] if evaluator.stats[0] >= 0 else -1.0
+        assert ap == pytest.approx(metrics[f"{iou_type}_AP"])
+    # a records folder holding the results files, and copies under their bare names, renders the tables unchanged
+    folder = tmp_path / "records"
+    shutil.copytree(out / "records", folder)
+    for iou_type, path in files.items():
+        shutil.copy(path, folder / f"{iou_type}.json")
+    expected = {record_file.name, "bbox.json", "segm.json", *(path.name for path in files.values())}
+    assert {p.name for p in folder.iterdir()} == expected
+    assert load_records(folder) == [record]
+    assert render_markdown(load_records(folder)) == render_markdown([record])
+
+
+def test_rerun_is_skipped_and_force_redoes(short_run, ckpt, tiny_data, capsys, trained_steps):
     metrics, _, out = short_run
     capsys.readouterr()
     assert det.run(_short(ckpt, tiny_data, out)) == pytest.approx(metrics)
     assert "skip det_coco" in capsys.readouterr().out
+    (log_file,) = (out / "runs" / "det_coco").glob("*/log.jsonl")
+    assert trained_steps(log_file, "loss") == list(range(1, 9))  # the short run's 8 iterations
+    started = time.time()
     assert det.run(_short(ckpt, tiny_data, out, "force=true")) == pytest.approx(metrics)  # seeded: the same numbers
+    # every iteration trained again (the finished latest.pth is not resumed from); the log holds this run only
+    assert trained_steps(log_file, "loss", since=started) == trained_steps(log_file, "loss") == list(range(1, 9))
     assert "resumed from" not in capsys.readouterr().out
 
 
@@ -266,14 +297,17 @@ def test_resume_reaches_the_same_weights(ckpt, tiny_data, tmp_path, short_run):
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "benchmarks.det_coco", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
+def _cli(*args: str, in_process: bool = True) -> subprocess.CompletedProcess:
+    """``python -m benchmarks.det_coco args``; in this process unless asked for a real interpreter."""
+    command = [sys.executable, "-m", "benchmarks.det_coco", *args]
+    if in_process:
+        return run_module(command)
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
 def test_cli_errors_are_one_line(ckpt, tiny_data, tmp_path):
     missing = _cli("--preset", "tiny", "--ckpt", str(tmp_path / "nope.pth"), "--data-root", str(tiny_data),
-                   "--out-dir", str(tmp_path))
+                   "--out-dir", str(tmp_path), in_process=False)
     assert missing.returncode == 2 and "nope.pth" in missing.stderr and len(missing.stderr.strip().splitlines()) == 1
     bad = _cli("--preset", "tiny", "--ckpt", str(ckpt), "step_epochs=[9]", "--out-dir", str(tmp_path))
     assert bad.returncode == 2 and "step_epochs=[9] must lie in 1..epochs=3" in bad.stderr

@@ -11,17 +11,19 @@ import shutil
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
+from cli_support import run_module  # tests/ is on sys.path
 from torch import nn
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.resnet import BasicBlock
 from torchvision.ops import roi_align
 
 import benchmarks.detection.voc as det_voc
-from benchmarks.detection import c4, data, trainer, voc_eval
+from benchmarks.detection import c4, data, rcnn, trainer, voc_eval
 from byol_bench.backbone import build_resnet
 from byol_bench.config import load_config
 from byol_bench.datasets import DatasetError
@@ -33,7 +35,6 @@ from byol_bench.tables import render_markdown
 REPO = Path(__file__).resolve().parents[1]
 FULL = "faster-rcnn_resnet50-c4_8xb2-24k_voc0712"
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small ops: one thread is fastest on a shared 2-core box
 
 
 def _cfg(*overrides: str, preset: str = FULL) -> det_voc.DetVocConfig:
@@ -103,7 +104,7 @@ def test_roi_align_is_aligned_v2(r50_model):
     # by half a pixel, so the bins average f at 0, 1 and 2, 3 -> 0.5, 2.5 (aligned=False: 1.0, 3.0)
     ramp = torch.arange(8.0).expand(1, 1, 8, 8).contiguous()
     box = [torch.tensor([[0.0, 0.0, 4.0, 4.0]])]
-    small = det_voc.rcnn.AlignedRoIPool(2, 1.0)
+    small = rcnn.AlignedRoIPool(2, 1.0)
     assert small({"0": ramp}, box, [(8, 8)])[0, 0, 0].tolist() == [0.5, 2.5]
     assert roi_align(ramp, box, 2, 1.0, sampling_ratio=0, aligned=False)[0, 0, 0].tolist() == [1.0, 3.0]
     feats = torch.randn(1, 1024, 20, 20)
@@ -216,14 +217,17 @@ def test_listed_image_without_xml_or_jpeg(tiny_data, tmp_path):
         VOCDetection(root, "2007", "trainval")
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "benchmarks.det_voc", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
+def _cli(*args: str, in_process: bool = True) -> subprocess.CompletedProcess:
+    """``python -m benchmarks.det_voc args``; in this process unless asked for a real interpreter."""
+    command = [sys.executable, "-m", "benchmarks.det_voc", *args]
+    if in_process:
+        return run_module(command)
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
 
 
 def test_cli_errors_are_one_line(tiny_data, tmp_path, ckpt):
     missing = _cli("--preset", "tiny", "--ckpt", str(tmp_path / "nope.pth"), "--data-root", str(tiny_data),
-                   "--out-dir", str(tmp_path / "out"))
+                   "--out-dir", str(tmp_path / "out"), in_process=False)
     assert missing.returncode == 2 and "nope.pth" in missing.stderr and len(missing.stderr.strip().splitlines()) == 1
     unknown = _cli("--preset", "tiny", "--ckpt", str(ckpt), "roi_heads=3")
     assert unknown.returncode == 2 and "roi_heads" in unknown.stderr
@@ -346,7 +350,7 @@ def test_tiny_run_resumed_and_rescored_from_its_results_files(tiny_run):
     assert rescored.metrics() == pytest.approx({k: trial0[k] for k in ("AP", "AP50", "AP75")})
 
 
-def test_tiny_run_table_row_skip_and_force(tiny_run, ckpt, tiny_data, capsys):
+def test_tiny_run_table_row_skip_and_force(tiny_run, ckpt, tiny_data, capsys, trained_steps):
     metrics, record, out = tiny_run
     rendered = render_markdown([record])
     std = record["details"]["std"]  # two trials: the mean and its sample std
@@ -355,6 +359,12 @@ def test_tiny_run_table_row_skip_and_force(tiny_run, ckpt, tiny_data, capsys):
     capsys.readouterr()
     assert det_voc.run(_run_cfg(ckpt, tiny_data, out)) == pytest.approx(metrics)
     assert "skip det_voc" in capsys.readouterr().out
+    logs = [Path(t["loss_plot"]).with_name("log.jsonl") for t in record["details"]["trials"]]
+    assert [trained_steps(log, "loss") for log in logs] == [[1, 2], [1, 2]]
+    started = time.time()
     again = det_voc.run(_run_cfg(ckpt, tiny_data, out, "force=true"))
     assert again == pytest.approx(metrics)  # retrained from scratch: the same seeds give the same numbers
+    for log in logs:  # every iteration of every trial trained again (finished trials are not kept under --force)
+        assert trained_steps(log, "loss", since=started) == trained_steps(log, "loss") == [1, 2]
+    assert "resumed from" not in capsys.readouterr().out
     assert len(load_records(out / "records")) == 1

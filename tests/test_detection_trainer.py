@@ -19,8 +19,6 @@ from benchmarks.detection import data, rcnn, trainer
 from byol_bench import training
 from byol_bench.runlog import RunLog
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small ops: one thread is fastest on a shared 2-core box
-
 
 class Boxes(torch.utils.data.Dataset):
     """Synthetic detection samples: one bright rectangle (class 1 or 2 by colour) on a dark uint8 image."""

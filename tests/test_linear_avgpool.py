@@ -7,10 +7,12 @@ import math
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
+from cli_support import run_module  # tests/ is on sys.path
 from PIL import Image
 from torchvision import transforms as T
 
@@ -25,7 +27,6 @@ from byol_bench.records import load_records
 from byol_bench.tables import render_markdown
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.usefixtures("one_torch_thread")  # robust on a shared 2-core machine (conftest)
 MOCO = "linear-avgpool_resnet50_8xb32-steplr-100e_in1k"
 SIMSIAM = "linear-avgpool_resnet50_8xb512-coslr-90e_in1k"
 
@@ -112,7 +113,8 @@ def test_crop_flip_transform_matches_the_torchvision_chain() -> None:
 # ---------------------------------------------------------------- end to end on the embedded data
 
 
-def test_tiny_imagenet_end_to_end_record_table_learning_and_rerun(ckpt, tiny_data, tmp_path, capsys) -> None:
+def test_tiny_imagenet_end_to_end_record_table_learning_and_rerun(ckpt, tiny_data, tmp_path, capsys,
+                                                                  trained_steps) -> None:
     cfg = _cfg("tiny", ckpt, tiny_data, tmp_path)
     metrics = run(cfg)
     (record,) = load_records(tmp_path / "records")
@@ -138,7 +140,14 @@ def test_tiny_imagenet_end_to_end_record_table_learning_and_rerun(ckpt, tiny_dat
     capsys.readouterr()
     assert run(cfg) == metrics  # skipped: the record exists
     assert "skip linear_avgpool" in capsys.readouterr().out
+    (log_file,) = (tmp_path / "runs" / "linear_avgpool").glob("*/log.jsonl")
+    epochs = trained_steps(log_file, "train_loss")
+    assert len(epochs) == 3
+    started = time.time()
     assert run(_cfg("tiny", ckpt, tiny_data, tmp_path, "force=true")) == pytest.approx(metrics)
+    # --force trains every epoch again (the finished latest.pth is not resumed from); the log holds this run only
+    assert trained_steps(log_file, "train_loss", since=started) == trained_steps(log_file, "train_loss") == epochs
+    assert "resumed from" not in capsys.readouterr().out
 
 
 def test_interrupted_run_resumes_to_the_same_final_weights(ckpt, tiny_data, tmp_path) -> None:
@@ -189,13 +198,15 @@ def test_cli_errors_are_one_line(ckpt, tiny_data, tmp_path) -> None:
     bad_image = bad_root / "places205" / "data/vision/torralba/deeplearning/images256" / rel
     bad_image.write_bytes(bad_image.read_bytes()[:100])
     base = [sys.executable, "-m", "benchmarks.linear_avgpool", "--preset", "tiny", "--out-dir", str(tmp_path)]
-    for extra, needle in (
+    cases = (
             (["--data-root", str(tiny_data), "--ckpt", str(tmp_path / "missing.pth")], "checkpoint file not found"),
             (["--data-root", str(tiny_data), "--ckpt", str(ckpt), "setting=adam"], "is not one of 'moco', 'simsiam'"),
             (["--data-root", str(tmp_path / "nodata"), "--ckpt", str(ckpt)], "nodata/imagenet"),
             (["--data-root", str(bad_root), "--ckpt", str(ckpt), "dataset=places205", "num_workers=1", "epochs=1",
-              "image_size=16", "test_resize=18"], f"{bad_image}: corrupt or truncated image")):
-        proc = subprocess.run([*base, *extra], capture_output=True, text=True, cwd=REPO, timeout=120)
+              "image_size=16", "test_resize=18"], f"{bad_image}: corrupt or truncated image"))
+    for i, (extra, needle) in enumerate(cases):  # the first case in a real interpreter, the others in-process
+        proc = run_module([*base, *extra]) if i else subprocess.run([*base, *extra], capture_output=True, text=True,
+                                                                    cwd=REPO, timeout=120)
         assert proc.returncode == 2, proc.stderr
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], proc.stderr

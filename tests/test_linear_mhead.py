@@ -6,10 +6,12 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
+from cli_support import run_module  # tests/ is on sys.path
 from torch import nn
 
 import benchmarks.linear.mhead as mhead
@@ -125,7 +127,7 @@ def _small(ckpt, data, out, *extra):
                 "eval_every_epochs=1", "ckpt_every_epochs=5", *extra, preset="tiny-places205")
 
 
-def test_resume_reaches_the_same_final_weights(ckpt, tiny_data, tmp_path, capsys):
+def test_resume_reaches_the_same_final_weights(ckpt, tiny_data, tmp_path, capsys, trained_steps):
     whole = mhead.run(_small(ckpt, tiny_data, tmp_path / "a"))
     assert mhead.run(_small(ckpt, tiny_data, tmp_path / "b", "stop_after_epochs=1")) == {}
     assert not (tmp_path / "b" / "records").exists() or not list((tmp_path / "b" / "records").iterdir())
@@ -138,8 +140,13 @@ def test_resume_reaches_the_same_final_weights(ckpt, tiny_data, tmp_path, capsys
     (record,) = load_records(tmp_path / "b" / "records")
     assert record["details"]["eval_epochs"] == [1, 2]  # the evaluation before the stop came back with the state
     # --force retrains from scratch (the finished latest.pth is not resumed from) and, seeded, agrees
+    steps = trained_steps(a.with_name("log.jsonl"), "loss")
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) >= 2
     capsys.readouterr()
+    started = time.time()
     assert mhead.run(_small(ckpt, tiny_data, tmp_path / "b", "force=true")) == whole
+    log_b = b.with_name("log.jsonl")  # every step trained again, and the log holds this run's steps only
+    assert trained_steps(log_b, "loss", since=started) == trained_steps(log_b, "loss") == steps
     assert "resumed from" not in capsys.readouterr().out
 
 
@@ -188,8 +195,9 @@ def test_cli_errors_are_one_line(ckpt, tiny_data, tmp_path):
          "class folders differ"),
         (["--ckpt", str(ckpt), "--preset", "linear-mhead_resnet50_8xb32-steplr-90e_in1k"], "use a tiny preset"),
     ]
-    for extra, needle in cases:
-        result = subprocess.run(base + extra, capture_output=True, text=True, cwd=REPO)
+    for i, (extra, needle) in enumerate(cases):  # the first case in a real interpreter, the others in-process
+        result = run_module(base + extra) if i else subprocess.run(base + extra, capture_output=True, text=True,
+                                                                   cwd=REPO)
         assert result.returncode == 2, result.stderr
         assert result.stderr.startswith("error: ") and needle in result.stderr, result.stderr
         assert result.stderr.strip().count("\n") == 0

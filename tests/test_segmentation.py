@@ -8,12 +8,14 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torchvision
+from cli_support import run_module  # tests/ is on sys.path
 from PIL import Image
 
 import benchmarks.segmentation.runner as seg
@@ -32,7 +34,6 @@ from byol_bench.records import load_records
 from byol_bench.tables import render_markdown
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.usefixtures("one_torch_thread")  # robust on a shared 2-core machine (see conftest)
 CPU = torch.device("cpu")
 
 
@@ -285,7 +286,7 @@ def _small(ckpt, data, out, *extra):
                 "ckpt_every_iters=2", *extra)
 
 
-def test_resume_reaches_the_same_weights_and_force_retrains(ckpt, tiny_data, tmp_path, capsys):
+def test_resume_reaches_the_same_weights_and_force_retrains(ckpt, tiny_data, tmp_path, capsys, trained_steps):
     whole = seg.run(_small(ckpt, tiny_data, tmp_path / "a"))
     assert seg.run(_small(ckpt, tiny_data, tmp_path / "b", "stop_after_iters=3")) == {}
     assert not list((tmp_path / "b").glob("records/*.json"))
@@ -297,7 +298,12 @@ def test_resume_reaches_the_same_weights_and_force_retrains(ckpt, tiny_data, tmp
     wa, wb = safe_load(a), safe_load(b)
     assert wa["done"] == wb["done"] == 6
     assert all(torch.equal(wa["modules"]["model"][k], wb["modules"]["model"][k]) for k in wa["modules"]["model"])
+    log_b = b.with_name("log.jsonl")
+    assert trained_steps(log_b, "loss") == list(range(1, 7))  # the resume logged steps 4-6 once
+    started = time.time()
     assert seg.run(_small(ckpt, tiny_data, tmp_path / "b", "force=true")) == whole
+    # every iteration trained again (the finished latest.pth is not resumed from); the log holds this run only
+    assert trained_steps(log_b, "loss", since=started) == trained_steps(log_b, "loss") == list(range(1, 7))
     assert "resumed from" not in capsys.readouterr().out
 
 
@@ -369,8 +375,9 @@ def test_cli_errors_are_one_line(ckpt, tiny_data, tmp_path):
         (["--ckpt", str(tmp_path / "missing.pth")], "checkpoint file not found"),
         (["--ckpt", str(ckpt), "--data-root", str(broken)], "train.txt: names no_such_image"),
     ]
-    for extra, needle in cases:
-        result = subprocess.run(base + extra, capture_output=True, text=True, cwd=REPO)
+    for i, (extra, needle) in enumerate(cases):  # the first case in a real interpreter, the others in-process
+        result = run_module(base + extra) if i else subprocess.run(base + extra, capture_output=True, text=True,
+                                                                   cwd=REPO)
         assert result.returncode == 2, result.stderr
         assert result.stderr.startswith("error: ") and needle in result.stderr, result.stderr
         assert result.stderr.strip().count("\n") == 0

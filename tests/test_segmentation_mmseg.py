@@ -42,8 +42,6 @@ from mmseg.evaluation import IoUMetric
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")  # robust on a shared 2-core machine (see conftest)
-
 
 def _to_mmseg_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Our FCN state dict -> mmseg EncoderDecoder keys (ConvModule: ``.conv`` / ``.bn``)."""

@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
+from cli_support import run_module  # tests/ is on sys.path
 
 import benchmarks.semi_sup.runner as semi
 from byol_bench import training
@@ -25,7 +27,6 @@ from byol_bench.tables import render_markdown
 REPO = Path(__file__).resolve().parents[1]
 FULL = {"imagenet_1pct": "resnet50_grid9_4xb64-steplr-20e_in1k-1pct",
         "imagenet_10pct": "resnet50_grid9_4xb64-steplr-20e_in1k-10pct"}
-pytestmark = pytest.mark.usefixtures("one_torch_thread")  # steady on a shared 2-core machine
 
 
 def _cfg(ckpt: Path, data: Path, out: Path, *extra: str, preset: str = "tiny") -> semi.SemiSupConfig:
@@ -215,13 +216,21 @@ def test_interrupted_grid_resumes_the_unfinished_cells_only(grid_run, ckpt, tiny
     assert _comparable(record) == _comparable(whole)  # the same record as the uninterrupted grid's
 
 
-def test_two_runs_give_identical_records_and_the_deterministic_flag(grid_run, ckpt, tiny_data, capsys):
+def test_two_runs_give_identical_records_and_the_deterministic_flag(grid_run, ckpt, tiny_data, capsys,
+                                                                     trained_steps):
     metrics, first, out = grid_run
     assert first["config"]["deterministic"] and first["details"]["deterministic"]
     assert not torch.are_deterministic_algorithms_enabled()  # restored after the run
+    (log_file,) = (out / "runs" / "semi_sup").glob("*/log.jsonl")
+    cells = [f"loss_{name}" for name in first["details"]["cells"]]
+    epochs = {cell: trained_steps(log_file, cell) for cell in cells}
+    assert len(cells) == 2 and all(len(steps) == 3 for steps in epochs.values())
     # the same config again (--force: every cell from scratch; grid=sequential: one cell after the other)
     capsys.readouterr()
+    started = time.time()
     assert semi.run(_small(ckpt, tiny_data, out, "force=true", "grid=sequential")) == metrics
+    for cell in cells:  # every cell trained every epoch again; the log holds this run's epochs only
+        assert trained_steps(log_file, cell, since=started) == trained_steps(log_file, cell) == epochs[cell]
     assert "resumed" not in capsys.readouterr().out
     (second,) = load_records(out / "records")
     assert _comparable(second) == _comparable(first)
@@ -285,8 +294,9 @@ def test_cli_errors_are_one_line(ckpt, tiny_data, tmp_path):
         (["--ckpt", str(ckpt), f"subset_list={simclr}"], "train_labeled.txt: label map not found"),
         (["--ckpt", str(ckpt), "--preset", FULL["imagenet_1pct"]], "use a tiny preset"),
     ]
-    for extra, needle in cases:
-        result = subprocess.run(base + extra, capture_output=True, text=True, cwd=REPO)
+    for i, (extra, needle) in enumerate(cases):  # the first case in a real interpreter, the others in-process
+        result = run_module(base + extra) if i else subprocess.run(base + extra, capture_output=True, text=True,
+                                                                   cwd=REPO)
         assert result.returncode == 2, result.stderr
         assert result.stderr.startswith("error: ") and needle in result.stderr, result.stderr
         assert result.stderr.strip().count("\n") == 0

@@ -30,7 +30,6 @@ from byol_bench.metrics import voc_area_ap
 from byol_bench.tinydata.svm_features import make_voc_like_problem
 
 # One torch thread, and the shared 600 x 2048 problem: fixtures in tests/conftest.py.
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _reference_svc(cost: float) -> LinearSVC:

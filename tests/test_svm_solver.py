@@ -19,7 +19,6 @@ CLASSES = (0, 6, 14, 16)  # aeroplane, car, person (40 % positives), sheep (2 %)
 
 
 # One torch thread, and the shared 600 x 2048 problem: fixtures in tests/conftest.py.
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _sklearn(x: torch.Tensor, targets: np.ndarray, cost: float, tight: bool) -> LinearSVC:
@@ -59,7 +58,7 @@ def test_same_optimum_as_sklearn(problem):
             assert abs(ap - ref_ap) * 100 <= 0.05
 
 
-def test_same_optimum_on_embedded_voc07_features(tiny_data, one_torch_thread):
+def test_same_optimum_on_embedded_voc07_features(tiny_data):
     """The same check on real protocol features: random-init ResNet-18 feat5 of the embedded VOC07 images."""
     from byol_bench.backbone import build_resnet
     from byol_bench.datasets.voc_cls import VOCClassification
@@ -69,7 +68,6 @@ def test_same_optimum_on_embedded_voc07_features(tiny_data, one_torch_thread):
     model = build_resnet("resnet18").eval()
     transform, _ = squash_transform()
     feats, labels = {}, {}
-    torch.set_num_threads(one_torch_thread)  # the convolutions do use both cores
     for split in ("trainval", "test"):
         data = VOCClassification(tiny_data / "VOCdevkit", split, transform)
         keep = list(range(min(len(data), 96)))  # a few positives of most classes; forward passes are slow
@@ -77,7 +75,6 @@ def test_same_optimum_on_embedded_voc07_features(tiny_data, one_torch_thread):
                                                      batch_size=32, num_workers=0, device=torch.device("cpu"),
                                                      cache_dir=None, key="", desc=split)["feat5"])
         labels[split] = data.labels[keep]
-    torch.set_num_threads(1)
     x, x_te = feats["trainval"], feats["test"]
     classes = [c for c in range(20) if (labels["test"][:, c] == 1).any() and (labels["trainval"][:, c] == 1).any()]
     assert len(classes) >= 5

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_support import run_module  # tests/ is on sys.path
 
 import adapters.loading
 from benchmarks.voc07_svm.runner import PRESET_DIR, Voc07SvmConfig, run
@@ -66,10 +67,12 @@ def test_end_to_end_record_table_and_rerun(ckpt, tiny_data, tmp_path, capsys, mo
 def test_cli_errors_are_one_line(ckpt, tiny_data, tmp_path):
     base = [sys.executable, "-m", "benchmarks.voc07_svm", "--preset", "tiny", "--data-root", str(tiny_data),
             "--out-dir", str(tmp_path)]
-    for extra, needle in ((["--ckpt", str(tmp_path / "missing.pth")], "checkpoint file not found"),
-                          (["--ckpt", str(ckpt), "costs=cheap"], "neither a grid name"),
-                          (["--ckpt", str(ckpt), "layers=feat9"], "unknown feature layers")):
-        result = subprocess.run(base + extra, capture_output=True, text=True, cwd=REPO)
+    cases = ((["--ckpt", str(tmp_path / "missing.pth")], "checkpoint file not found"),
+             (["--ckpt", str(ckpt), "costs=cheap"], "neither a grid name"),
+             (["--ckpt", str(ckpt), "layers=feat9"], "unknown feature layers"))
+    for i, (extra, needle) in enumerate(cases):  # the first case in a real interpreter, the others in-process
+        result = run_module(base + extra) if i else subprocess.run(base + extra, capture_output=True, text=True,
+                                                                   cwd=REPO)
         assert result.returncode == 2, result.stderr
         assert result.stderr.startswith("error: ") and needle in result.stderr
         assert result.stderr.strip().count("\n") == 0

@@ -1,0 +1,35 @@
+"""Command lines run in the test process: ``python -m MODULE ARGS`` without a new interpreter.
+
+A runner's one-line-error tests try a handful of bad inputs each; as subprocesses every case paid ~3 s of Python and
+torch start-up before reaching the check it tests. :func:`run_module` runs the same entry module (``runpy``, as
+``python -m`` does: ``main_guard`` included) in this process and returns what ``subprocess.run`` would: the exit
+code, stdout and stderr. Each CLI test keeps one real subprocess case, so the interpreter path stays covered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import runpy
+import subprocess
+import sys
+
+
+def run_module(argv: list[str]) -> subprocess.CompletedProcess:
+    """``argv`` as given to ``subprocess.run`` (``[sys.executable, "-m", module, *args]``), run in this process."""
+    if argv[:2] != [sys.executable, "-m"]:
+        raise ValueError(f"expected [sys.executable, '-m', module, ...], got {argv[:3]}")
+    module, args = argv[2], [str(a) for a in argv[3:]]
+    out, err = io.StringIO(), io.StringIO()
+    saved_argv, code = sys.argv, 0
+    sys.argv = [module, *args]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            runpy.run_module(module, run_name="__main__", alter_sys=False)
+    except SystemExit as exc:  # what the interpreter does with it: an int is the code, a message goes to stderr
+        if isinstance(exc.code, str):
+            err.write(exc.code + "\n")
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        sys.argv = saved_argv
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
