@@ -33,12 +33,12 @@ class PretrainConfig:
                             "published ones")
     out_dir: str = opt("work_dirs/pretrain", "run folder: checkpoints, log.jsonl, loss_curve.png, records/",
                        identity=False)
-    force: bool = opt(False, "score the kNN monitor and write the record again even when a record exists for the "
-                             "final checkpoint and config (training itself always resumes: see resume)",
+    force: bool = opt(False, "redo the run: train afresh (with resume=auto the checkpoints in out_dir are not "
+                             "resumed from but overwritten), score the kNN monitor and write the record again",
                       identity=False)
-    resume: str = opt("auto", "'auto': continue from the newest checkpoint in out_dir if there is one; 'none': "
-                              "start fresh (refuses a folder that holds checkpoints); or a checkpoint path",
-                      identity=False)
+    resume: str = opt("auto", "'auto': continue from the newest checkpoint in out_dir if there is one (not under "
+                              "--force); 'none': start fresh (refuses a folder that holds checkpoints); or a "
+                              "checkpoint path", identity=False)
     seed: int = opt(0, "seed of the initialisation, the data order and every augmentation draw")
     # ---- data
     data_root: str = opt("data", "folder holding <dataset>/{train,val,meta} (docs/DATASETS.md)", identity=False)

@@ -37,8 +37,10 @@ from byol_bench.backbone import build_resnet
 from byol_bench.checkpoint import CheckpointError, atomic_save, load_state_dict_strict, safe_load
 from byol_bench.config import config_hash, to_dict
 from byol_bench.lars import LARS, param_groups
+from byol_bench.records import read_record
 from byol_bench.runlog import Progress
-from byol_bench.scaffold import open_run
+from byol_bench.scaffold import Run, open_run
+from byol_bench.training import resume_point
 from pretrain.augment import BatchAugmenter, eval_transform
 from pretrain.config import PretrainConfig, Resolved, resolve
 from pretrain.data import EpochBatchSampler, TwoViewDataset, iterate_batches, make_loader, open_split
@@ -111,8 +113,8 @@ def run(cfg: PretrainConfig) -> dict[str, float]:
         if resume_path is not None:
             start_step, earlier_wall_s = load_checkpoint(resume_path, cfg, res, byol, optimizer)
         log = run.start(res, run_dir=out_dir)
+        log.drop_after_step(start_step)  # rows past the resume point (all of them when training afresh) are stale
         if resume_path is not None:
-            log.drop_after_step(start_step)
             log.log(event="resume", checkpoint=str(resume_path), step=start_step)
         stop_step = res.total_steps
         if cfg.stop_after_steps > 0:
@@ -198,6 +200,8 @@ def run(cfg: PretrainConfig) -> dict[str, float]:
                             "steps_this_invocation": step - start_step,
                             "wall_time_s_this_invocation": time.time() - run.started,
                             "loss_range": "[0, 8]; mmselfsup logs loss - 4"})
+        if cfg.force and info.is_main:
+            drop_replaced_records(run, final)
         return metrics
 
 
@@ -305,25 +309,25 @@ def save_checkpoint(path: Path, cfg: PretrainConfig, res: Resolved, byol: BYOL, 
     return path
 
 
+def drop_replaced_records(run: Run, final: Path) -> None:
+    """After a ``--force`` run: the records of the model it replaced go. They name ``final`` too, but the sha256 of
+    a checkpoint that was overwritten (a checkpoint holds its wall time, so a retrained one is a new file even when
+    its weights are equal), so they describe a model that no longer exists."""
+    for path in run.records_dir.glob(f"{run.protocol}_{run.dataset}_*.json"):
+        if path != run.record_path and Path(read_record(path)["checkpoint"]["path"]) == final:
+            path.unlink()
+
+
 def find_resume_checkpoint(cfg: PretrainConfig, out_dir: Path) -> Path | None:
-    """The checkpoint to continue from, per ``cfg.resume`` (``auto`` | ``none`` | a path).
+    """The checkpoint to continue from: the runners' rule (:func:`byol_bench.training.resume_point`: ``--force``
+    trains afresh, ``resume=auto|none|<path>``) over the run's two checkpoints, ``final.pth`` first (the newest
+    whenever it exists).
 
     Raises:
-        ValueError: ``resume=none`` but ``out_dir`` already holds checkpoints (they would be overwritten).
+        ValueError: ``resume=none`` but ``out_dir`` already holds a checkpoint (it would be overwritten).
         CheckpointError: an explicit path that does not exist.
     """
-    existing = [p for p in (out_dir / "final.pth", out_dir / "latest.pth") if p.is_file()]
-    if cfg.resume == "auto":
-        return existing[0] if existing else None  # final.pth is the newest whenever it exists
-    if cfg.resume == "none":
-        if existing:
-            raise ValueError(f"{out_dir}: holds checkpoints ({', '.join(p.name for p in existing)}); continue "
-                             "with resume=auto or choose another out_dir")
-        return None
-    path = Path(cfg.resume)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file not found; resume takes auto, none or a .pth path")
-    return path
+    return resume_point(out_dir, cfg, "final.pth") or resume_point(out_dir, cfg, "latest.pth")
 
 
 def load_checkpoint(path: Path, cfg: PretrainConfig, res: Resolved, byol: BYOL,

@@ -9,6 +9,7 @@ pytest-xdist workers instead (``-n 2``, pyproject.toml), which is where the seco
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
@@ -29,8 +30,14 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Root of the generated mini-datasets (seed 0), shared by every test module in the session."""
-    return ensure_tiny_data(tmp_path_factory.getbasetemp() / "tiny-data-seed0")
+    """Root of the generated mini-datasets (seed 0), shared by every test module in the session: with pytest-xdist,
+    by every worker too (the first one generates it, under a lock, while the other waits; tests never write in it)."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the session's folder, above the workers' own
+    with open(root / "tiny-data-seed0.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return ensure_tiny_data(root / "tiny-data-seed0")
 
 
 @pytest.fixture(scope="session")
