@@ -21,8 +21,8 @@ A trainer's ``Resolved`` is, or subclasses, :class:`TrainerResolved`: the proces
 precision and the device.
 
 The pretrainer is not a runner: its checkpoint is its output (no ``ckpt`` nor ``encoder``; its ``arch`` names the
-network it builds) and its ``force`` scores the finished model again without retraining it, so ``PretrainConfig``
-declares its own fields.
+network it builds), so ``PretrainConfig`` declares its own fields; its ``force`` and ``resume`` follow the same
+:func:`byol_bench.training.resume_point` rule.
 """
 
 from __future__ import annotations
