@@ -206,12 +206,15 @@ def git_commit() -> str:
 
 def library_versions() -> dict[str, str]:
     """Versions of the libraries that change numbers."""
+    from importlib.metadata import version
+
     import numpy
-    import sklearn
     import torchvision
 
+    # scikit-learn's from its installed metadata (the same string as sklearn.__version__): importing sklearn costs
+    # ~3 s, in every run of a process that does not use it (pretraining, the detection and segmentation trainers).
     return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "numpy": numpy.__version__, "scikit-learn": sklearn.__version__}
+            "numpy": numpy.__version__, "scikit-learn": version("scikit-learn")}
 
 
 def cpu_model() -> str:

@@ -57,13 +57,13 @@ def _steps(data_root: Path) -> list[Step]:
         Step("pretrain", "bench_pretrain.py",
              ("--device", "cuda", "--arch", "resnet50", "--image-size", "224", "--batch", "256", "--workers", "12",
               "--precision", "bf16", "--steps", "8", "--warmup", "3", "--rounds", "1", "--jpeg-size", "400", *data),
-             ("--device", "cpu", "--arch", "resnet18", "--image-size", "32", "--batch", "8", "--workers", "1",
-              "--steps", "1", "--warmup", "1", "--rounds", "1", *data), 150),
+             ("--device", "cpu", "--arch", "resnet18", "--image-size", "32", "--batch", "4", "--workers", "1",
+              "--steps", "1", "--warmup", "0", "--rounds", "1", *data), 150),
         Step("linear_probe", "bench_linear.py",
              ("--device", "cuda", "--arch", "resnet50", "--image-size", "224", "--batch", "256", "--workers", "12",
               "--precision", "bf16", "--iters", "10", "--warmup", "5", "--rounds", "1", "--jpeg-size", "400", *data),
-             ("--device", "cpu", "--arch", "resnet18", "--image-size", "32", "--batch", "8", "--workers", "1",
-              "--num-classes", "10", "--iters", "1", "--warmup", "1", "--rounds", "1", *data), 120),
+             ("--device", "cpu", "--arch", "resnet18", "--image-size", "32", "--batch", "4", "--workers", "1",
+              "--num-classes", "10", "--iters", "1", "--warmup", "0", "--rounds", "1", *data), 120),
         Step("svm", "bench_svm.py",
              ("--device", "cuda", "--sklearn-fraction", "0.01", "--workers", str(os.cpu_count() or 2)),
              ("--device", "cpu", "--n-train", "200", "--n-test", "100", "--dim", "64", "--ks", "1,2", "--samples",
@@ -71,16 +71,16 @@ def _steps(data_root: Path) -> list[Step]:
         # nine runner launches vs one: minutes on a CPU even at tiny sizes, so GPU only
         Step("semi_sup", "bench_semi_sup.py", ("--image-size", "112", "--skip-sequential"), None, 240),
         Step("detection_c4", "bench_det.py", ("--device", "cuda", "--model", "c4"),
-             ("--device", "cpu", "--model", "c4", "--size", "96", "--rois", "16", "--iters", "1", "--warmup", "1",
+             ("--device", "cpu", "--model", "c4", "--size", "64", "--rois", "4", "--iters", "1", "--warmup", "1",
               "--batch", "1"), 150),
         Step("detection_mask_rcnn", "bench_det.py", ("--device", "cuda", "--model", "mask_rcnn"),
-             ("--device", "cpu", "--model", "mask_rcnn", "--size", "96", "--rois", "16", "--iters", "1", "--warmup",
+             ("--device", "cpu", "--model", "mask_rcnn", "--size", "64", "--rois", "4", "--iters", "1", "--warmup",
               "1", "--batch", "1"), 150),
         Step("segmentation", "bench_seg.py",
              ("--device", "cuda", "--arch", "resnet50", "--crop", "512", "--batch", "4", "--image", "2048x1024",
               "--test-crop", "769", "--test-stride", "513", "--iters", "10", "--rounds", "1"),
              ("--device", "cpu", "--crop", "64", "--batch", "1", "--image", "128x64", "--test-crop", "48",
-              "--test-stride", "32", "--iters", "1", "--warmup", "1", "--rounds", "1"), 150),
+              "--test-stride", "32", "--iters", "1", "--warmup", "0", "--rounds", "1"), 150),
     ]
 
 
@@ -120,10 +120,12 @@ def learning_check(data_root: Path, work: Path, dry_run: bool) -> dict:
             f"epochs={epochs}", f"device={device}", f"num_workers={workers}", "ckpt_every_steps=100000",
             "log_every_steps=50", "knn_random_init_baseline=true"]
     if dry_run:  # smallest shapes that still go through every stage (train, checkpoint, both kNN passes, record)
-        lines = (data_root / "imagenet" / "meta" / "train.txt").read_text().splitlines()
-        subset = work / "train_subset.txt"  # every 8th image: all classes, 4 steps
-        subset.write_text("\n".join(lines[::8]) + "\n")
-        argv += ["image_size=32", f"train_list={subset}", "projector_hidden_dim=256", "knn_max_train_images=100"]
+        # every 16th train image (69: all classes, 2 steps, the kNN bank) and every 5th val image (50: all classes)
+        for split, every in (("train", 16), ("val", 5)):
+            lines = (data_root / "imagenet" / "meta" / f"{split}.txt").read_text().splitlines()
+            (work / f"{split}_subset.txt").write_text("\n".join(lines[::every]) + "\n")
+            argv.append(f"{split}_list={work / f'{split}_subset.txt'}")
+        argv += ["image_size=32", "projector_hidden_dim=256"]
     began = time.time()
     try:
         done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300 if dry_run else 330)

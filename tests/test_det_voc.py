@@ -282,10 +282,12 @@ def test_overfit_ten_images(tiny_data, tmp_path):
 
 
 def _run_cfg(ckpt: Path, data_root: Path, out: Path, *extra: str) -> det_voc.DetVocConfig:
-    # the tiny preset, shorter still: 2 trials of 2 iterations, 4 test images
+    # the tiny preset, shorter still: 2 trials of 2 iterations, 4 test images, 4 RoIs per train image instead of 16
+    # (the res5 head runs once per RoI: most of an iteration's time; these tests check the run's plumbing)
     return load_config(det_voc.DetVocConfig, "tiny",
                        [f"ckpt={ckpt}", f"data_root={data_root}", f"out_dir={out}", "max_iters=2", "trials=2",
-                        "test_images=4", "precise_bn_iters=1", "device=cpu", *extra], preset_dir=det_voc.PRESET_DIR)
+                        "test_images=4", "precise_bn_iters=1", "roi_batch_size_per_image=4", "device=cpu", *extra],
+                       preset_dir=det_voc.PRESET_DIR)
 
 
 @pytest.fixture(scope="module")
@@ -321,7 +323,7 @@ def test_torchrun_two_cpu_processes(ckpt, tiny_data, tmp_path):
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            "-m", "benchmarks.det_voc", "--preset", "tiny", "--ckpt", str(ckpt), "--data-root",
                            str(tiny_data), "--out-dir", str(tmp_path), "max_iters=2", "global_batch_size=8",
-                           "test_images=6", "precise_bn_iters=1", "device=cpu"],
+                           "test_images=6", "precise_bn_iters=1", "roi_batch_size_per_image=4", "device=cpu"],
                           cwd=REPO, env={**env, "OMP_NUM_THREADS": "1", "BYOL_BENCH_NO_PROGRESS": "1"},
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]

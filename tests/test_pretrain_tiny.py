@@ -4,8 +4,8 @@ What the tiny checkpoint is (docs/PRETRAIN.md, "The tiny preset"): a pipeline ch
 on the embedded data do not beat a random-init backbone in the kNN monitor, so that is not asserted here; the
 "beats random init" check belongs to runs of thousands of steps (the GPU script). What a short run must do is
 lower the loss it optimises on view pairs of images it never trained on: a run that does not learn fails here
-(checked: optimizer step removed, 3.87 -> 3.87; LARS update's sign flipped, 3.87 -> 4.38). That the loss, LARS
-and EMA are the recipe's is checked step for step against a hand-written loop in
+(checked on the test's run: optimizer step removed, 3.86 -> 3.86; LARS update's sign flipped, 3.86 -> 4.25).
+That the loss, LARS and EMA are the recipe's is checked step for step against a hand-written loop in
 ``tests/test_pretrain_model.py::test_train_step_equals_a_plain_reference_loop``.
 """
 
@@ -23,13 +23,17 @@ from pretrain.heldout import byol_from_checkpoint, byol_loss, heldout_drop, held
 from pretrain.knn import knn_accuracy
 from pretrain.train import run
 
-# The tiny preset, shortened to one epoch (34 steps) to keep the test near a minute on 2 idle CPU cores.
-TINY_TEST_OVERRIDES = ("epochs=1",)
+# The tiny preset (its recipe, batch 32, LARS, schedules, data pipeline), shortened to one epoch (34 steps) at
+# 32 px crops, and with a 100-image kNN bank: ~35 s on 2 CPU cores instead of ~95 s at the preset's 64 px (the
+# steps cost a third; the assertions on the monitor only read that it reports scores, not what they are).
+TINY_TEST_OVERRIDES = ("epochs=1", "image_size=32", "knn_max_train_images=100")
 HELDOUT_IMAGES = 128  # val images (never trained on): 4 batches of view pairs
-# Measured (docs/PRETRAIN.md; 128 images, pair seeds 0 / 1): after these 34 steps the held-out loss falls by
-# 0.51 / 0.51 (3.87 -> 3.36, run seed 0), 0.49 / 0.49 (seed 1) and 0.53 / 0.51 (seed 2). Half the smallest drop
-# leaves room for numerical and platform noise and still fails a run that does not learn.
-MIN_DROP = 0.25
+# Measured for this run (128 images, pair seeds 0 / 1; python -m pretrain.heldout CKPT --images 128
+# [--pair-seed 1] on the runs of these overrides with seed=0/1/2): after these 34 steps the held-out loss falls by
+# 0.38 / 0.39 (3.86 -> 3.48, run seed 0), 0.41 / 0.41 (seed 1) and 0.41 / 0.42 (seed 2). (At the preset's 64 px,
+# docs/PRETRAIN.md: 0.51 / 0.51, 0.49 / 0.49, 0.53 / 0.51.) Half the smallest drop leaves room for numerical and
+# platform noise and still fails a run that does not learn.
+MIN_DROP = 0.19
 
 
 def test_knn_accuracy_votes_with_temperature_weights() -> None:

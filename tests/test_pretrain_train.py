@@ -58,6 +58,12 @@ def small_config(data_root: Path, out_dir: Path, **overrides: object) -> Pretrai
     return PretrainConfig(**values)
 
 
+# channels_last (the default, as in real runs) costs ~40 % of a CPU step at these sizes (weight-gradient layout
+# copies). The tests that neither compare with the ``straight`` run nor run DDP turn it off; the straight run, the
+# runs compared with it and the torchrun test keep it.
+NO_CHANNELS_LAST = {"channels_last": False}
+
+
 def tensors_of(ckpt: dict) -> dict[str, torch.Tensor]:
     """Every tensor of the networks and of the optimizer state, flattened to name -> tensor."""
     out = {}
@@ -174,7 +180,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data_root: Pat
 
     monkeypatch.setattr(model_module.BYOL, "forward", poisoned)
     with pytest.raises(NonFiniteLossError, match=r"step 3.*latest\.pth.*new out_dir"):
-        run(small_config(data_root, tmp_path, ckpt_every_steps=1))
+        run(small_config(data_root, tmp_path, ckpt_every_steps=1, **NO_CHANNELS_LAST))
     last = safe_load(tmp_path / "latest.pth")
     assert last["step"] == 2
     assert all(torch.isfinite(t).all() for t in tensors_of(last).values())
@@ -186,7 +192,7 @@ def test_eta_leaves_out_the_slow_first_window(data_root: Path, tmp_path: Path,
     # A fake clock: the first optimizer step takes 100 s (torch.compile, worker start-up), every later call 1 s.
     ticks = iter([0.0, *range(100, 10_000)])
     monkeypatch.setattr(train_module.time, "perf_counter", lambda: float(next(ticks)))
-    run(small_config(data_root, tmp_path))
+    run(small_config(data_root, tmp_path, **NO_CHANNELS_LAST))
     rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     eta = {r["step"]: r["eta_s"] for r in rows if "eta_s" in r}
     assert eta[1] == pytest.approx(5 * 100.0)  # only the slow window is known yet
@@ -202,11 +208,11 @@ def test_zero_log_or_checkpoint_interval_is_refused_in_one_line(data_root: Path,
 
 
 def test_resume_checks_config_and_refuses_to_overwrite(data_root: Path, tmp_path: Path) -> None:
-    run(small_config(data_root, tmp_path, stop_after_steps=1))
+    run(small_config(data_root, tmp_path, stop_after_steps=1, **NO_CHANNELS_LAST))
     with pytest.raises(CheckpointError, match="written with config"):
-        run(small_config(data_root, tmp_path, base_lr=1.0))
+        run(small_config(data_root, tmp_path, base_lr=1.0, **NO_CHANNELS_LAST))
     with pytest.raises(ValueError, match="exists; continue with resume=auto"):
-        run(small_config(data_root, tmp_path, resume="none"))
+        run(small_config(data_root, tmp_path, resume="none", **NO_CHANNELS_LAST))
 
 
 def test_cli_reports_bad_keys_in_one_line() -> None:

@@ -312,7 +312,9 @@ def test_overfit_a_few_images(tiny_data):
 
     The images are first resized to 48 x 40 px (multiples of the output stride 8, so that the train batch and
     ``predict``'s per-image pass see the same geometry), labels with them. Measured (random-init ResNet-18, lr
-    0.01): see docs/SEGMENTATION.md. Fails with the optimizer step removed.
+    0.01; see also docs/SEGMENTATION.md): mIoU 78.4 after 80 iterations (seeds 1, 2: 73.1, 79.9; 52.9 after 50,
+    89.1 after 150, where the curve flattens), so 80 iterations keep a clear margin over the threshold at about half
+    the time of 150; with the optimizer step removed: 0.0 (fails).
     """
     data = seg.open_dataset("voc12aug", str(tiny_data), "train")
     cfg = load_config(seg.SegmentationConfig, "tiny", ["test_scale=[48,40]"], preset_dir=seg.PRESET_DIR)
@@ -337,7 +339,7 @@ def test_overfit_a_few_images(tiny_data):
     assert miou >= 50.0
 
 
-OVERFIT_ITERS = 150
+OVERFIT_ITERS = 80
 
 
 # ---------------------------------------------------------------- bad input

@@ -156,8 +156,10 @@ def test_bad_subset_lists_name_the_file(tiny_data, tmp_path):
 
 
 def _small(ckpt, data, out, *extra):
-    # the 1 % tiny grid cut to two cells at 32 px, 3 batches of (4, 4, 2) images per epoch: a short run for the flow
-    return _cfg(ckpt, data, out, "image_size=32", "test_resize=37", "epochs=3", "milestones=[2]",
+    # the 1 % tiny grid cut to two cells at 16 px, 3 batches of (4, 4, 2) images per epoch: a short run for the flow
+    # (the sizes do not matter there, the grid and state handling do; 16 px costs a quarter of 32 px's backbone
+    # passes, most of them over the 250 validation images)
+    return _cfg(ckpt, data, out, "image_size=16", "test_resize=18", "epochs=3", "milestones=[2]",
                 "global_batch_size=4", "eval_every_epochs=2", "base_lrs=[0.01,0.001]", "head_lr_mults=[10]", *extra)
 
 
@@ -182,11 +184,22 @@ def grid_run(ckpt, tiny_data, tmp_path_factory):
     return metrics, record, out
 
 
-def test_one_pass_cell_is_tensor_equal_to_the_cell_trained_alone(grid_run, ckpt, tiny_data, tmp_path):
+@pytest.fixture(scope="module")
+def alone_run(ckpt, tiny_data, tmp_path_factory):
+    """One cell of the grid (lr 0.001) trained as its own job (a SLURM array task): its metrics, its one-cell record
+    and the output folder, shared by the one-pass comparison and the interrupted grid, which continues in that
+    folder (it adds the grid's record and the other cell; this cell's files stay as they are, which it checks)."""
+    out = tmp_path_factory.mktemp("alone")
+    metrics = semi.run(_small(ckpt, tiny_data, out, "base_lrs=[0.001]"))
+    (record,) = load_records(out / "records")
+    return metrics, record, out
+
+
+def test_one_pass_cell_is_tensor_equal_to_the_cell_trained_alone(grid_run, alone_run):
     _, record, out = grid_run
-    alone = semi.run(_small(ckpt, tiny_data, tmp_path, "base_lrs=[0.001]"))
+    alone, alone_record, alone_out = alone_run
     grid_state = safe_load(_cell_state(out, "lr0.001_head10"))
-    alone_state = safe_load(_cell_state(tmp_path, "lr0.001_head10"))
+    alone_state = safe_load(_cell_state(alone_out, "lr0.001_head10"))
     assert grid_state["done"] == alone_state["done"] == 3
     a, b = grid_state["modules"]["model"], alone_state["modules"]["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # BN running statistics included
@@ -194,25 +207,24 @@ def test_one_pass_cell_is_tensor_equal_to_the_cell_trained_alone(grid_run, ckpt,
         for sa, sb in zip(grid_state["optimizer"]["state"].values(), alone_state["optimizer"]["state"].values(),
                           strict=True):
             assert torch.equal(sa[key], sb[key])
-    assert record["details"]["cells"]["lr0.001_head10"] == load_records(tmp_path / "records")[0]["details"][
-        "cells"]["lr0.001_head10"]
+    assert record["details"]["cells"]["lr0.001_head10"] == alone_record["details"]["cells"]["lr0.001_head10"]
     assert alone == {k: record["details"]["cells"]["lr0.001_head10"][k] for k in ("top1", "top5")}
 
 
-def test_interrupted_grid_resumes_the_unfinished_cells_only(grid_run, ckpt, tiny_data, tmp_path, capsys):
+def test_interrupted_grid_resumes_the_unfinished_cells_only(grid_run, alone_run, ckpt, tiny_data, capsys):
     _, whole, _ = grid_run
-    # one cell finished as its own job (a SLURM array task), then the grid is interrupted after epoch 1
-    semi.run(_small(ckpt, tiny_data, tmp_path, "base_lrs=[0.001]"))
-    finished = _cell_state(tmp_path, "lr0.001_head10")
+    # one cell finished as its own job (a SLURM array task: alone_run), then the grid is interrupted after epoch 1
+    out = alone_run[2]
+    finished = _cell_state(out, "lr0.001_head10")
     finished_sha = sha256_file(finished)
-    assert semi.run(_small(ckpt, tiny_data, tmp_path, "stop_after_epochs=1")) == {}
-    assert safe_load(_cell_state(tmp_path, "lr0.01_head10"))["done"] == 1
+    assert semi.run(_small(ckpt, tiny_data, out, "stop_after_epochs=1")) == {}
+    assert safe_load(_cell_state(out, "lr0.01_head10"))["done"] == 1
     capsys.readouterr()
-    semi.run(_small(ckpt, tiny_data, tmp_path))  # resume=auto
+    semi.run(_small(ckpt, tiny_data, out))  # resume=auto
     printed = capsys.readouterr().out
     assert "cell lr0.01_head10 resumed after epoch 1" in printed and "lr0.001_head10 resumed after epoch 3" in printed
     assert sha256_file(finished) == finished_sha  # the finished cell was not trained again
-    (record,) = [r for r in load_records(tmp_path / "records") if len(r["details"]["cells"]) == 2]
+    (record,) = [r for r in load_records(out / "records") if len(r["details"]["cells"]) == 2]
     assert _comparable(record) == _comparable(whole)  # the same record as the uninterrupted grid's
 
 

@@ -22,9 +22,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _cfg(ckpt: Path, data: Path, out: Path, *extra: str) -> Voc07SvmConfig:
-    # The tiny preset, fewer layers and k to keep the test short: the code path is the full one.
+    # The tiny preset, fewer layers, k and costs and smaller images to keep the test short: the code path is the full
+    # one. feat1,feat2 stop the forward after layer1 and 64 px is the smallest squash their fixed AvgPools take
+    # (feat2: kernel 16 on the stride-4 map): the ~500 forward passes cost ~2 % of feat4,feat5 at 224 px (~35 s of
+    # the test). Three costs of the mmselfsup grid instead of its 19 cut each run's SVMs ~4x (the grids and the
+    # solver at both ends of the grid: tests/test_svm_protocol.py, tests/test_svm_solver.py).
     return load_config(Voc07SvmConfig, "tiny", [f"ckpt={ckpt}", f"data_root={data}", f"out_dir={out}",
-                                                "layers=feat4,feat5", "lowshot_ks=1,2", "low_shot=true", *extra],
+                                                "layers=feat1,feat2", "resize_short=73", "image_size=64",
+                                                "costs=1,10,0.0625", "lowshot_ks=1,2", "low_shot=true", *extra],
                        preset_dir=PRESET_DIR)
 
 
@@ -40,14 +45,14 @@ def test_end_to_end_record_table_and_rerun(ckpt, tiny_data, tmp_path, capsys, mo
     cfg = _cfg(ckpt, tiny_data, tmp_path)
     metrics = run(cfg)
     assert hashed == [ckpt.name]  # once per run: the scaffold's hash is handed to load_backbone
-    assert set(metrics) == {"svm", "svm_feat4", "svm_feat5", "k1", "k2"}
-    assert metrics["svm"] == max(metrics["svm_feat4"], metrics["svm_feat5"])
+    assert set(metrics) == {"svm", "svm_feat1", "svm_feat2", "k1", "k2"}
+    assert metrics["svm"] == max(metrics["svm_feat1"], metrics["svm_feat2"])
     assert all(0 < v <= 100 for v in metrics.values())
     (record,) = load_records(tmp_path / "records")
     assert record["tiny"] and record["preset"] == "tiny" and record["details"]["cost_selection"] == "test"
     assert record["checkpoint"]["format"] == "torchvision" and record["checkpoint"]["arch"] == "resnet18"
     assert record["details"]["preprocess"]["path"] == "pil"  # the reference's decode/resize path ran
-    assert len(record["details"]["full_svm"]["feat5"]["chosen_cost"]) == 20
+    assert len(record["details"]["full_svm"]["feat2"]["chosen_cost"]) == 20
     # Seeded low-shot samples are saved next to the record: k positives then 19k negatives per class.
     samples = np.load(tmp_path / "records" / record["details"]["lowshot_samples_file"])
     assert samples["sample0_k2"].shape == (20, 40) and len(samples.files) == 10
