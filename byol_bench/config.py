@@ -34,12 +34,16 @@ class ConfigError(ValueError):
     """A preset or override does not fit the config dataclass; the message says which key and how to fix it."""
 
 
-def opt(default: Any, help: str, identity: bool = True) -> Any:  # noqa: A002 - "help" reads best here
+def opt(default: Any, help: str, identity: bool | str = True) -> Any:  # noqa: A002 - "help" reads best here
     """A dataclass field with a default and a one-line help string (shown by ``--help``).
 
     ``identity=False`` marks fields that do not change results (output folder, ``force``, worker counts): they
     are left out of :func:`config_hash`, so reruns that only differ in them are recognised as the same run.
+    ``identity="when_set"``: in the hash only when it differs from its default, so a field added later (such as
+    ``rehearsal``) keeps the hashes, and so the records, of every existing run.
     """
+    if identity not in (True, False, "when_set"):
+        raise ValueError(f"identity={identity!r}: True, False or 'when_set'")
     if isinstance(default, (list, dict, set)):
         raise TypeError("use a tuple (immutable) default, configs are frozen")
     return dataclasses.field(default=default, metadata={"help": help, "identity": identity})
@@ -276,5 +280,6 @@ def _identity(cfg: Any) -> Any:
     return {
         f.name: _identity(getattr(cfg, f.name))
         for f in dataclasses.fields(cfg)
-        if f.metadata.get("identity", True)
+        if f.metadata.get("identity", True) is True
+        or (f.metadata.get("identity") == "when_set" and getattr(cfg, f.name) != f.default)
     }

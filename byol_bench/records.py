@@ -12,6 +12,10 @@ Schema (PROTOCOLS.md A.1), checked by :func:`validate_record` on every write and
     checkpoint      {path, sha256, format, arch, encoder}       seeds         {name: int}
     world_size, batch_size_per_device, wall_time_s, git_commit, versions, device, created
     tiny            true when the run used tiny sizes (embedded data): not comparable with published numbers
+    rehearsal       true for a rehearsal of a full preset (two optimizer steps, byol_bench.rehearsal): not a result;
+                    the tables leave it out
+
+Version 1 records (before ``rehearsal``) are read as version 2 with ``rehearsal: false``.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Any
 
 from byol_bench.fileio import atomic_write_json
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # field -> accepted python types
 SCHEMA: dict[str, tuple[type, ...]] = {
@@ -48,6 +52,7 @@ SCHEMA: dict[str, tuple[type, ...]] = {
     "device": (str,),
     "created": (str,),
     "tiny": (bool,),
+    "rehearsal": (bool,),
 }
 CHECKPOINT_FIELDS = ("path", "sha256", "format", "arch", "encoder")
 SOURCE_FIELDS = ("ref", "version", "table")  # details.source of a published record (checkpoint format "published")
@@ -70,7 +75,7 @@ def model_label(ckpt_path: str | os.PathLike) -> str:
 def make_record(*, protocol: str, dataset: str, model: str, preset: str, metrics: dict[str, float],
                 config: dict[str, Any], config_hash: str, checkpoint: dict[str, str], seeds: dict[str, int],
                 batch_size_per_device: int, wall_time_s: float, provenance: dict[str, Any], tiny: bool,
-                details: dict[str, Any] | None = None) -> dict[str, Any]:
+                rehearsal: bool = False, details: dict[str, Any] | None = None) -> dict[str, Any]:
     """Assemble and validate a record (``provenance`` comes from :func:`byol_bench.runlog.provenance`)."""
     record = {
         "schema_version": SCHEMA_VERSION,
@@ -92,6 +97,7 @@ def make_record(*, protocol: str, dataset: str, model: str, preset: str, metrics
         "device": provenance["device"],
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "tiny": tiny,
+        "rehearsal": rehearsal,
     }
     validate_record(record)
     return record
@@ -157,7 +163,15 @@ def read_record(path: str | os.PathLike) -> dict[str, Any]:
         record = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise RecordError(f"{path}: unreadable record ({exc})") from None
+    record = _upgrade(record)
     validate_record(record, str(path))
+    return record
+
+
+def _upgrade(record: Any) -> Any:
+    """A version 1 record as version 2: it predates rehearsals, so it is none."""
+    if isinstance(record, dict) and record.get("schema_version") == 1 and "rehearsal" not in record:
+        return {**record, "schema_version": 2, "rehearsal": False}
     return record
 
 
@@ -204,5 +218,6 @@ def _read_if_record(path: str | os.PathLike) -> dict[str, Any] | None:
         raise RecordError(f"{path}: unreadable record ({exc})") from None
     if not isinstance(data, dict) or not ("schema_version" in data or {"protocol", "metrics"} <= set(data)):
         return None  # an object that does not claim to be a record (a hand-damaged record still does: it fails)
+    data = _upgrade(data)
     validate_record(data, str(path))
     return data

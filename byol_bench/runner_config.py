@@ -50,6 +50,9 @@ class RunnerConfig:
     device: Literal["auto", "cpu", "cuda"] = opt("auto", "auto: CUDA when available", identity=False)
     num_workers: int = opt(4, "DataLoader workers per process (decoding and augmentation)", identity=False)
     tiny: bool = opt(False, "tiny sizes on the embedded data: the record is marked not comparable")
+    rehearsal: bool = opt(False, "rehearse a full preset: its sizes, two optimizer steps of one process of its "
+                                 "world, evaluation on the first images; the record is no result (docs/REHEARSAL.md)",
+                          identity="when_set")
     force: bool = opt(False, "redo even when a record for this checkpoint and config exists (a trainer trains "
                              "again from scratch)", identity=False)
 

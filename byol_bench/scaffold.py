@@ -26,8 +26,8 @@ What the scaffold does, and nothing else:
   returns the metrics.
 
 The config must have the fields every entry point shares (docs/RUNNERS.md): ``preset``, ``out_dir``, ``device``,
-``tiny`` and ``force`` (a runner's config subclasses :class:`byol_bench.runner_config.RunnerConfig`, which declares
-them; the pretrainer's declares its own).
+``tiny``, ``rehearsal`` and ``force`` (a runner's config subclasses :class:`byol_bench.runner_config.RunnerConfig`,
+which declares them; the pretrainer's declares its own).
 
 The pretrainer's checkpoint is its output, so it opens the run without one and names it with :meth:`Run.identify`
 once the final checkpoint exists.
@@ -160,7 +160,7 @@ class Run:
             checkpoint={**checkpoint, "path": str(self.ckpt_path), "sha256": self._sha()}, seeds=seeds,
             batch_size_per_device=batch_size_per_device,
             wall_time_s=time.time() - self.started if wall_time_s is None else wall_time_s,
-            provenance=self.provenance, tiny=self.cfg.tiny, details=details)
+            provenance=self.provenance, tiny=self.cfg.tiny, rehearsal=self.cfg.rehearsal, details=details)
         if self.info.is_main:
             write_record(record, self.records_dir)
         dist.barrier()

@@ -2,7 +2,9 @@
 
 The layout is the seed README's (mmselfsup ``configs/selfsup/byol/README.md``, PROTOCOLS.md B §7): one row per
 checkpoint, a blank cell where a protocol did not run. A row whose records come from tiny (embedded-data) runs is
-marked with a dagger: those numbers check the pipeline, they are not comparable with published ones.
+marked with a dagger: those numbers check the pipeline, they are not comparable with published ones. Rehearsal
+records (``rehearsal: true``: two optimizer steps of a full preset, byol_bench.rehearsal) are no results: the tables
+leave them out, in every format, and the report says how many it left out.
 
 This module is the contract between the runners and the tables: a record fills a cell when its ``protocol`` and
 ``dataset`` are the column's and its ``metrics`` (or, where marked, ``details``) hold the column's key.
@@ -48,6 +50,8 @@ PUBLISHED_FORMAT = "published"
 PUBLISHED_MARK = " (published)"
 PLOT_SUFFIX = "_plot"  # details keys ending so hold the path of a plot the report links
 TINY_NOTE = "† tiny embedded data: checks the pipeline end to end; not comparable with published numbers."
+REHEARSAL_NOTE = ("{n} rehearsal record(s) left out: a rehearsal trains two optimizer steps of a full preset "
+                  "(scripts/rehearse.sh), its figures are no results.")
 
 # The AvgPool linear probe's two reference settings (PROTOCOLS.md B §3.3): cell label, what it is.
 AVGPOOL_SETTINGS: dict[str, tuple[str, str]] = {
@@ -144,7 +148,7 @@ def render_summary(records: list[dict[str, Any]], runs: list[tuple[str, str, flo
         runs: ``(protocol, preset, seconds, status)`` in the order they ran.
     """
     newest: dict[tuple[str, str], dict[str, Any]] = {}
-    for record in sorted(records, key=lambda r: r["created"]):
+    for record in sorted((r for r in records if not r["rehearsal"]), key=lambda r: r["created"]):
         newest[(record["protocol"], record["preset"])] = record
     lines = []
     for protocol, preset, seconds, status in runs:
@@ -188,7 +192,9 @@ def _row_labels(records: list[dict[str, Any]]) -> dict[str, str]:
 
 
 def table_rows(table: Table, records: list[dict[str, Any]]) -> list[list[str]]:
-    """Rows (strings) of ``table``: header row first, then one row per checkpoint, blanks where nothing ran."""
+    """Rows (strings) of ``table``: header row first, then one row per checkpoint, blanks where nothing ran.
+    Rehearsal records are left out (the one place every table format passes)."""
+    records = [r for r in records if not r["rehearsal"]]
     latest = _latest_by_key(records)
     labels = _row_labels(records)
     tiny = {r["checkpoint"]["sha256"] for r in records if r["tiny"]}
@@ -274,8 +280,11 @@ def render_markdown(records: list[dict[str, Any]], link_root: str | os.PathLike 
         parts.append("")
         named = [i for i, column in enumerate(table.columns, start=2) if column.names_setting]
         settings_named = settings_named or any(row[i] for row in rows[1:] for i in named)
-    if any(r["tiny"] for r in records):
+    if any(r["tiny"] and not r["rehearsal"] for r in records):
         parts += [TINY_NOTE, ""]
+    rehearsals = sum(r["rehearsal"] for r in records)
+    if rehearsals:
+        parts += [REHEARSAL_NOTE.format(n=rehearsals), ""]
     if settings_named:
         parts += [AVGPOOL_NOTE, ""]
     parts += _sources_section(records)
@@ -298,7 +307,7 @@ def _sources_section(records: list[dict[str, Any]]) -> list[str]:
 
 def _plots_section(records: list[dict[str, Any]], link_root: Path) -> list[str]:
     lines = []
-    for record in sorted((r for r in records if not is_published(r)),
+    for record in sorted((r for r in records if not is_published(r) and not r["rehearsal"]),
                          key=lambda r: (r["model"], r["protocol"], r["dataset"], r["preset"])):
         paths: dict[str, str] = {}  # a plot named twice (a top-level copy of trial 0's) is linked once
         for label, path in _plot_paths(record["details"]):
@@ -342,8 +351,10 @@ def records_frame(records: list[dict[str, Any]]) -> Any:
     rows = [
         {"model": r["model"], "protocol": r["protocol"], "dataset": r["dataset"], "preset": r["preset"],
          "metric": name, "value": value, "checkpoint_sha256": r["checkpoint"]["sha256"], "tiny": r["tiny"],
-         "config_hash": r["config_hash"], "git_commit": r["git_commit"], "created": r["created"]}
+         "rehearsal": r["rehearsal"], "config_hash": r["config_hash"], "git_commit": r["git_commit"],
+         "created": r["created"]}
         for r in records for name, value in sorted(r["metrics"].items())
     ]
     return pd.DataFrame(rows, columns=["model", "protocol", "dataset", "preset", "metric", "value",
-                                       "checkpoint_sha256", "tiny", "config_hash", "git_commit", "created"])
+                                       "checkpoint_sha256", "tiny", "rehearsal", "config_hash", "git_commit",
+                                       "created"])

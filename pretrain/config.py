@@ -31,6 +31,9 @@ class PretrainConfig:
                             "in every table")
     tiny: bool = opt(False, "tiny sizes on embedded data: the record says its numbers are not comparable with "
                             "published ones")
+    rehearsal: bool = opt(False, "rehearse the preset: its sizes, two optimizer steps (each a full accumulation "
+                                 "window), the kNN monitor on the first images; the record is no result "
+                                 "(docs/REHEARSAL.md)", identity="when_set")
     out_dir: str = opt("work_dirs/pretrain", "run folder: checkpoints, log.jsonl, loss_curve.png, records/",
                        identity=False)
     force: bool = opt(False, "redo the run: train afresh (with resume=auto the checkpoints in out_dir are not "

@@ -28,6 +28,7 @@ class TinyConfig:
     out_dir: str = opt("out", "output folder", identity=False)
     device: Literal["auto", "cpu", "cuda"] = opt("cpu", "device", identity=False)
     tiny: bool = opt(True, "tiny sizes")
+    rehearsal: bool = opt(False, "a rehearsal", identity="when_set")
     force: bool = opt(False, "redo", identity=False)
     lr: float = opt(0.1, "a setting that changes results")
 
