@@ -20,6 +20,7 @@ The record says ``rehearsal: true`` (the tables leave it out) and its ``details.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Iterator
@@ -74,21 +75,37 @@ def first(dataset: Dataset, count: int, what: str) -> Subset:
     return Subset(dataset, range(count))
 
 
+def epoch_full_run(cfg: Any, train: str, val: str, world: int, evaluated_models: int = 1) -> dict[str, int]:
+    """``full_steps`` and ``full_eval_images`` of an epoch recipe (an ``EpochTrainerConfig``) on the real splits.
+
+    Args:
+        train, val: keys of :data:`REAL_SPLIT_IMAGES`.
+        world: the reference world (each process evaluates its share of val).
+        evaluated_models: models scored at each evaluation (a fine-tuning grid's cells).
+    """
+    steps = cfg.epochs * math.ceil(REAL_SPLIT_IMAGES[train] / cfg.global_batch_size)
+    evals = sum(1 for e in range(1, cfg.epochs + 1) if e % cfg.eval_every_epochs == 0 or e == cfg.epochs)
+    return {"full_steps": steps,
+            "full_eval_images": evals * evaluated_models * math.ceil(REAL_SPLIT_IMAGES[val] / world)}
+
+
 class Clock:
     """Times a rehearsal's optimizer steps and evaluation, on the device's clock (CUDA synchronised).
 
     Create it right before the training loop; call :meth:`step` after each optimizer step, wrap the evaluation in
-    :meth:`evaluating`; :meth:`summary` is the record's ``details.rehearsal``.
+    :meth:`evaluating`; :meth:`summary` is the record's ``details.rehearsal``. Outside a rehearsal
+    (``enabled=False``) it does nothing, so a loop calls it unconditionally and a real run never synchronises the GPU
+    for it.
     """
 
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
+    def __init__(self, device: torch.device, enabled: bool = True) -> None:
+        self.device, self.enabled = device, enabled
         self.steps: list[float] = []
         self.eval_s = 0.0
         self.eval_images = 0
-        if device.type == "cuda":
+        if enabled and device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        self._mark = self._now()
+        self._mark = self._now() if enabled else 0.0
 
     def _now(self) -> float:
         if self.device.type == "cuda":
@@ -97,6 +114,8 @@ class Clock:
 
     def step(self) -> None:
         """One optimizer step ended (its time counts from the previous step's end, data loading included)."""
+        if not self.enabled:
+            return
         now = self._now()
         self.steps.append(now - self._mark)
         self._mark = now
@@ -104,6 +123,9 @@ class Clock:
     @contextmanager
     def evaluating(self, images: int) -> Iterator[None]:
         """Times an evaluation of ``images`` images (per process)."""
+        if not self.enabled:
+            yield
+            return
         began = self._now()
         yield
         self.eval_s += self._now() - began

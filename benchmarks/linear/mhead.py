@@ -32,6 +32,8 @@ NOTE: ``pooling=adaptive`` (tiny presets only) replaces the fixed pooling kernel
 adaptive average pooling to the same grids (12/6/4/3/2), so 48 px tiny images keep the protocol's head shapes.
 NOTE: augmentation randomness is re-seeded per epoch from (seed, epoch, rank), so a run resumed at an epoch
 boundary (``resume=auto``) continues exactly as if it had not stopped (tested on CPU).
+NOTE: ``rehearsal=true`` (byol_bench.rehearsal) runs one process of the preset's world (32 images per step for
+8xb32) for one epoch of two steps over the first train images, and scores the first val images.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from adapters import load_backbone
-from byol_bench import dist, training
+from byol_bench import dist, rehearsal, training
 from byol_bench.backbone import FEATURE_NAMES, MultiLayerFeatures, feature_channels
 from byol_bench.classification import DATASETS, open_split, test_transform, train_transform
 from byol_bench.config import CONFIG_ROOT, opt, parse_args
@@ -112,7 +114,10 @@ def run(cfg: LinearMheadConfig) -> dict[str, float]:
             return run.done
         info, device = run.info, run.info.device
         precision = training.resolve_precision(cfg.precision, device)
-        per_device = training.batch_per_device(cfg.global_batch_size, info.world_size)
+        # a rehearsal is one process of the preset's world: its share of the batch, two steps, one epoch
+        world = rehearsal.reference_world(cfg.preset) if cfg.rehearsal else info.world_size
+        per_device = training.batch_per_device(cfg.global_batch_size, world)
+        epochs = 1 if cfg.rehearsal else cfg.epochs
         log = run.start(Resolved(world_size=info.world_size, batch_size_per_device=per_device,
                                  global_batch_size=cfg.global_batch_size, precision=precision, device=str(device)))
 
@@ -121,6 +126,10 @@ def run(cfg: LinearMheadConfig) -> dict[str, float]:
                            tiny=cfg.tiny)
         val = open_split(cfg.dataset, cfg.data_root, "val", test_transform(cfg.test_resize, cfg.image_size),
                          tiny=cfg.tiny)
+        if cfg.rehearsal:
+            train.dataset = rehearsal.first(train.dataset, rehearsal.STEPS * per_device * info.world_size,
+                                            str(train.source))
+            val.dataset = rehearsal.first(val.dataset, rehearsal.EVAL_IMAGES, str(val.source))
         sampler = DistributedSampler(train.dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True,
                                      seed=cfg.seed)
         loader = DataLoader(train.dataset, per_device, sampler=sampler, num_workers=cfg.num_workers,
@@ -149,7 +158,7 @@ def run(cfg: LinearMheadConfig) -> dict[str, float]:
         heads_ddp = training.wrap_ddp(heads, device)
         optimizer = torch.optim.SGD(heads.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                     weight_decay=cfg.weight_decay, nesterov=True)
-        lrs = training.step_lr(cfg.lr, cfg.epochs, len(loader), cfg.milestones)
+        lrs = training.step_lr(cfg.lr, epochs, len(loader), cfg.milestones)
         start_epoch, state = 0, {"evals": [], "train_time_s": 0.0}
         resume_from = training.resume_point(run.run_dir, cfg)  # --force: from scratch
         if resume_from is not None:
@@ -160,9 +169,10 @@ def run(cfg: LinearMheadConfig) -> dict[str, float]:
         log.drop_after_step(start_epoch * len(loader))  # rows of steps this invocation trains (again)
 
         # ------------------------------------------------------------ loop
-        progress = Progress(cfg.epochs * len(loader), f"{PROTOCOL} {cfg.dataset}", initial=start_epoch * len(loader),
+        progress = Progress(epochs * len(loader), f"{PROTOCOL} {cfg.dataset}", initial=start_epoch * len(loader),
                             unit="step")
-        for epoch in range(start_epoch, cfg.epochs):
+        clock = rehearsal.Clock(device, enabled=cfg.rehearsal)
+        for epoch in range(start_epoch, epochs):
             started = time.time()
             torch.manual_seed(training.epoch_seed(cfg.seed, epoch, info.rank))  # augmentation: a function of the epoch
             sampler.set_epoch(epoch)
@@ -173,24 +183,26 @@ def run(cfg: LinearMheadConfig) -> dict[str, float]:
                     group["lr"] = float(lrs[step])
                 loss, losses = train_step(extractor, heads_ddp, optimizer, images, labels, cfg.pooling, precision,
                                           device)
+                clock.step()
                 progress.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lrs[step]:.2g}")
                 progress.update()
                 log.log(step=step + 1, epoch=epoch, loss=loss.item(), lr=float(lrs[step]),
                         **{f"loss_{k}": v.item() for k, v in losses.items()})
             state["train_time_s"] += time.time() - started
             done = epoch + 1
-            if done % cfg.eval_every_epochs == 0 or done == cfg.epochs:
-                scores = evaluate(extractor, heads, val_loader, cfg.pooling, precision, device)
+            if done % cfg.eval_every_epochs == 0 or done == epochs:
+                with clock.evaluating(len(val_part)):
+                    scores = evaluate(extractor, heads, val_loader, cfg.pooling, precision, device)
                 state["evals"].append({"epoch": done, **scores})
                 log.log(step=done * len(loader), eval_epoch=done, **scores)
                 if info.is_main:
                     print(f"{PROTOCOL} {cfg.dataset} epoch {done}: " +
                           " ".join(f"{k}={scores[f'top1_{k}']:.2f}" for k in FEATURE_NAMES))
-            if done % cfg.ckpt_every_epochs == 0 or done == cfg.epochs or done == cfg.stop_after_epochs:
+            if done % cfg.ckpt_every_epochs == 0 or done == epochs or done == cfg.stop_after_epochs:
                 training.save_training_state(run.run_dir / "latest.pth", modules={"heads": heads},
                                              optimizer=optimizer, done=done, config_hash=run.config_hash,
                                              extra=state)
-            if done == cfg.stop_after_epochs and done < cfg.epochs:
+            if done == cfg.stop_after_epochs and done < epochs:
                 progress.close()
                 print(f"{PROTOCOL}: stopped after epoch {done} (stop_after_epochs); rerun to resume")
                 return {}
@@ -216,6 +228,10 @@ def run(cfg: LinearMheadConfig) -> dict[str, float]:
             "head_dims": dims, "pooling": cfg.pooling, "head_bn": head_bn,
             "train_time_s": round(state["train_time_s"], 2),
         }
+        if cfg.rehearsal:
+            details["rehearsal"] = clock.summary(
+                images_per_step=per_device, reference_world=world,
+                **rehearsal.epoch_full_run(cfg, f"{cfg.dataset}/train", f"{cfg.dataset}/val", world))
         if info.is_main:
             png = training.plot_log(log.path, run.run_dir / "val_curve.png", "eval_epoch",
                                     [f"top1_{k}" for k in FEATURE_NAMES],
