@@ -63,6 +63,18 @@ def reference_world(preset: str) -> int:
     return int(found.group(1))
 
 
+def real_images(split: str) -> int:
+    """Images of a real split (a key of :data:`REAL_SPLIT_IMAGES`, e.g. ``imagenet/train``).
+
+    Raises:
+        ValueError: a split the table does not know (a rehearsal extrapolates to the real datasets only).
+    """
+    if split not in REAL_SPLIT_IMAGES:
+        raise ValueError(f"a rehearsal extrapolates to the real datasets; {split!r} is not one of "
+                         f"{', '.join(REAL_SPLIT_IMAGES)}")
+    return REAL_SPLIT_IMAGES[split]
+
+
 def first(dataset: Dataset, count: int, what: str) -> Subset:
     """The first ``count`` items of ``dataset`` (a rehearsal's cut of a split).
 

@@ -14,6 +14,11 @@ GPU x 8 GPUs x 16 accumulation = 4096 per step; SyncBN; 200 epochs.
 
 A run folder holds ``config.yaml``, ``resolved.json``, ``provenance.json``, ``log.jsonl``, ``latest.pth`` (every
 ``ckpt_every_steps``), ``final.pth`` + ``<name>.pth`` (the same file), ``loss_curve.png`` and ``records/``.
+
+``rehearsal=true`` (byol_bench.rehearsal, docs/REHEARSAL.md) resolves the run for the preset's world on the real
+ImageNet train split (batch, lr, schedules and ``total_steps`` are the full run's), trains its first two optimizer
+steps (each a full accumulation window of every process) on the first train images, and scores the kNN monitor with
+a bank of ``knn_k`` train images and the first val images.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from byol_bench import dist
+from byol_bench import dist, rehearsal
 from byol_bench.backbone import build_resnet
 from byol_bench.checkpoint import CheckpointError, atomic_save, load_state_dict_strict, safe_load
 from byol_bench.config import config_hash, to_dict
@@ -72,8 +77,15 @@ def run(cfg: PretrainConfig) -> dict[str, float]:
             torch.backends.cudnn.benchmark = True  # fixed input shapes (mmselfsup sets it too)
 
         # ================================================================ data
-        train_set = TwoViewDataset(open_split(cfg, "train"), cfg.image_size, (cfg.crop_scale_min, 1.0))
-        res = resolve(cfg, info.world_size, len(train_set), device)
+        images = open_split(cfg, "train")
+        world, train_images = info.world_size, len(images)
+        if cfg.rehearsal:  # the full run's resolution; its first steps, each a whole window, on the first images
+            world = rehearsal.reference_world(cfg.preset)
+            train_images = rehearsal.real_images(f"{cfg.dataset}/train")
+            images = rehearsal.first(images, rehearsal.STEPS * cfg.accum_steps * cfg.batch_size_per_device
+                                     * info.world_size, str(images.split_dir))
+        train_set = TwoViewDataset(images, cfg.image_size, (cfg.crop_scale_min, 1.0))
+        res = resolve(cfg, world, train_images, device)
         sampler = EpochBatchSampler(len(train_set), cfg.batch_size_per_device, info.rank, info.world_size, cfg.seed)
         loader = make_loader(train_set, sampler, cfg.num_workers, device)
         augmenter = BatchAugmenter(device, res.channels_last)
@@ -116,14 +128,15 @@ def run(cfg: PretrainConfig) -> dict[str, float]:
         log.drop_after_step(start_step)  # rows past the resume point (all of them when training afresh) are stale
         if resume_path is not None:
             log.log(event="resume", checkpoint=str(resume_path), step=start_step)
-        stop_step = res.total_steps
+        last_step = rehearsal.STEPS if cfg.rehearsal else res.total_steps  # the run is complete there
+        stop_step = last_step
         if cfg.stop_after_steps > 0:
-            stop_step = min(res.total_steps, start_step + cfg.stop_after_steps)
+            stop_step = min(last_step, start_step + cfg.stop_after_steps)
 
         # ================================================================ loop
         batches = iterate_batches(loader, sampler, start_step * cfg.accum_steps)
         autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=res.precision == "bf16")
-        bar = Progress(res.total_steps, "byol", initial=start_step, unit="step")  # plain lines off a terminal
+        bar = Progress(last_step, "byol", initial=start_step, unit="step")  # plain lines off a terminal
         # Per-step losses stay on the device until the next log line: reading one every step would stall the GPU.
         window_losses: list[torch.Tensor] = []
         last_ckpt = resume_path
@@ -133,10 +146,12 @@ def run(cfg: PretrainConfig) -> dict[str, float]:
         # The ETA averages from the end of the first log window: the first steps also pay for worker start-up,
         # torch.compile and kernel autotuning, which would otherwise inflate it for the whole run.
         steady_since, steady_step = tick, start_step
+        clock = rehearsal.Clock(device, enabled=cfg.rehearsal)
         while step < stop_step:
             step_loss = train_step(model, byol, ddp, optimizer, lambda: augmenter(next(batches)[1]),
                                    accum_steps=cfg.accum_steps, lr=float(lrs[step]), momentum=float(momentums[step]),
                                    autocast=autocast)
+            clock.step()
             window_losses.append(step_loss)
             step += 1
             if step % cfg.log_every_steps == 0 or step == stop_step:
@@ -144,8 +159,10 @@ def run(cfg: PretrainConfig) -> dict[str, float]:
                 check_finite(mean_loss, step, last_ckpt)  # every process sees the same value and stops together
                 loss_value = float(mean_loss)
                 now = time.perf_counter()
-                throughput = (step - tick_step) * res.global_batch_size / (now - tick)
-                eta_s = (res.total_steps - step) * (now - steady_since) / (step - steady_step)
+                # images trained here (the global batch, except in a rehearsal: one process of the world per process)
+                throughput = ((step - tick_step) * cfg.batch_size_per_device * cfg.accum_steps * info.world_size
+                              / (now - tick))
+                eta_s = (last_step - step) * (now - steady_since) / (step - steady_step)
                 if steady_step == start_step:
                     steady_since, steady_step = now, step
                 stats = {"loss": loss_value, "loss_mmselfsup": mmselfsup_loss(loss_value), "lr": float(lrs[step - 1]),
@@ -157,18 +174,18 @@ def run(cfg: PretrainConfig) -> dict[str, float]:
             bar.update(1)
 
             # ============================================================ checkpoint
-            if step == res.total_steps or step == stop_step or step % cfg.ckpt_every_steps == 0:
+            if step in (last_step, stop_step) or step % cfg.ckpt_every_steps == 0:
                 # Never save past a non-finite loss on any process, nor weights that a bad gradient already spoiled.
                 check_finite(dist.all_reduce_sum(step_loss), step, last_ckpt)
                 check_finite(torch.stack(torch._foreach_norm(list(byol.parameters()))).sum(), step, last_ckpt,
                              what="weight norm")
-                name = "final.pth" if step == res.total_steps else "latest.pth"
+                name = "final.pth" if step == last_step else "latest.pth"
                 last_ckpt = save_checkpoint(out_dir / name, cfg, res, byol, optimizer, step, lrs, momentums,
                                             wall_time_s=earlier_wall_s + time.time() - run.started)
         bar.close()
         dist.barrier()
         metrics: dict[str, float] = {"step": float(step), "loss": loss_value}
-        if step < res.total_steps:
+        if step < last_step:
             return metrics  # stopped early on purpose (stop_after_steps): no monitor, no record
 
         final = out_dir / "final.pth"
@@ -183,23 +200,30 @@ def run(cfg: PretrainConfig) -> dict[str, float]:
             return {**metrics, **done}
         knn: dict[str, float] = {}
         if cfg.knn:
-            knn = run_knn_monitor(cfg, res, byol.online.backbone, augmenter)
+            with clock.evaluating(rehearsal.EVAL_IMAGES + cfg.knn_k):
+                knn = run_knn_monitor(cfg, res, byol.online.backbone, augmenter)
             metrics.update(knn)
             log.log(event="knn", **knn)
 
         # ================================================================ record
         scored = {k: v for k, v in metrics.items() if k != "step" and math.isfinite(v)}
+        details = {"resolved": res.to_dict(),
+                   "img_per_s_last_window": throughput if math.isfinite(throughput) else None,
+                   "knn": {"k": cfg.knn_k, "temperature": cfg.knn_temperature, "weighting": "exp(cos/T)",
+                           "features": "global-pooled online backbone, eval mode, centre crop"},
+                   "loss_curve_plot": str(out_dir / "loss_curve.png"),
+                   "steps_this_invocation": step - start_step,
+                   "wall_time_s_this_invocation": time.time() - run.started,
+                   "loss_range": "[0, 8]; mmselfsup logs loss - 4"}
+        if cfg.rehearsal:  # the full run's kNN monitor: its bank and the whole val split, shared by the processes
+            knn_images = (min(cfg.knn_max_train_images or res.train_images, res.train_images)
+                          + rehearsal.real_images(f"{cfg.dataset}/val"))
+            details["rehearsal"] = clock.summary(
+                images_per_step=cfg.batch_size_per_device * cfg.accum_steps, reference_world=res.world_size,
+                full_steps=res.total_steps, full_eval_images=math.ceil(knn_images / res.world_size))
         run.finish(scored, checkpoint={"format": CHECKPOINT_FORMAT, "arch": cfg.arch, "encoder": "online"},
                    seeds={"seed": cfg.seed}, batch_size_per_device=cfg.batch_size_per_device, model=cfg.name,
-                   wall_time_s=earlier_wall_s + time.time() - run.started,
-                   details={"resolved": res.to_dict(),
-                            "img_per_s_last_window": throughput if math.isfinite(throughput) else None,
-                            "knn": {"k": cfg.knn_k, "temperature": cfg.knn_temperature, "weighting": "exp(cos/T)",
-                                    "features": "global-pooled online backbone, eval mode, centre crop"},
-                            "loss_curve_plot": str(out_dir / "loss_curve.png"),
-                            "steps_this_invocation": step - start_step,
-                            "wall_time_s_this_invocation": time.time() - run.started,
-                            "loss_range": "[0, 8]; mmselfsup logs loss - 4"})
+                   wall_time_s=earlier_wall_s + time.time() - run.started, details=details)
         if cfg.force and info.is_main:
             drop_replaced_records(run, final)
         return metrics
@@ -405,7 +429,11 @@ def run_knn_monitor(cfg: PretrainConfig, res: Resolved, backbone: nn.Module,
     """kNN top-1/top-5 of the online backbone (and optionally of a random-init one) on the val split."""
     transform = eval_transform(cfg.image_size)
     bank_set, val_set = open_split(cfg, "train", transform), open_split(cfg, "val", transform)
-    kwargs = {"k": cfg.knn_k, "temperature": cfg.knn_temperature, "max_train_images": cfg.knn_max_train_images,
+    bank_size = cfg.knn_max_train_images
+    if cfg.rehearsal:  # a bank of k images (evenly spaced over the classes) and the first val images
+        bank_size = cfg.knn_k
+        val_set = rehearsal.first(val_set, rehearsal.EVAL_IMAGES, str(val_set.split_dir))
+    kwargs = {"k": cfg.knn_k, "temperature": cfg.knn_temperature, "max_train_images": bank_size,
               "batch_size": cfg.knn_batch_size, "num_workers": cfg.num_workers, "precision": res.precision}
     scores = knn_monitor(backbone, bank_set, val_set, augmenter, **kwargs)
     out = {"knn_top1": scores["top1"], "knn_top5": scores["top5"]}

@@ -80,9 +80,9 @@ def test_every_preset_parses_and_resolves(preset: str) -> None:
 
 
 def test_presets_are_the_four_documented() -> None:
-    assert PRESETS == ["byol_resnet50_16xb256-coslr-200e_in1k", "byol_resnet50_8xb32-accum16-coslr-200e_in1k",
-                       "byol_resnet50_paper-1000e_in1k", "tiny"]
-    paper = load_config(PretrainConfig, "byol_resnet50_paper-1000e_in1k", preset_dir=PRESET_DIR)
+    assert PRESETS == ["byol_resnet50_16xb256-coslr-200e_in1k", "byol_resnet50_16xb256-paper-1000e_in1k",
+                       "byol_resnet50_8xb32-accum16-coslr-200e_in1k", "tiny"]
+    paper = load_config(PretrainConfig, "byol_resnet50_16xb256-paper-1000e_in1k", preset_dir=PRESET_DIR)
     assert (paper.base_lr, paper.weight_decay, paper.target_momentum, paper.epochs) == (0.2, 1.5e-6, 0.996, 1000)
 
 
