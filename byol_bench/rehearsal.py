@@ -87,6 +87,11 @@ def first(dataset: Dataset, count: int, what: str) -> Subset:
     return Subset(dataset, range(count))
 
 
+def peak_gpu_mem_gib(device: torch.device) -> float | None:
+    """The process's peak CUDA memory allocated on ``device`` (GiB), None off CUDA."""
+    return round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None
+
+
 def epoch_full_run(cfg: Any, train: str, val: str, world: int, evaluated_models: int = 1) -> dict[str, int]:
     """``full_steps`` and ``full_eval_images`` of an epoch recipe (an ``EpochTrainerConfig``) on the real splits.
 
@@ -168,8 +173,7 @@ class Clock:
             "eval_images": self.eval_images, "eval_s": round(self.eval_s, 3),
             "reference_world": reference_world, "full_steps": full_steps, "full_eval_images": full_eval_images,
             "full_run_s": round(full_s, 1), "full_run_device_hours": round(full_s * reference_world / 3600, 2),
-            "peak_gpu_mem_gib": (round(torch.cuda.max_memory_allocated(self.device) / 2**30, 2)
-                                 if self.device.type == "cuda" else None),
+            "peak_gpu_mem_gib": peak_gpu_mem_gib(self.device),
             **extra,
         }
         return out
