@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The one prepared GPU check: every figure only a GPU can give, in one JSON file, in one command.
 
-    python scripts/gpu_check.py --out gpu_check.json               # one GPU: at most 8 minutes
+    python scripts/gpu_check.py --out gpu_check.json               # one GPU: ~8 minutes + the rehearsal (<= 5)
     python scripts/gpu_check.py --dry-run --out /tmp/gpu_check.json  # CPU, tiny shapes, < 2 minutes
 
 Steps (each a benchmark script of scripts/ run with ``--json``, or the pretrainer itself; one failing step is
@@ -16,6 +16,9 @@ recorded with its error and the others still run):
 * ``detection_c4``, ``detection_mask_rcnn``, ``segmentation``: training iterations/s of the detection and
   segmentation models at the reference sizes (native vs the optional engine when importable, else vs
   torchvision's stock models), and sliding-window inference images/s;
+* ``rehearsal``: the rehearsals (scripts/rehearse.sh, docs/REHEARSAL.md) of the full presets whose first GPU run is
+  the riskiest, chosen by cost (:data:`GPU_REHEARSAL`): per preset its wall time, peak GPU memory, time per
+  optimizer step and extrapolated full run, on a random-init ResNet-50 and the real-size data (GPU only);
 * ``learning``: the tiny BYOL recipe (configs/pretrain/tiny.yaml) run for ~3,400 steps (100 epochs of the
   embedded ImageNet) on the GPU; passes when its kNN top-1 on the embedded val set beats the random-init
   backbone's by >= 10 points (the check a 2-core CPU cannot afford: docs/PRETRAIN.md).
@@ -38,6 +41,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 LEARNING_MARGIN = 10.0  # kNN top-1 points over random init (issue 17)
+# The full presets a GPU check rehearses: the largest per-GPU memory and the shapes a CPU rehearsal runs slowest
+# (a 256-image BYOL step, the 512-image frozen forward, 1333x800 Mask R-CNN, 769x769 slides over 2048x1024).
+# scripts/rehearse.sh rehearses them all; a GPU check cannot afford every one.
+GPU_REHEARSAL = ("pretrain:byol_resnet50_16xb256-coslr-200e_in1k,linear_avgpool:linear-avgpool_resnet50_8xb512-"
+                 "coslr-90e_in1k,det_coco,segmentation:fcn_r50-d8_4xb2-40k_cityscapes-769x769")
+REHEARSAL_TIMEOUT_S = 300
 
 
 @dataclass(frozen=True)
@@ -143,6 +152,27 @@ def learning_check(data_root: Path, work: Path, dry_run: bool) -> dict:
             "passed": None if dry_run else bool(margin >= LEARNING_MARGIN)}
 
 
+def rehearsal_check(work: Path, dry_run: bool) -> dict:
+    """The :data:`GPU_REHEARSAL` presets through scripts/rehearse.py: its rows, or why there are none."""
+    if dry_run:
+        return {"status": "not available", "why": "GPU only: real-size rehearsals take minutes on a CPU "
+                                                  "(scripts/rehearse.sh runs them there)"}
+    ckpt, rows = work / "random-init_resnet50.pth", work / "rehearsal.json"
+    subprocess.run([sys.executable, "scripts/make_random_checkpoint.py", "--arch", "resnet50", "--seed", "0",
+                    "--out", str(ckpt)], cwd=REPO, check=True, capture_output=True)
+    argv = [sys.executable, "scripts/rehearse.py", str(ckpt), "--only", GPU_REHEARSAL, "--json", str(rows),
+            "--data-root", str(REPO / "data" / "real-size"), "--out", str(work / "rehearsal")]
+    began = time.time()
+    try:
+        done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=REHEARSAL_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return {"status": "timeout", "timeout_s": REHEARSAL_TIMEOUT_S, "command": " ".join(argv[1:])}
+    if not rows.is_file():
+        return {"status": "failed", "exit": done.returncode, "stderr_tail": done.stderr.strip().splitlines()[-5:]}
+    return {"status": "ok" if done.returncode == 0 else "failed", "wall_s": round(time.time() - began, 1),
+            "rows": json.loads(rows.read_text())["rows"]}
+
+
 def machine() -> dict:
     import torch
 
@@ -180,6 +210,11 @@ def main() -> None:
             print(f"== {step.name}", flush=True)
             report["steps"][step.name] = run_step(step, args.dry_run)
             print(f"   {report['steps'][step.name]['status']}", flush=True)
+    if not only or "rehearsal" in only:
+        print("== rehearsal", flush=True)
+        with tempfile.TemporaryDirectory() as work:
+            report["steps"]["rehearsal"] = rehearsal_check(Path(work), args.dry_run)
+        print(f"   {report['steps']['rehearsal']['status']}", flush=True)
     if not only or "learning" in only:
         print("== learning", flush=True)
         with tempfile.TemporaryDirectory() as work:

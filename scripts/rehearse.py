@@ -55,6 +55,10 @@ CPU_FIT = {  # preset -> (overrides on a CPU, why)
     for preset in ("byol_resnet50_16xb256-coslr-200e_in1k", "byol_resnet50_16xb256-paper-1000e_in1k")
 }
 CPU_WORKERS = 2  # DataLoader workers on a CPU: the presets' 4-10 are sized for a GPU node's cores
+# The generator's families a preset reads, by the dataset at the end of its name (docs/RUNNERS.md naming).
+FAMILIES = (("voc07_svm", ("voc2007",)), ("voc0712", ("voc2007", "voc2012")), ("voc12aug", ("voc2012",)),
+            ("cityscapes", ("cityscapes",)), ("coco", ("coco",)), ("inat18", ("inat18",)),
+            ("places205", ("places205",)), ("in1k", ("imagenet",)))
 
 
 def full_presets(protocol: str) -> list[str]:
@@ -85,6 +89,17 @@ def plan(only: str) -> list[tuple[str, str, str, str]]:
                 skip = "one cell of the grid preset of its fraction: its rehearsal trains this cell"
             rows.append((protocol, module, preset, skip))
     return rows
+
+
+def families(presets: list[str]) -> list[str]:
+    """The real-size data families that ``presets`` read (only those are generated)."""
+    needed: list[str] = []
+    for preset in presets:
+        found = next((names for key, names in FAMILIES if key in preset), None)
+        if found is None:
+            raise ValueError(f"preset {preset}: no dataset in its name that rehearse.py knows ({FAMILIES})")
+        needed += [name for name in found if name not in needed]
+    return needed
 
 
 def command(protocol: str, module: str, preset: str, ckpt: Path, data_root: Path, out: Path,
@@ -210,9 +225,9 @@ def main() -> None:
     from byol_bench.tinydata import ensure_tiny_data
 
     on_gpu = torch.cuda.is_available()
-    if not (args.data_root / "TINY_DATA.json").is_file():
-        print(f"== generating the real-size data in {args.data_root}", flush=True)
-    ensure_tiny_data(args.data_root, sizes="real")
+    print(f"== real-size data in {args.data_root} (generated where missing)", flush=True)
+    ensure_tiny_data(args.data_root, only=families([preset for _, _, preset, skip in selected if not skip]),
+                     sizes="real")
     log_dir = args.out / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "gpu": torch.cuda.get_device_name() if on_gpu else None,

@@ -24,6 +24,7 @@ def test_dry_run_writes_every_step(tmp_path, tiny_data):
     assert report["dry_run"] is True and report["machine"]["cpu_model"]
     steps = report["steps"]
     assert {"pretrain", "linear_probe", "svm", "learning"} <= set(steps)
+    assert steps["rehearsal"]["status"] == "not available"  # GPU only
     for name, result in steps.items():
         assert result["status"] in ("ok", "not available"), (name, result)
     assert steps["pretrain"]["figures"]["ours_img_per_s"] > 0

@@ -3,6 +3,7 @@ rehearsal record never reaches a results table."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -99,3 +100,26 @@ def test_clock_extrapolates_from_the_steady_step():
     assert summary["step_s"] == 2.0 and summary["first_step_s"] == 5.0 and summary["images_per_s"] == 16.0
     assert summary["full_run_s"] == 2.0 * 1000 + 0.5 * 100
     assert summary["full_run_device_hours"] == round(2050 * 8 / 3600, 2)
+
+
+def _script(name: str):
+    """A script of scripts/ as a module (registered first: its dataclasses look their module up)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_rehearse_plans_every_full_preset_and_gpu_check_names_real_ones():
+    rehearse = _script("rehearse")
+    planned = {(protocol, preset): skip for protocol, _, preset, skip in rehearse.plan("")}
+    on_disk = {(p.parent.name, p.stem) for p in (REPO / "configs").glob("*/*.yaml") if not p.stem.startswith("tiny")}
+    assert set(planned) == on_disk
+    covered = {preset for (protocol, preset), skip in planned.items() if skip}
+    assert covered and all(p.startswith("resnet50_head") for p in covered)  # semi_sup's single cells only
+    assert set(rehearse.families([p for (_, p), skip in planned.items() if not skip])) == {
+        "imagenet", "inat18", "places205", "voc2007", "voc2012", "coco", "cityscapes"}
+    assert len(rehearse.plan(_script("gpu_check").GPU_REHEARSAL)) == 4
+    with pytest.raises(ValueError, match="no full preset"):
+        rehearse.plan("det_coco:mask-rcnn-typo")
