@@ -11,6 +11,10 @@ images and at least two difficult-only images.
 VOC2012 adds ``ImageSets/Segmentation/{train,val,aug}.txt`` with ``SegmentationClass/`` (palette PNGs, 255 on
 object borders and over difficult objects) for train/val, and ``SegmentationClassAug/`` (index PNGs) for the
 "aug" list = train + SBD-only images (never val), as mmsegmentation's ``voc_aug.py`` builds it.
+
+The ``real`` profile draws VOC's photo sizes (500 px on the long side) and few images: 60 per VOC2007 split, so
+each class is the main object of 3 images per split (the VOC07 SVM's 3-fold cross-validation needs a positive in
+every fold).
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from PIL import Image
 from byol_bench.datasets.voc import VOC_CLASSES
 from byol_bench.seeding import rng_for
 from byol_bench.tinydata.draw import (
+    ImageSizes,
+    Sizes,
     Style,
     background,
     dilate,
@@ -37,14 +43,27 @@ from byol_bench.tinydata.draw import (
     write_text,
 )
 
-SIZE_W = (128, 176)
-SIZE_H = (96, 144)
-VOC07_TRAINVAL = 250
-VOC07_TEST = 250
-VOC12_IMAGES = 200
-VOC12_SEG = {"train": 50, "val": 30, "sbd": 60}
 DIFFICULT_ONLY_PER_CLASS = 3
 POSES = ("Unspecified", "Left", "Right", "Frontal", "Rear")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What one size profile writes: image sizes, VOC2007 split sizes, VOC2012 images and segmentation splits
+    (``voc12_seg``: train, val and SBD-only images)."""
+
+    sizes: ImageSizes
+    voc07_trainval: int
+    voc07_test: int
+    voc12_images: int
+    voc12_seg: tuple[int, int, int]
+
+
+PROFILES: dict[str, Profile] = {
+    "tiny": Profile(ImageSizes((128, 176), (96, 144)), 250, 250, 200, (50, 30, 60)),
+    # As VOC's photos: 500 px on the long side, the short side 333-500, 30 % of them portrait.
+    "real": Profile(ImageSizes((500, 500), (333, 500), portrait=0.3), 60, 60, 40, (8, 4, 8)),
+}
 
 
 @dataclass(frozen=True)
@@ -96,11 +115,10 @@ def plan_split(n_images: int, rng: np.random.Generator) -> list[list[tuple[int, 
     return plans
 
 
-def draw_scene(plan: list[tuple[int, bool]], styles: list[Style],
-               rng: np.random.Generator) -> tuple[np.ndarray, list[VocObject]]:
+def draw_scene(plan: list[tuple[int, bool]], styles: list[Style], rng: np.random.Generator,
+               sizes: ImageSizes) -> tuple[np.ndarray, list[VocObject]]:
     """Draws one image following ``plan``; returns the uint8 RGB image and the objects actually placed."""
-    w = int(rng.integers(SIZE_W[0], SIZE_W[1] + 1))
-    h = int(rng.integers(SIZE_H[0], SIZE_H[1] + 1))
+    w, h = sizes.draw(rng)
     canvas = background(h, w, rng)
     occupied = np.zeros((h, w), dtype=bool)
     objects = []
@@ -193,13 +211,14 @@ def write_main_lists(main_dir: Path, splits: dict[str, list[str]],
 
 
 def _write_year(year_root: Path, year: str, ids: list[str], plans: dict[str, list[tuple[int, bool]]],
-                seed: int, segmented: set[str]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+                seed: int, segmented: set[str],
+                sizes: ImageSizes) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Draws and writes JPEGImages + Annotations; returns per-id class presence and segmentation maps."""
     styles = make_styles(len(VOC_CLASSES))
     presence, seg_maps = {}, {}
     for image_id in ids:
         rng = rng_for(seed, f"voc{year}", image_id)
-        rgb, objects = draw_scene(plans[image_id], styles, rng)
+        rgb, objects = draw_scene(plans[image_id], styles, rng, sizes)
         h, w = rgb.shape[:2]
         save_jpeg(year_root / "JPEGImages" / f"{image_id}.jpg", rgb)
         write_text(year_root / "Annotations" / f"{image_id}.xml",
@@ -210,18 +229,20 @@ def _write_year(year_root: Path, year: str, ids: list[str], plans: dict[str, lis
     return presence, seg_maps
 
 
-def make_voc2007(out: Path, seed: int) -> dict[str, int]:
-    """Writes ``VOCdevkit/VOC2007`` (trainval/test with train/val halves); returns image counts."""
+def make_voc2007(out: Path, seed: int, sizes: Sizes) -> dict[str, int]:
+    """Writes ``VOCdevkit/VOC2007`` of profile ``sizes`` (trainval/test with train/val halves); returns image
+    counts."""
     root = out / "VOCdevkit" / "VOC2007"
-    n = VOC07_TRAINVAL + VOC07_TEST
+    profile = PROFILES[sizes]
+    n = profile.voc07_trainval + profile.voc07_test
     order = rng_for(seed, "voc2007", "splits").permutation(n)
     all_ids = [f"{i + 1:06d}" for i in range(n)]
-    trainval = sorted(all_ids[i] for i in order[:VOC07_TRAINVAL])
-    test = sorted(all_ids[i] for i in order[VOC07_TRAINVAL:])
+    trainval = sorted(all_ids[i] for i in order[:profile.voc07_trainval])
+    test = sorted(all_ids[i] for i in order[profile.voc07_trainval:])
     plans = {}
     for split, ids in (("trainval", trainval), ("test", test)):
         plans.update(zip(ids, plan_split(len(ids), rng_for(seed, "voc2007", split, "plan")), strict=True))
-    presence, _ = _write_year(root, "2007", all_ids, plans, seed, segmented=set())
+    presence, _ = _write_year(root, "2007", all_ids, plans, seed, segmented=set(), sizes=profile.sizes)
     train_pick = rng_for(seed, "voc2007", "train-val").permutation(len(trainval))[: len(trainval) // 2]
     train = sorted(trainval[i] for i in train_pick)
     val = sorted(set(trainval) - set(train))
@@ -230,18 +251,20 @@ def make_voc2007(out: Path, seed: int) -> dict[str, int]:
     return {"trainval": len(trainval), "test": len(test)}
 
 
-def make_voc2012(out: Path, seed: int) -> dict[str, int]:
-    """Writes ``VOCdevkit/VOC2012`` (detection trainval + segmentation train/val/aug); returns counts."""
+def make_voc2012(out: Path, seed: int, sizes: Sizes) -> dict[str, int]:
+    """Writes ``VOCdevkit/VOC2012`` of profile ``sizes`` (detection trainval + segmentation train/val/aug);
+    returns counts."""
     root = out / "VOCdevkit" / "VOC2012"
-    ids = [f"2008_{i + 1:06d}" for i in range(VOC12_IMAGES)]
+    profile = PROFILES[sizes]
+    ids = [f"2008_{i + 1:06d}" for i in range(profile.voc12_images)]
     plans = dict(zip(ids, plan_split(len(ids), rng_for(seed, "voc2012", "plan")), strict=True))
     order = [ids[i] for i in rng_for(seed, "voc2012", "seg-splits").permutation(len(ids))]
-    n_train, n_val, n_sbd = VOC12_SEG["train"], VOC12_SEG["val"], VOC12_SEG["sbd"]
+    n_train, n_val, n_sbd = profile.voc12_seg
     seg_train = sorted(order[:n_train])
     seg_val = sorted(order[n_train:n_train + n_val])
     sbd_only = sorted(order[n_train + n_val:n_train + n_val + n_sbd])
     presence, seg_maps = _write_year(root, "2012", ids, plans, seed,
-                                     segmented=set(seg_train) | set(seg_val) | set(sbd_only))
+                                     segmented=set(seg_train) | set(seg_val) | set(sbd_only), sizes=profile.sizes)
     train_pick = rng_for(seed, "voc2012", "train-val").permutation(len(ids))[: len(ids) // 2]
     train = sorted(ids[i] for i in train_pick)
     val = sorted(set(ids) - set(train))
