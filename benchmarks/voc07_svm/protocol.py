@@ -195,6 +195,13 @@ def sample_lowshot(train_labels: np.ndarray, ks: Sequence[int] = LOWSHOT_KS, n_s
     return subsets
 
 
+def lowshot_ks_held(train_labels: np.ndarray, ks: Sequence[int]) -> tuple[int, ...]:
+    """The ``ks`` whose samples the training set can draw: k positives and 19k negatives in every class."""
+    labels = np.asarray(train_labels)
+    positives, negatives = (labels == 1).sum(0).min(), (labels == 0).sum(0).min()
+    return tuple(k for k in ks if k <= positives and LOWSHOT_NEGATIVES_PER_POSITIVE * k <= negatives)
+
+
 @dataclass
 class LowShotResult:
     """Low-shot SVM on one layer: test mAP (x100) for every sample, k and cost, and the published summary."""
