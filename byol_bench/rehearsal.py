@@ -82,9 +82,16 @@ def first(dataset: Dataset, count: int, what: str) -> Subset:
         ValueError: the split holds fewer (the rehearsal data is too small for one window of this preset).
     """
     if len(dataset) < count:  # type: ignore[arg-type]
-        raise ValueError(f"{what}: {len(dataset)} images, a rehearsal of this preset needs {count}; generate the "  # type: ignore[arg-type]
-                         "real-size data (scripts/make_tiny_data.py --real-size)")
+        raise ValueError(f"{what}: {len(dataset)} images, a rehearsal of this preset needs {count} (its two "  # type: ignore[arg-type]
+                         "steps); rehearse on the real-size data (scripts/make_tiny_data.py --real-size), which "
+                         "holds enough for every full preset")
     return Subset(dataset, range(count))
+
+
+def first_eval(dataset: Dataset) -> Subset:
+    """The first :data:`EVAL_IMAGES` images of an evaluated split (all of them when it holds fewer: a rehearsal's
+    evaluation checks the code path and its cost per image, any count does)."""
+    return Subset(dataset, range(min(EVAL_IMAGES, len(dataset))))  # type: ignore[arg-type]
 
 
 def peak_gpu_mem_gib(device: torch.device) -> float | None:

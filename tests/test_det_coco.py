@@ -6,8 +6,10 @@ input is a one-line error."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -30,6 +32,7 @@ import benchmarks.detection.coco as det
 from benchmarks.detection import trainer
 from benchmarks.detection.coco_eval import evaluate_files, to_coco_results, write_results
 from benchmarks.detection.mask_rcnn import FPNRoIAlign, build_mask_rcnn, mask_targets
+from byol_bench import rehearsal
 from byol_bench.backbone import build_resnet
 from byol_bench.checkpoint import safe_load
 from byol_bench.config import load_config
@@ -328,3 +331,62 @@ def test_cli_errors_are_one_line(ckpt, tiny_data, tmp_path):
     assert broken.returncode == 2 and len(broken.stderr.strip().splitlines()) == 1
     assert "instances_train2017.json: annotation 1 has unknown category_id 2" in broken.stderr
     assert not (tmp_path / "out" / "records").exists()
+
+
+# ------------------------------------------------------------------------------------------------ rehearsal
+
+
+def test_rehearsal_is_one_process_of_8xb2_two_iterations_and_the_first_val_images(ckpt, tiny_data, tmp_path,
+                                                                                   monkeypatch, trained_steps):
+    # the tiny preset as if it were an 8xb2 preset (global batch 16)
+    cfg = dataclasses.replace(_cfg(ckpt, tiny_data, tmp_path, "rehearsal=true", "global_batch_size=16"),
+                              preset="tiny_8xb2")
+    batches, scored, thresholds = [], [], []
+
+    def counting(model, device):  # the trainer's forward passes in training (one process: no DDP)
+        def forward(images, targets):
+            batches.append(len(images))
+            return model(images, targets)
+        return forward
+
+    def evaluate(gt, files, image_ids=None):
+        scored.append(list(image_ids))
+        return evaluate_files(gt, files, image_ids=image_ids)
+
+    def predict(model, *args, **kwargs):
+        thresholds.append(model.roi_heads.score_thresh)
+        return real_predict(model, *args, **kwargs)
+
+    real_predict = trainer.predict
+    monkeypatch.setattr(trainer.training, "wrap_ddp", counting)
+    monkeypatch.setattr(trainer, "predict", predict)
+    monkeypatch.setattr(det, "evaluate_files", evaluate)
+    metrics = det.run(cfg)
+    (record,) = load_records(tmp_path / "records")
+    details, summary = record["details"], record["details"]["rehearsal"]
+    # one process of 8 x 2: 2 images per iteration, no accumulation, STEPS iterations; the schedule of the real
+    # train2017 (ceil(117266 / 16) iterations per epoch): its first learning rates (warm-up 10 from 0.001 x 0.02)
+    assert batches == [cfg.batch_size_per_device] * rehearsal.STEPS
+    assert (details["accumulate"], details["batch_policy"], details["iters"]) == (1, "recipe", 2)
+    assert details["lr_steps"] == [2 * 7330]
+    (log,) = (tmp_path / "runs" / "det_coco").glob("*/log.jsonl")
+    assert trained_steps(log, "loss") == [1, 2]
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["lr"] for r in rows] == pytest.approx([0.02 * 0.001, 0.02 * (0.001 * 0.9 + 0.1)])
+    # the first EVAL_IMAGES val2017 images: predicted, written and scored (COCOeval's image ids) alone
+    val = det.coco_split(str(tiny_data), "val", training=False)
+    first = val.image_ids[:rehearsal.EVAL_IMAGES]
+    assert len(val) > rehearsal.EVAL_IMAGES == details["val_images"] and scored == [first]
+    assert thresholds == [0.0]  # a two-iteration model keeps 100 detections per image, as a trained one
+    for iou_type, path in details["results_files"].items():
+        ids = [r["image_id"] for r in json.loads(Path(path).read_text())]
+        assert sorted(ids) == sorted(first * 100), iou_type
+    assert evaluate_files(val.coco, details["results_files"], image_ids=first)[0] == pytest.approx(metrics)
+    assert record["rehearsal"] is True
+    assert summary["steps"] == 2 and summary["images_per_step"] == 2 and summary["reference_world"] == 8
+    assert summary["eval_images"] == rehearsal.EVAL_IMAGES
+    assert summary["full_steps"] == cfg.epochs * 7330
+    assert summary["full_eval_images"] == math.ceil(rehearsal.REAL_SPLIT_IMAGES["coco/val2017"] / 8)
+    assert summary["full_run_s"] > 0
+    with pytest.raises(ValueError, match="rehearsal runs the native engine"):
+        det.check_inputs(dataclasses.replace(cfg, engine="detectron2"))

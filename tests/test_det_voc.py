@@ -4,6 +4,7 @@ aligned=True, anchors, the schedule and batch policy, bad input, an overfit chec
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -24,6 +25,7 @@ from torchvision.ops import roi_align
 
 import benchmarks.detection.voc as det_voc
 from benchmarks.detection import c4, data, rcnn, trainer, voc_eval
+from byol_bench import rehearsal
 from byol_bench.backbone import build_resnet
 from byol_bench.config import load_config
 from byol_bench.datasets import DatasetError
@@ -370,3 +372,55 @@ def test_tiny_run_table_row_skip_and_force(tiny_run, ckpt, tiny_data, capsys, tr
         assert trained_steps(log, "loss", since=started) == trained_steps(log, "loss") == [1, 2]
     assert "resumed from" not in capsys.readouterr().out
     assert len(load_records(out / "records")) == 1
+
+
+# ------------------------------------------------------------------ rehearsal
+
+
+def test_rehearsal_is_one_process_of_8xb2_two_iterations_one_trial_first_test_images(ckpt, tiny_data, tmp_path,
+                                                                                      monkeypatch, trained_steps):
+    # the tiny preset as if it were an 8xb2 preset of 2 trials and 5 precise-BN iterations (4 RoIs per image: cost)
+    cfg = dataclasses.replace(_run_cfg(ckpt, tiny_data, tmp_path, "rehearsal=true", "global_batch_size=16",
+                                       "max_iters=20", "test_images=0", "precise_bn_iters=5"), preset="tiny_8xb2")
+    batches, precise_bn_iters = [], []
+
+    def counting(model, device):  # the trainer's forward passes in training (one process: no DDP)
+        def forward(images, targets):
+            batches.append(len(images))
+            return model(images, targets)
+        return forward
+
+    def precise_bn(*args, num_iters, **kwargs):
+        precise_bn_iters.append(num_iters)
+        return real_precise_bn(*args, num_iters=num_iters, **kwargs)
+
+    real_precise_bn = trainer.precise_bn
+    monkeypatch.setattr(trainer.training, "wrap_ddp", counting)
+    monkeypatch.setattr(trainer, "precise_bn", precise_bn)
+    metrics = det_voc.run(cfg)
+    (record,) = load_records(tmp_path / "records")
+    details, summary = record["details"], record["details"]["rehearsal"]
+    # one process of 8 x 2: 2 images per iteration, no accumulation; STEPS iterations of one trial, the schedule's
+    # first learning rates (warm-up 2 iterations from 0.001 x 0.02); precise BN cut to STEPS iterations
+    assert batches == [cfg.batch_size_per_device] * rehearsal.STEPS and precise_bn_iters == [rehearsal.STEPS]
+    assert (details["accumulate"], details["batch_policy"], details["num_trials"]) == (1, "recipe", 1)
+    log = tmp_path / "runs" / "det_voc"
+    (log,) = log.glob("*/trial0/log.jsonl")
+    assert trained_steps(log, "loss") == [1, 2] and not list(log.parent.parent.glob("trial1"))
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["lr"] for r in rows] == pytest.approx([0.02 * 0.001, 0.02 * (0.001 * 0.5 + 0.5)])
+    # the first EVAL_IMAGES VOC2007 test images: their results files, rescored to the record's numbers
+    test_set = VOCDetection(tiny_data / "VOCdevkit", "2007", "test", first=rehearsal.EVAL_IMAGES)
+    results = Path(details["trials"][0]["results_dir"])
+    assert details["test_images"] == rehearsal.EVAL_IMAGES and len(list(results.glob("comp4_det_test_*.txt"))) == 20
+    ids = [line.split()[0] for f in results.glob("*.txt") for line in f.read_text().splitlines()]
+    assert sorted(ids) == sorted([a.image_id for a in test_set.annotations] * 100)  # score threshold 0: 100 each
+    assert voc_eval.evaluate(results, test_set.annotations).metrics() == pytest.approx(metrics)
+    assert record["rehearsal"] is True
+    assert summary["steps"] == 2 and summary["images_per_step"] == 2 and summary["reference_world"] == 8
+    assert summary["eval_images"] == rehearsal.EVAL_IMAGES
+    assert summary["full_steps"] == 20 * 2  # max_iters x trials
+    assert summary["full_eval_images"] == 2 * math.ceil(rehearsal.REAL_SPLIT_IMAGES["voc07/test"] / 8)
+    assert summary["full_run_s"] > 0
+    with pytest.raises(ValueError, match="rehearsal runs the native engine"):
+        det_voc.check_inputs(dataclasses.replace(cfg, engine="detectron2"))

@@ -90,6 +90,8 @@ def test_the_cut_takes_the_first_images_and_names_a_too_small_split():
     assert list(rehearsal.first(data, 4, "train")) == [0, 1, 2, 3]
     with pytest.raises(ValueError, match=r"train: 10 images, a rehearsal of this preset needs 64.*--real-size"):
         rehearsal.first(data, 64, "train")
+    assert list(rehearsal.first_eval(data)) == data[:rehearsal.EVAL_IMAGES]
+    assert list(rehearsal.first_eval(data[:3])) == data[:3]  # an evaluation takes what there is
 
 
 def test_clock_extrapolates_from_the_steady_step():

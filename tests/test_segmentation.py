@@ -5,6 +5,8 @@ Cityscapes prediction files), resume exactness, an overfit check and one-line CL
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import shutil
 import subprocess
 import sys
@@ -22,7 +24,7 @@ import benchmarks.segmentation.runner as seg
 from benchmarks.segmentation import evaluation as seg_eval
 from benchmarks.segmentation import fcn
 from benchmarks.segmentation.evaluation import intersect_and_union, segmentation_scores, slide_logits
-from byol_bench import training
+from byol_bench import rehearsal, training
 from byol_bench.backbone import build_resnet, dilate_resnet
 from byol_bench.checkpoint import safe_load
 from byol_bench.config import ConfigError, load_config
@@ -279,6 +281,44 @@ def test_cityscapes_predictions_are_label_ids(ckpt, tiny_data, tmp_path):
         assert set(np.unique(ids).tolist()) <= evaluated_ids
         areas += intersect_and_union(ID_TO_TRAIN_ID[ids], val[index][1], 19)
     assert segmentation_scores(areas, seg_eval.CLASS_NAMES["cityscapes"])["mIoU"] == pytest.approx(metrics["mIoU"])
+
+
+def test_rehearsal_is_two_iterations_of_one_process_and_the_first_val_images(ckpt, tiny_data, tmp_path,
+                                                                              monkeypatch, trained_steps):
+    cfg = dataclasses.replace(_cfg(ckpt, tiny_data, tmp_path, "rehearsal=true"), preset="tiny_8xb2")
+    batches = []
+
+    def counted(model, optimizer, images, labels, *args):
+        batches.append(tuple(images.shape))
+        return fcn.train_step(model, optimizer, images, labels, *args)
+
+    monkeypatch.setattr(seg, "train_step", counted)
+    metrics = seg.run(cfg)
+    (record,) = load_records(tmp_path / "records")
+    details, summary = record["details"], record["details"]["rehearsal"]
+    # one process of the reference world: the recipe's per-device batch (no accumulation), STEPS iterations
+    assert batches == [(cfg.batch_size_per_device, 3, cfg.crop_size, cfg.crop_size)] * rehearsal.STEPS
+    (log,) = (tmp_path / "runs" / "segmentation").glob("*/log.jsonl")
+    assert trained_steps(log, "loss") == [1, 2] and details["iterations"] == 2
+    assert details["train_images"] == rehearsal.STEPS * cfg.batch_size_per_device
+    # the final evaluation, on the first EVAL_IMAGES val images only: their PNGs, the metric recomputed from them
+    val = VOCAugSegmentation(tiny_data / "VOCdevkit", "val")
+    pngs = sorted(Path(details["predictions"]).glob("*.png"))
+    assert len(val) > rehearsal.EVAL_IMAGES == details["val_images"]
+    assert [p.stem for p in pngs] == sorted(image.stem for image, _ in val.samples[:rehearsal.EVAL_IMAGES])
+    areas = sum(intersect_and_union(load_label_map(png), load_label_map(label_path), 21)
+                for png, (_, label_path) in zip(pngs, sorted(val.samples[:rehearsal.EVAL_IMAGES]), strict=True))
+    assert segmentation_scores(areas, seg_eval.CLASS_NAMES["voc12aug"])["mIoU"] == pytest.approx(metrics["mIoU"])
+    assert record["rehearsal"] is True
+    assert summary["steps"] == 2 and summary["images_per_step"] == cfg.batch_size_per_device
+    assert summary["eval_images"] == rehearsal.EVAL_IMAGES and summary["reference_world"] == 8
+    assert summary["full_steps"] == cfg.max_iters == 40
+    assert summary["full_eval_images"] == math.ceil(rehearsal.REAL_SPLIT_IMAGES["voc12aug/val"] / 8)
+    assert summary["full_run_s"] > 0
+    with pytest.raises(ValueError, match="rehearsal runs the native engine"):
+        seg.check_inputs(dataclasses.replace(cfg, engine="mmseg"))
+    with pytest.raises(ValueError, match="reference world"):
+        seg.check_inputs(_cfg(ckpt, tiny_data, tmp_path, "rehearsal=true"))  # "tiny" names no world
 
 
 def _small(ckpt, data, out, *extra):

@@ -39,10 +39,18 @@ NOTE: ``engine=detectron2`` (``benchmarks/detection/detectron2_coco.py``) trains
 generated from the preset (run as one process: detectron2 launches one per GPU); its results files are scored here.
 NOTE: ``fpn_channels``, ``fc_channels`` and ``rois_per_image`` exist for the tiny preset only (CPU time): every
 full-size run uses the config's 256 / 1024 / 512.
+NOTE: ``rehearsal=true`` (byol_bench.rehearsal; native engine only) runs one process of the preset's world (8xb2:
+2 images per iteration, no accumulation) for two iterations of the schedule as written (warm-up, and the steps of
+the real train2017's epochs: the first two learning rates of the real run), then predicts the first 8 val2017
+images at a score threshold of 0 (a two-iteration model scores its boxes under 0.05; 100 detections and masks per
+image, as a trained model keeps, give the mask paste, the results files and COCOeval a real run's load): the
+results files hold those images only, and COCOeval scores those image ids.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -55,7 +63,7 @@ from benchmarks.detection import detectron2_coco, detectron2_engine, trainer
 from benchmarks.detection.coco_eval import evaluate_files, to_coco_results, write_results
 from benchmarks.detection.data import orientation_groups
 from benchmarks.detection.mask_rcnn import build_mask_rcnn
-from byol_bench import dist, training
+from byol_bench import dist, rehearsal, training
 from byol_bench.config import CONFIG_ROOT, opt, parse_args
 from byol_bench.datasets.coco import COCODetection
 from byol_bench.runner_config import IterTrainerConfig
@@ -115,11 +123,20 @@ def run(cfg: DetCocoConfig) -> dict[str, float]:
         train_set = coco_split(cfg.data_root, "train", training=True)
         val_set = coco_split(cfg.data_root, "val", training=False)
         groups = image_groups(train_set)
-        resolved = resolve(cfg, info.world_size, len(train_set), device)
+        # a rehearsal is one process of the preset's world (its batch policy) for two iterations of the real
+        # train2017's schedule, scoring the first val images
+        world = rehearsal.reference_world(cfg.preset) if cfg.rehearsal else info.world_size
+        resolved = resolve(cfg, world, rehearsal.REAL_SPLIT_IMAGES["coco/train2017"] if cfg.rehearsal
+                           else len(train_set), device)
+        full_steps = resolved.max_iters
+        if cfg.rehearsal:
+            resolved = dataclasses.replace(resolved, world_size=info.world_size, max_iters=rehearsal.STEPS)
+            val_set = first_images(val_set, rehearsal.EVAL_IMAGES)
         log = run.start(resolved)
 
         # ------------------------------------------------------------ model (backbone from the checkpoint)
         backbone, report = load_backbone(cfg.ckpt, cfg.arch, cfg.encoder, sha256=run.ckpt_sha256)
+        clock = rehearsal.Clock(device, enabled=cfg.rehearsal)
         if cfg.engine == "detectron2":  # detectron2 trains and predicts; its results files are scored below
             engine = _detectron2_train_and_predict(cfg, backbone, report.arch, run, len(train_set),
                                                    len(train_set.category_ids))
@@ -140,14 +157,17 @@ def run(cfg: DetCocoConfig) -> dict[str, float]:
             result = trainer.train(model, train_set, groups, settings, device=device, run_dir=run.run_dir,
                                    config_hash=run.config_hash, log=log,
                                    resume_from=training.resume_point(run.run_dir, cfg), desc=PROTOCOL,
-                                   plot_title=run.plot_title("COCO Mask R-CNN FPN training"))
+                                   plot_title=run.plot_title("COCO Mask R-CNN FPN training"), clock=clock)
             if not result.finished:
                 print(f"{PROTOCOL}: stopped after iteration {result.iters_done} (stop_after_iters); rerun to resume")
                 return {}
 
             # -------------------------------------------------------- predict val2017, write results files, score
-            metrics, scores = predict_and_score(model, val_set, run.record_path, device, resolved.precision,
-                                                cfg.num_workers)
+            if cfg.rehearsal:  # two iterations score under 0.05: keep 100 per image, as trained models do
+                model.roi_heads.score_thresh = 0.0
+            with clock.evaluating(len(range(info.rank, len(val_set), info.world_size))):
+                metrics, scores = predict_and_score(model, val_set, run.record_path, device, resolved.precision,
+                                                    cfg.num_workers)
             engine = {"norm": trainer.norm_name(model), "train_time_s": round(result.train_time_s, 2),
                       "last_losses": result.last_losses,
                       "loss_plot": str(result.loss_plot) if result.loss_plot else None}
@@ -162,6 +182,11 @@ def run(cfg: DetCocoConfig) -> dict[str, float]:
             "batch_policy": resolved.batch_policy, "lr": resolved.lr, "world_size": info.world_size,
             "precision": resolved.precision, "encoder_evaluated": cfg.encoder, "engine": cfg.engine, **engine,
         }
+        if cfg.rehearsal:  # the real run: its iterations over train2017, one evaluation of its share of val2017
+            details["rehearsal"] = clock.summary(
+                images_per_step=resolved.batch_size_per_device * resolved.accumulate, reference_world=world,
+                full_steps=full_steps,
+                full_eval_images=math.ceil(rehearsal.REAL_SPLIT_IMAGES["coco/val2017"] / world))
         metrics = run.finish(metrics, checkpoint=asdict(report), seeds={"train": cfg.seed},
                              batch_size_per_device=resolved.batch_size_per_device, details=details)
         if info.is_main:
@@ -184,6 +209,8 @@ def check_inputs(cfg: DetCocoConfig) -> None:
     if not cfg.train_min_sizes or min(*cfg.train_min_sizes, cfg.test_min_size) <= 0:
         raise ValueError("train_min_sizes must list positive short sides, and test_min_size be positive")
     if cfg.engine == "detectron2":
+        if cfg.rehearsal:
+            raise ValueError("rehearsal runs the native engine: drop engine=detectron2 (or rehearsal=true)")
         detectron2_engine.check_engine(cfg)
 
 
@@ -205,6 +232,21 @@ def coco_split(data_root: str, split: str, training: bool) -> COCODetection:
     (``COCODetection(training=True)``)."""
     return COCODetection(f"{data_root}/coco", split, transform=_to_torchvision, with_masks=training,
                          filter_empty=training, image_format="tensor", training=training)
+
+
+def first_images(dataset: COCODetection, count: int) -> COCODetection:
+    """A copy of ``dataset`` holding its first ``count`` images (image-id order): a rehearsal's val2017, which
+    predicts, writes and scores (``COCOeval`` image ids) those images only.
+
+    Raises:
+        ValueError: the split holds fewer.
+    """
+    if len(dataset) < count:
+        raise ValueError(f"{dataset.ann_file}: {len(dataset)} images, a rehearsal needs {count}; generate the "
+                         "real-size data (scripts/make_tiny_data.py --real-size)")
+    cut = copy.copy(dataset)
+    cut.image_ids = dataset.image_ids[:count]
+    return cut
 
 
 def _to_torchvision(image: torch.Tensor, target: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:

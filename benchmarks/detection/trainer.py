@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from benchmarks.detection.data import FlipSamples, GroupedBatchStream, collate, to_device
 from byol_bench import dist, training
+from byol_bench.rehearsal import Clock
 from byol_bench.runlog import Progress, RunLog
 from byol_bench.runner_config import TrainerResolved
 from byol_bench.seeding import rng_for
@@ -160,7 +161,7 @@ def param_groups(model: nn.Module, weight_decay: float, weight_decay_norm: float
 
 def train(model: nn.Module, dataset: Dataset, groups: Sequence[int], settings: TrainSettings, *,
           device: torch.device, run_dir: Path, config_hash: str, log: RunLog, resume_from: Path | None,
-          desc: str, plot_title: str = "") -> TrainResult:
+          desc: str, plot_title: str = "", clock: Clock | None = None) -> TrainResult:
     """Train ``model`` (from :func:`prepare`) in place for ``settings.max_iters`` iterations.
 
     Args:
@@ -175,6 +176,7 @@ def train(model: nn.Module, dataset: Dataset, groups: Sequence[int], settings: T
         resume_from: a checkpoint of this run to continue from (``training.resume_point``), or None.
         desc: label of the progress line (and of the loss plot without ``plot_title``).
         plot_title: the loss plot's title (``Run.plot_title``: checkpoint and preset).
+        clock: a rehearsal's step clock (``byol_bench.rehearsal.Clock``), told of every optimizer step.
 
     Raises:
         FloatingPointError: a non-finite loss (the message gives the iteration and the loss terms).
@@ -227,6 +229,8 @@ def train(model: nn.Module, dataset: Dataset, groups: Sequence[int], settings: T
             raise FloatingPointError(f"{desc}: loss is {loss} at iteration {it + 1} ({terms}); lower the lr or "
                                      "check the data (boxes, labels)")
         optimizer.step()
+        if clock is not None:
+            clock.step()
         done = it + 1
         extra["train_time_s"] += time.time() - began
         extra["last_losses"] = terms

@@ -38,12 +38,19 @@ detectron2's normalisers, aligned RoIAlign, ``int(x + 0.5)`` resize rounding); t
 truth boxes to the proposals and samples RoIs as detectron2 does.
 NOTE: under bf16 autocast (GPU) the box predictor and the RPN's 1x1 outputs run in float32, and anchors and RoI
 boxes stay float32 (bf16 coordinates near 1000 px have 4-8 px steps).
+NOTE: ``rehearsal=true`` (byol_bench.rehearsal; native engine only) runs one process of the preset's world (8xb2:
+2 images per iteration, no accumulation) for two iterations of the schedule as written (warm-up and steps, so the
+first two learning rates of the real run), one trial, at most two precise-BN iterations, and scores the first 8
+VOC2007 test images at a score threshold of 0 (a two-iteration model scores its boxes under 0.05; 100 detections per
+image, as a trained model keeps, give the results files and the evaluation a real run's load).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
+import math
 import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -55,7 +62,7 @@ from torch.utils.data import ConcatDataset
 
 from adapters import load_backbone
 from benchmarks.detection import c4, data, detectron2_engine, detectron2_voc, trainer, voc_eval
-from byol_bench import dist, training
+from byol_bench import dist, rehearsal, training
 from byol_bench.checkpoint import atomic_write_json
 from byol_bench.config import CONFIG_ROOT, opt, parse_args
 from byol_bench.datasets.voc_det import VOCDetection, detection_sample
@@ -113,7 +120,13 @@ def run(cfg: DetVocConfig) -> dict[str, float]:
         if run.done is not None:
             return run.done
         info, device = run.info, run.info.device
-        resolved = resolve(cfg, info.world_size, training.resolve_precision(cfg.precision, device), str(device))
+        # a rehearsal is one process of the preset's world (its batch policy), two iterations, one trial
+        world = rehearsal.reference_world(cfg.preset) if cfg.rehearsal else info.world_size
+        resolved = resolve(cfg, world, training.resolve_precision(cfg.precision, device), str(device))
+        full_steps = resolved.max_iters * cfg.trials
+        if cfg.rehearsal:  # the schedule as written (warm-up, steps): its first STEPS learning rates
+            resolved = dataclasses.replace(resolved, world_size=info.world_size, max_iters=rehearsal.STEPS)
+        num_trials = 1 if cfg.rehearsal else cfg.trials
         run.start(resolved)
 
         # ------------------------------------------------------------ data (decoded in the workers, flipped there)
@@ -123,7 +136,7 @@ def run(cfg: DetVocConfig) -> dict[str, float]:
         train_set = ConcatDataset(parts)
         groups = data.orientation_groups([(a.width, a.height) for p in parts for a in p.annotations])
         test_set = VOCDetection(devkit, *TEST_SET, detection_sample, filter_empty=False, image_format="tensor",
-                                first=cfg.test_images or None)
+                                first=rehearsal.EVAL_IMAGES if cfg.rehearsal else cfg.test_images or None)
 
         # ------------------------------------------------------------ backbone weights (res5 = the checkpoint's layer4)
         backbone, report = load_backbone(cfg.ckpt, cfg.arch, cfg.encoder, sha256=run.ckpt_sha256)
@@ -131,7 +144,8 @@ def run(cfg: DetVocConfig) -> dict[str, float]:
         # ------------------------------------------------------------ trials: train -> precise BN -> predict -> score
         trials = []
         results_root = run.record_path.with_suffix(".results")
-        for trial in range(cfg.trials):
+        clock = rehearsal.Clock(device, enabled=cfg.rehearsal)
+        for trial in range(num_trials):
             seed, trial_dir = cfg.seed + trial, run.run_dir / f"trial{trial}"
             # the resume rule, per trial: resume=auto continues the trial's latest.pth, --force trains it afresh,
             # resume=none refuses a trial folder that holds one
@@ -150,19 +164,23 @@ def run(cfg: DetVocConfig) -> dict[str, float]:
                 # each trial logs into its own folder: a resume's drop_after_step must not touch other trials' rows
                 result = trainer.train(model, train_set, groups, settings, device=device, run_dir=trial_dir,
                                        config_hash=run.config_hash, log=RunLog(trial_dir), resume_from=resume_from,
-                                       desc=f"{PROTOCOL} trial {trial}",
+                                       desc=f"{PROTOCOL} trial {trial}", clock=clock,
                                        plot_title=run.plot_title(f"VOC07+12 Faster R-CNN C4 training, trial {trial}"))
                 if not result.finished:
                     print(f"{PROTOCOL}: stopped after iteration {result.iters_done} (stop_after_iters); rerun to "
                           "resume")
                     return {}
-                bn_layers = trainer.precise_bn(model, train_set, groups, settings, device=device,
-                                               num_iters=cfg.precise_bn_iters)
-                detections = trainer.predict(model, test_set, device=device, precision=resolved.precision,
-                                             batch_size=cfg.test_batch_size_per_device, num_workers=cfg.num_workers,
-                                             desc=f"{PROTOCOL} test")
-                if info.is_main:
-                    voc_eval.write_results(results_dir, [a.image_id for a in test_set.annotations], detections)
+                bn_layers = trainer.precise_bn(
+                    model, train_set, groups, settings, device=device,
+                    num_iters=min(cfg.precise_bn_iters, rehearsal.STEPS) if cfg.rehearsal else cfg.precise_bn_iters)
+                if cfg.rehearsal:  # two iterations score under 0.05: keep 100 per image, as trained models do
+                    model.roi_heads.score_thresh = 0.0
+                with clock.evaluating(len(range(info.rank, len(test_set), info.world_size))):
+                    detections = trainer.predict(model, test_set, device=device, precision=resolved.precision,
+                                                 batch_size=cfg.test_batch_size_per_device,
+                                                 num_workers=cfg.num_workers, desc=f"{PROTOCOL} test")
+                    if info.is_main:
+                        voc_eval.write_results(results_dir, [a.image_id for a in test_set.annotations], detections)
                 entry = {"train_time_s": round(result.train_time_s, 2), "last_losses": result.last_losses,
                          "precise_bn_layers": bn_layers, "norm": trainer.norm_name(model),
                          "loss_plot": str(result.loss_plot) if result.loss_plot else None}
@@ -193,6 +211,11 @@ def run(cfg: DetVocConfig) -> dict[str, float]:
             "results_files": str(results_root), "engine": cfg.engine,
             "loss_plot": trials[0]["loss_plot"],
         }
+        if cfg.rehearsal:  # every trial of the real run trains max_iters and scores its share of VOC2007 test
+            test_images = cfg.test_images or rehearsal.REAL_SPLIT_IMAGES["voc07/test"]
+            details["rehearsal"] = clock.summary(
+                images_per_step=resolved.batch_size_per_device * resolved.accumulate, reference_world=world,
+                full_steps=full_steps, full_eval_images=cfg.trials * math.ceil(test_images / world))
         if info.is_main:
             details["per_class_ap50_plot"] = str(training.plot_bars(
                 trials[0]["ap50_per_class"], run.run_dir / "per_class_ap50.png",
@@ -226,6 +249,8 @@ def check_inputs(cfg: DetVocConfig) -> None:
     if list(cfg.steps) != sorted(cfg.steps):
         raise ValueError(f"steps={cfg.steps} must be increasing")
     if cfg.engine == "detectron2":
+        if cfg.rehearsal:
+            raise ValueError("rehearsal runs the native engine: drop engine=detectron2 (or rehearsal=true)")
         detectron2_engine.check_engine(cfg)
 
 

@@ -129,7 +129,7 @@ def run(cfg: LinearMheadConfig) -> dict[str, float]:
         if cfg.rehearsal:
             train.dataset = rehearsal.first(train.dataset, rehearsal.STEPS * per_device * info.world_size,
                                             str(train.source))
-            val.dataset = rehearsal.first(val.dataset, rehearsal.EVAL_IMAGES, str(val.source))
+            val.dataset = rehearsal.first_eval(val.dataset)
         sampler = DistributedSampler(train.dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True,
                                      seed=cfg.seed)
         loader = DataLoader(train.dataset, per_device, sampler=sampler, num_workers=cfg.num_workers,

@@ -44,10 +44,14 @@ the data), so a run resumed at any saved iteration (``resume=auto``) continues e
 result does not depend on the worker count.
 NOTE: the per-device batch is fixed by the recipe; the global batch is ``batch_size_per_device x world size``
 (the record says which). Run the full presets on 4 GPUs to match mmseg's usual setup (B §9: an assumption).
+NOTE: ``rehearsal=true`` (byol_bench.rehearsal) runs one process of the preset's world: the recipe's per-device batch
+(4 images for 4xb4, no accumulation), the first two iterations of the preset's poly schedule over the first train
+images, and the final evaluation's PNGs and mIoU on the first 8 val images; native engine only.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -69,7 +73,7 @@ from benchmarks.segmentation.evaluation import (
     segmentation_scores,
 )
 from benchmarks.segmentation.fcn import FCN, MEAN, STD, predict, rescale_size, resize, train_step
-from byol_bench import dist, training
+from byol_bench import dist, rehearsal, training
 from byol_bench.config import CONFIG_ROOT, opt, parse_args
 from byol_bench.datasets.cityscapes import Cityscapes
 from byol_bench.datasets.voc_seg import VOCAugSegmentation
@@ -121,13 +125,18 @@ def run(cfg: SegmentationConfig) -> dict[str, float]:
             return run.done
         info, device = run.info, run.info.device
         precision = training.resolve_precision(cfg.precision, device)
-        batch = cfg.batch_size_per_device
+        batch = cfg.batch_size_per_device  # the recipe's per-GPU batch, also a rehearsal's (one process of its world)
+        iters = rehearsal.STEPS if cfg.rehearsal else cfg.max_iters
         log = run.start(Resolved(world_size=info.world_size, batch_size_per_device=batch,
                                  global_batch_size=batch * info.world_size, precision=precision, device=str(device)))
 
         # ------------------------------------------------------------ data
         train_set, val_set = open_dataset(cfg.dataset, cfg.data_root, "train"), open_dataset(
             cfg.dataset, cfg.data_root, "val")
+        scored = len(val_set)  # the val images predicted and scored: the first ones (all but in a rehearsal)
+        if cfg.rehearsal:  # the images the two iterations of every process read; the first val images
+            train_set = rehearsal.first(train_set, iters * batch * info.world_size, f"{cfg.dataset} train")
+            scored = len(rehearsal.first_eval(val_set))
         backbone, report = load_backbone(cfg.ckpt, cfg.arch, cfg.encoder, sha256=run.ckpt_sha256)
         pred_dir = run.record_path.with_suffix(".predictions")
         engine_details: dict = {}
@@ -147,7 +156,7 @@ def run(cfg: SegmentationConfig) -> dict[str, float]:
             model_ddp = training.wrap_ddp(model, device)
             optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                         weight_decay=cfg.weight_decay)
-            lrs = training.poly_lr(cfg.lr, cfg.max_iters, cfg.poly_power, cfg.min_lr)
+            lrs = training.poly_lr(cfg.lr, cfg.max_iters, cfg.poly_power, cfg.min_lr)  # a rehearsal: its first two
             start, state = 0, {"train_time_s": 0.0}
             resume_from = training.resume_point(run.run_dir, cfg)  # --force: from scratch
             if resume_from is not None:
@@ -159,32 +168,36 @@ def run(cfg: SegmentationConfig) -> dict[str, float]:
 
             # ------------------------------------------------------------ loop (iteration-based)
             # Its own generator: the loader's base-seed draw must not shift the global stream (dropout) on resume.
-            loader = DataLoader(stream, batch, sampler=range(start * batch, cfg.max_iters * batch),
+            loader = DataLoader(stream, batch, sampler=range(start * batch, iters * batch),
                                 num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
                                 generator=torch.Generator().manual_seed(cfg.seed))
-            progress = Progress(cfg.max_iters, f"{PROTOCOL} {cfg.dataset}", initial=start, unit="it")
+            progress = Progress(iters, f"{PROTOCOL} {cfg.dataset}", initial=start, unit="it")
             model.train()
+            clock = rehearsal.Clock(device, enabled=cfg.rehearsal)
             started, it = time.time(), start
             for it, (images, labels) in enumerate(loader, start=start + 1):
                 for group in optimizer.param_groups:
                     group["lr"] = float(lrs[it - 1])
                 losses = train_step(model_ddp, optimizer, images, labels, cfg.align_corners, precision, device)
+                clock.step()
                 progress.set_postfix(loss=f"{losses['loss']:.3f}", lr=f"{lrs[it - 1]:.2g}")
                 progress.update()
                 log.log(step=it, lr=float(lrs[it - 1]), **losses)
-                if it % cfg.ckpt_every_iters == 0 or it == cfg.max_iters or it == cfg.stop_after_iters:
+                if it % cfg.ckpt_every_iters == 0 or it == iters or it == cfg.stop_after_iters:
                     state["train_time_s"] += time.time() - started
                     started = time.time()
                     training.save_training_state(run.run_dir / "latest.pth", modules={"model": model},
                                                  optimizer=optimizer, done=it, config_hash=run.config_hash, extra=state)
-                if it == cfg.stop_after_iters and it < cfg.max_iters:
+                if it == cfg.stop_after_iters and it < iters:
                     progress.close()
                     print(f"{PROTOCOL}: stopped after iteration {it} (stop_after_iters); rerun to resume")
                     return {}
             progress.close()
 
             # ------------------------------------------------------------ predictions (PNG files) -> metric
-            written = predict_val(model, val_set, cfg, pred_dir, info.rank, info.world_size, precision, device)
+            written = list(range(info.rank, scored, info.world_size))  # this process's share (PNG files)
+            with clock.evaluating(len(written)):
+                predict_val(model, val_set, written, cfg, pred_dir, precision, device)
         areas = score_files(val_set, written, cfg.dataset, pred_dir)
         areas = dist.all_reduce_sum(torch.from_numpy(areas).to(device)).cpu().numpy()
         scores = segmentation_scores(areas, CLASS_NAMES[cfg.dataset])
@@ -193,14 +206,19 @@ def run(cfg: SegmentationConfig) -> dict[str, float]:
             "predictions": str(pred_dir),
             "prediction_format": "labelIds PNG (cityscapesScripts)" if cfg.dataset == "cityscapes"
             else "palette PNG of class indices (VOC SegmentationClass)",
-            "iterations": cfg.max_iters, "world_size": info.world_size, "batch_size_per_device": batch,
+            "iterations": iters, "world_size": info.world_size, "batch_size_per_device": batch,
             "global_batch_size": batch * info.world_size, "reference_global_batch_size": 4 * batch,
             "precision": precision, "norm": "SyncBN" if dist.get_world_size() > 1 and device.type == "cuda" else "BN",
             "num_classes": len(CLASS_NAMES[cfg.dataset]), "train_images": len(train_set),
-            "val_images": len(val_set), "test_mode": cfg.test_mode, "encoder_evaluated": cfg.encoder,
+            "val_images": scored, "test_mode": cfg.test_mode, "encoder_evaluated": cfg.encoder,
             "loss": "CE(decode) + 0.4 CE(aux), mean over all pixels (mmseg avg_non_ignore=False)",
             "train_time_s": round(state["train_time_s"], 2), "engine": cfg.engine, **engine_details,
         }
+        if cfg.rehearsal:  # the real run: max_iters iterations, one evaluation of its share of val per process
+            world = rehearsal.reference_world(cfg.preset)
+            details["rehearsal"] = clock.summary(
+                images_per_step=batch, reference_world=world, full_steps=cfg.max_iters,
+                full_eval_images=math.ceil(rehearsal.REAL_SPLIT_IMAGES[f"{cfg.dataset}/val"] / world))
         if info.is_main:
             png = training.plot_log(log.path, run.run_dir / "loss_curve.png", "step",
                                     ["loss", "loss_decode", "loss_aux"], run.plot_title("training loss"), "loss")
@@ -226,6 +244,10 @@ def check_inputs(cfg: SegmentationConfig) -> None:
         raise ValueError("scale and test_scale take (long, short), ratio_range (low, high): two values each")
     if not 0 < cfg.test_stride <= cfg.test_crop:
         raise ValueError(f"test_stride={cfg.test_stride} must be in 1..test_crop ({cfg.test_crop})")
+    if cfg.rehearsal:
+        rehearsal.reference_world(cfg.preset)  # the preset names its world
+        if cfg.engine == "mmseg":
+            raise ValueError("rehearsal runs the native engine (engine=native)")
     if cfg.engine == "mmseg":
         segmentation_mmseg.check_engine(cfg)
 
@@ -353,12 +375,11 @@ def train_transform(image: torch.Tensor, label: torch.Tensor, rng: np.random.Gen
 # ---------------------------------------------------------------- evaluation
 
 
-def predict_val(model: FCN, val_set: Dataset, cfg: SegmentationConfig, out: Path, rank: int, world: int,
-                precision: str, device: torch.device) -> list[int]:
-    """Write this process's share of the val predictions (every ``world``-th image) as PNGs; returns their indices."""
+def predict_val(model: FCN, val_set: Dataset, indices: list[int], cfg: SegmentationConfig, out: Path,
+                precision: str, device: torch.device) -> None:
+    """Write the val predictions of ``indices`` (this process's share) as PNGs in ``out``."""
     model.eval()
     out.mkdir(parents=True, exist_ok=True)
-    indices = list(range(rank, len(val_set), world))
     loader = DataLoader(_Indexed(val_set, indices), batch_size=None, num_workers=cfg.num_workers)
     progress = Progress(len(indices), f"{PROTOCOL} {cfg.dataset} val", unit="img")
     for index, image in loader:
@@ -367,7 +388,6 @@ def predict_val(model: FCN, val_set: Dataset, cfg: SegmentationConfig, out: Path
         progress.update()
     progress.close()
     model.train()
-    return indices
 
 
 class _Indexed(Dataset):
