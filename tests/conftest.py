@@ -1,4 +1,5 @@
-"""Shared fixtures: the embedded mini-datasets (generated once per session); the SVM tests' problem; one thread.
+"""Shared fixtures: the embedded mini-datasets and the real-size data (each generated once per session); the SVM
+tests' problem; one thread.
 
 One CPU thread per test process, and per process the tests start (``OMP_NUM_THREADS=1`` in the environment they
 inherit). The tests' tensors are small: with two OpenMP threads on a 2-core machine that also runs a DataLoader
@@ -38,6 +39,22 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with open(root / "tiny-data-seed0.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         return ensure_tiny_data(root / "tiny-data-seed0")
+
+
+# The real-size families the fast guards read (tests/test_real_size.py); the rest is scripts/rehearse.sh's.
+REAL_SIZE_FAMILIES = ["voc2007", "imagenet", "coco", "cityscapes"]
+
+
+@pytest.fixture(scope="session")
+def real_size_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Root of the real-size data (``sizes="real"``: the real class lists and image sizes, a few images), generated
+    once per session for :data:`REAL_SIZE_FAMILIES`, shared by the xdist workers as :func:`tiny_data` is."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    with open(root / "real-size-data-seed0.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return ensure_tiny_data(root / "real-size-data-seed0", only=REAL_SIZE_FAMILIES, sizes="real")
 
 
 @pytest.fixture(scope="session")
