@@ -88,6 +88,8 @@ def test_runner_module_follows_the_conventions(name: str) -> None:
     assert module.PRESET_DIR == CONFIG_ROOT / module.PROTOCOL
     assert module.__doc__ and "python -m benchmarks." in module.__doc__  # the canonical command
     assert dataclasses.is_dataclass(module.Resolved) and module.Resolved.__dataclass_params__.frozen
+    # rehearsal=true cuts the work where run() decides it and says so in the docstring (docs/REHEARSAL.md)
+    assert "cfg.rehearsal" in inspect.getsource(module.run) and "rehearsal=true" in module.__doc__
 
 
 @pytest.mark.parametrize("name", RUNNERS)
