@@ -10,9 +10,10 @@ images), one after another, on the real-size data (``scripts/make_tiny_data.py -
 ``--data-root`` on first use). ``--only`` takes protocols (``pretrain``, ``det_coco``, ...) or single presets
 (``semi_sup:resnet50_head1_4xb64-steplr1e-1-20e_in1k-1pct``), comma-separated.
 
-Printed (and written with ``--json``): one row per preset with its wall time, the peak resident memory of its process
-tree, the peak GPU memory (on a GPU), the time of one optimizer step (steady state: the second step), images per
-second, and the extrapolated time of the full run: on the reference world of such devices, and in device-hours.
+Printed (and written with ``--json``): one row per preset with its wall time, the peak memory of its process tree
+(proportional set size: shared pages count once), the peak GPU memory (on a GPU), the time of one optimizer step
+(steady state: the second step), images per second, and the extrapolated time of the full run: on the reference
+world of such devices, and in device-hours.
 The exit code is non-zero when a preset failed.
 
 Two kinds of preset are not run as written, and their rows say so:
@@ -121,12 +122,13 @@ def command(protocol: str, module: str, preset: str, ckpt: Path, data_root: Path
 
 
 class TreeMemory:
-    """Peak resident memory of a process and its descendants (sampled from /proc every ``interval`` s)."""
+    """Peak memory of a process and its descendants, sampled from /proc every ``interval`` s: the sum of their
+    proportional set sizes (PSS: a page shared by n processes counts 1/n in each), so the DataLoader workers' copies
+    of the libraries and the dataset index count once, as the machine holds them."""
 
     def __init__(self, pid: int, interval: float = 0.25) -> None:
         self.pid, self.interval, self.peak = pid, interval, 0
         self._stop = threading.Event()
-        self._page = os.sysconf("SC_PAGE_SIZE")
         self._thread = threading.Thread(target=self._watch, daemon=True)
         self._thread.start()
 
@@ -144,8 +146,9 @@ class TreeMemory:
         while not self._stop.is_set():
             total = 0
             for pid in self._tree():
-                with contextlib.suppress(OSError, IndexError, ValueError):  # ended between listing and reading
-                    total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * self._page
+                with contextlib.suppress(OSError, StopIteration, ValueError):  # ended between listing and reading
+                    rollup = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+                    total += int(next(line for line in rollup if line.startswith("Pss:")).split()[1]) * 1024
             self.peak = max(self.peak, total)
             self._stop.wait(self.interval)
 
@@ -166,9 +169,9 @@ def rehearse(protocol: str, module: str, preset: str, ckpt: Path, data_root: Pat
         process = subprocess.Popen(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         memory = TreeMemory(process.pid)
         rc = process.wait()
-        peak_rss = memory.stop()
+        peak_mem = memory.stop()
     row = {"protocol": protocol, "preset": preset, "status": "ok" if rc == 0 else f"FAILED (exit {rc})",
-           "wall_s": round(time.time() - began, 1), "peak_rss_gib": round(peak_rss / 2**30, 2), "note": note,
+           "wall_s": round(time.time() - began, 1), "peak_mem_gib": round(peak_mem / 2**30, 2), "note": note,
            "command": " ".join(args), "log": str(log_file)}
     if rc != 0:
         tail = log_file.read_text().strip().splitlines()[-1:] or [""]
@@ -193,12 +196,12 @@ def _fmt(value: object, digits: int = 2) -> str:
 
 def render(rows: list[dict]) -> str:
     """The markdown table of the rows."""
-    header = ("protocol", "preset", "status", "wall (s)", "peak RSS (GiB)", "peak GPU (GiB)", "step (s)",
+    header = ("protocol", "preset", "status", "wall (s)", "peak mem (GiB)", "peak GPU (GiB)", "step (s)",
               "img/s", "full run (h)", "device-h", "note")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         full_h = r["full_run_s"] / 3600 if isinstance(r.get("full_run_s"), (int, float)) else None
-        cells = (r["protocol"], r["preset"], r["status"], _fmt(r.get("wall_s"), 0), _fmt(r.get("peak_rss_gib")),
+        cells = (r["protocol"], r["preset"], r["status"], _fmt(r.get("wall_s"), 0), _fmt(r.get("peak_mem_gib")),
                  _fmt(r.get("peak_gpu_mem_gib")), _fmt(r.get("step_s")), _fmt(r.get("images_per_s"), 1),
                  _fmt(full_h, 1), _fmt(r.get("full_run_device_hours"), 1), r.get("note", ""))
         lines.append("| " + " | ".join(cells) + " |")
@@ -239,14 +242,15 @@ def main() -> None:
     for protocol, module, preset, skip in selected:
         if skip:
             rows.append({"protocol": protocol, "preset": preset, "status": "covered", "note": skip})
-            continue
-        rows.append(rehearse(protocol, module, preset, args.ckpt, args.data_root, args.out, on_gpu, log_dir))
-    machine["total_wall_s"] = round(time.time() - began, 1)
+        else:
+            rows.append(rehearse(protocol, module, preset, args.ckpt, args.data_root, args.out, on_gpu, log_dir))
+            print(render(rows[-1:]).splitlines()[-1], flush=True)
+        machine["total_wall_s"] = round(time.time() - began, 1)
+        if args.json:  # after every preset: an interrupted rehearsal keeps the rows it has
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps({"machine": machine, "rows": rows}, indent=1) + "\n")
     print(f"\n{render(rows)}\n\n{machine['gpu'] or machine['cpu']}, {machine['cores']} cores, torch "
           f"{machine['torch']}; total {machine['total_wall_s'] / 60:.1f} min")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"machine": machine, "rows": rows}, indent=1) + "\n")
     failed = [f"{r['protocol']}:{r['preset']}" for r in rows if r["status"].startswith("FAILED")]
     if failed:
         raise SystemExit(f"failed rehearsals: {', '.join(failed)}")

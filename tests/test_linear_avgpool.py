@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -18,9 +19,10 @@ from torchvision import transforms as T
 
 import benchmarks.linear.avgpool as avgpool
 from benchmarks.linear.avgpool import PRESET_DIR, AvgPoolHead, LinearAvgpoolConfig, build_optimizer, lr_schedule, run
+from byol_bench import rehearsal
 from byol_bench.backbone import IMAGENET_MEAN, IMAGENET_STD
 from byol_bench.checkpoint import safe_load
-from byol_bench.classification import crop_flip_transform
+from byol_bench.classification import crop_flip_transform, open_split, test_transform
 from byol_bench.config import load_config
 from byol_bench.lars import LARS
 from byol_bench.records import load_records
@@ -166,6 +168,45 @@ def test_tiny_imagenet_end_to_end_record_table_learning_and_rerun(ckpt, tiny_dat
     (log_file,) = (tmp_path / "runs" / "linear_avgpool").glob("*/log.jsonl")
     assert len(trained_steps(log_file, "train_loss")) == 3
     # --force: test_interrupted_run_resumes_to_the_same_final_weights (a 16 px run, not a second one of these)
+
+
+def test_rehearsal_is_one_reference_process_two_steps_and_the_first_val_images(ckpt, tiny_data, tmp_path,
+                                                                                monkeypatch, trained_steps) -> None:
+    # the tiny preset named for a world of 8: one process's share of its global batch 64 is 8 images a step
+    cfg = dataclasses.replace(_cfg("tiny", ckpt, tiny_data, tmp_path, "rehearsal=true"), preset="tiny_8xb8")
+    batches, scored = [], []
+    real_step, real_evaluate = avgpool.train_step, avgpool.evaluate
+
+    def counting_step(trunk, head, optimizer, images, labels, *args):
+        batches.append(len(labels))
+        return real_step(trunk, head, optimizer, images, labels, *args)
+
+    def recording_evaluate(trunk, head, loader, *args):
+        scored.extend(images for images, _ in loader)
+        return real_evaluate(trunk, head, loader, *args)
+
+    monkeypatch.setattr(avgpool, "train_step", counting_step)
+    monkeypatch.setattr(avgpool, "evaluate", recording_evaluate)
+    run(cfg)
+    (record,) = load_records(tmp_path / "records")
+    details, summary = record["details"], record["details"]["rehearsal"]
+    assert record["rehearsal"] is True and record["preset"] == "tiny_8xb8"
+    assert batches == [8] * rehearsal.STEPS and record["batch_size_per_device"] == 8  # two steps of one process
+    (log_file,) = (tmp_path / "runs" / "linear_avgpool").glob("*/log.jsonl")
+    assert trained_steps(log_file, "train_loss") == [rehearsal.STEPS]  # one epoch of two steps
+    assert details["train_images"] == 16 and details["val_images"] == rehearsal.EVAL_IMAGES
+    # scored: the first 8 val images, in order, once (one evaluation, at the end of the one epoch)
+    val = open_split("imagenet", tiny_data, "val", test_transform(cfg.test_resize, cfg.image_size), tiny=True)
+    assert torch.equal(torch.cat(scored), torch.stack([val.dataset[i][0] for i in range(rehearsal.EVAL_IMAGES)]))
+    assert [e["epoch"] for e in details["val_curve"]] == [1] and record["metrics"]["top1"] in (
+        100.0 * k / 8 for k in range(9))
+    assert Path(details["val_curve_plot"]).is_file()
+    assert summary["steps"] == rehearsal.STEPS == len(summary["step_times_s"])
+    assert (summary["images_per_step"], summary["reference_world"], summary["eval_images"]) == (8, 8, 8)
+    # the full run: 3 epochs of ImageNet at global batch 64; evaluations after epochs 2 and 3 of 50,000 / 8 images
+    assert summary["full_steps"] == 3 * math.ceil(1_281_167 / 64)
+    assert summary["full_eval_images"] == 2 * 50_000 // 8 and summary["full_run_s"] > 0
+    assert "1 rehearsal record(s) left out" in render_markdown([record])
 
 
 def test_interrupted_run_resumes_to_the_same_final_weights(ckpt, tiny_data, tmp_path, capsys, trained_steps) -> None:

@@ -4,7 +4,9 @@ alone, resume of an interrupted grid, reproducible records, best-cell selection,
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import subprocess
 import sys
 import time
@@ -15,11 +17,11 @@ import torch
 from cli_support import run_module  # tests/ is on sys.path
 
 import benchmarks.semi_sup.runner as semi
-from byol_bench import training
+from byol_bench import rehearsal, training
 from byol_bench.backbone import build_resnet
 from byol_bench.checkpoint import safe_load, sha256_file
-from byol_bench.classification import labelled_subset
-from byol_bench.config import load_config
+from byol_bench.classification import labelled_subset, open_split, test_transform
+from byol_bench.config import config_hash, load_config
 from byol_bench.datasets import DatasetError
 from byol_bench.records import load_records
 from byol_bench.tables import render_markdown
@@ -57,6 +59,27 @@ def test_lr_per_group_at_known_epochs(dataset, weight_decay):
         for i in (epoch * 3, epoch * 3 + 2):
             semi.set_lr(optimizer, float(lrs[i]))
             assert trunk["lr"] == pytest.approx(expected) and head["lr"] == pytest.approx(10 * expected)
+
+
+def test_each_single_cell_preset_is_one_cell_of_its_grid_preset():
+    """The 18 single-cell presets (the seed's file names) are the grids' cells and nothing else: the same config as
+    their grid preset but for the cell's two lrs, and the same cell state key, so rehearsing (and running) the two
+    grid presets covers them."""
+    singles = sorted(p.stem for p in semi.PRESET_DIR.glob("resnet50_head*.yaml"))
+    assert len(singles) == 18
+    covered = set()
+    for name in singles:
+        cell = load_config(semi.SemiSupConfig, name, preset_dir=semi.PRESET_DIR)
+        grid = load_config(semi.SemiSupConfig, FULL[cell.dataset], preset_dir=semi.PRESET_DIR)
+        (lr,), (mult,) = cell.base_lrs, cell.head_lr_mults
+        assert lr in grid.base_lrs and mult in grid.head_lr_mults, name
+        assert name == semi.reference_config(cell.dataset, lr, mult)  # the file is named for its cell
+        assert dataclasses.replace(cell, preset=grid.preset, base_lrs=grid.base_lrs,
+                                   head_lr_mults=grid.head_lr_mults) == grid, name
+        one = {"preset": "", "base_lrs": (lr,), "head_lr_mults": (mult,)}  # make_cell's key: shared state
+        assert config_hash(dataclasses.replace(cell, **one)) == config_hash(dataclasses.replace(grid, **one))
+        covered.add((cell.dataset, lr, mult))
+    assert covered == {(d, lr, m) for d in FULL for lr in (0.1, 0.01, 0.001) for m in (1.0, 10.0, 100.0)}
 
 
 def test_weight_decay_on_every_parameter():
@@ -273,6 +296,53 @@ def test_tiny_run_record_table_row_and_skip(ckpt, tiny_data, tmp_path, capsys):
     assert semi.run(_cfg(ckpt, tiny_data, tmp_path)) == metrics
     assert "skip semi_sup" in capsys.readouterr().out
     json.dumps(record)  # plain JSON (no NaN) even with diverged cells
+
+
+def test_rehearsal_is_one_reference_process_two_steps_of_every_cell_and_the_first_val_images(
+        ckpt, tiny_data, tmp_path, monkeypatch, capsys):
+    # the tiny 1 % grid (three of its cells: the test's cost) named for a world of 8: one process's share of its
+    # global batch 32 is 4 images a step
+    cfg = dataclasses.replace(_cfg(ckpt, tiny_data, tmp_path, "rehearsal=true", "head_lr_mults=[10]"),
+                              preset="tiny_8xb4")
+    steps, scored = [], []
+    real_step, real_evaluate = semi.train_step, semi.evaluate
+
+    def counting_step(cell, images, labels, *args):
+        steps.append((cell.name, len(labels)))
+        return real_step(cell, images, labels, *args)
+
+    def recording_evaluate(cells, loader, *args):
+        scored.extend(images for images, _ in loader)
+        return real_evaluate(cells, loader, *args)
+
+    monkeypatch.setattr(semi, "train_step", counting_step)
+    monkeypatch.setattr(semi, "evaluate", recording_evaluate)
+    semi.run(cfg)
+    (record,) = load_records(tmp_path / "records")
+    details, summary = record["details"], record["details"]["rehearsal"]
+    assert record["rehearsal"] is True and record["batch_size_per_device"] == 4
+    names = ["lr0.1_head10", "lr0.01_head10", "lr0.001_head10"]  # grid order: each step, every cell in turn
+    assert sorted(details["cells"]) == sorted(names)
+    assert steps == [(name, 4) for _ in range(rehearsal.STEPS) for name in names]
+    assert details["train_images"] == 8 and details["val_images"] == rehearsal.EVAL_IMAGES
+    # every cell scored the first 8 val images once (one evaluation, at the end of the one epoch)
+    val = open_split("imagenet", tiny_data, "val", test_transform(cfg.test_resize, cfg.image_size), tiny=True)
+    assert torch.equal(torch.cat(scored), torch.stack([val.dataset[i][0] for i in range(rehearsal.EVAL_IMAGES)]))
+    assert all([e["epoch"] for e in c["val_curve"]] == [1] for c in details["cells"].values())
+    assert Path(details["subset"]["list_file"]).is_file() and Path(details["val_curve_plot"]).is_file()
+    assert summary["steps"] == rehearsal.STEPS == len(summary["step_times_s"])  # a step: every cell's, one batch
+    assert (summary["images_per_step"], summary["reference_world"], summary["eval_images"]) == (4, 8, 8 * 3)
+    # the full run: 5 epochs of the 12,811-image 1 % subset at global batch 32; one evaluation of 50,000 / 8 images
+    # by each of the three cells
+    assert summary["full_steps"] == 5 * math.ceil(12_811 / 32)
+    assert summary["full_eval_images"] == 3 * 50_000 // 8 and summary["full_run_s"] > 0
+    # a single-cell rehearsal afterwards trains its cell again (the grid's rehearsal state is not resumed)
+    steps.clear()
+    capsys.readouterr()
+    semi.run(dataclasses.replace(cfg, base_lrs=(0.01,), head_lr_mults=(10.0,)))
+    assert steps == [("lr0.01_head10", 4)] * rehearsal.STEPS and "resumed" not in capsys.readouterr().out
+    (single,) = [r for r in load_records(tmp_path / "records") if len(r["details"]["cells"]) == 1]
+    assert single["details"]["rehearsal"]["steps"] == rehearsal.STEPS
 
 
 def test_overfit_a_few_images(ckpt, tiny_data):

@@ -35,6 +35,8 @@ NOTE: the shuffling is ``DistributedSampler(seed).set_epoch(epoch)`` and the aug
 from (seed, epoch, rank), so a run resumed at an epoch boundary ends with the same head as an uninterrupted one.
 NOTE: on GPU the backbone runs under ``torch.inference_mode()`` with bf16 autocast and channels_last
 (``precision=auto``); the head (pool + linear) and its loss run in fp32.
+NOTE: ``rehearsal=true`` (byol_bench.rehearsal) runs one process of the preset's world (32 images per step for
+8xb32, 512 for 8xb512) for one epoch of two steps over the first train images, and scores the first val images.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from adapters import load_backbone
-from byol_bench import classification, dist
+from byol_bench import classification, dist, rehearsal
 from byol_bench.backbone import MultiLayerFeatures, feature_channels
 from byol_bench.config import CONFIG_ROOT, opt, parse_args
 from byol_bench.features import assert_frozen, state_snapshot
@@ -125,7 +127,10 @@ def run(cfg: LinearAvgpoolConfig) -> dict[str, float]:
         if run.done is not None:
             return run.done
         info, device = run.info, run.info.device
-        per_device = batch_per_device(cfg.global_batch_size, info.world_size)
+        # a rehearsal is one process of the preset's world: its share of the batch, two steps, one epoch
+        world = rehearsal.reference_world(cfg.preset) if cfg.rehearsal else info.world_size
+        per_device = batch_per_device(cfg.global_batch_size, world)
+        epochs = 1 if cfg.rehearsal else cfg.epochs
         resolved = Resolved(world_size=info.world_size, batch_size_per_device=per_device,
                             global_batch_size=cfg.global_batch_size,
                             lr=cfg.lr * cfg.global_batch_size / cfg.lr_reference_batch,
@@ -138,6 +143,10 @@ def run(cfg: LinearAvgpoolConfig) -> dict[str, float]:
                                           classification.crop_flip_transform(cfg.image_size), tiny=cfg.tiny)
         val = classification.open_split(cfg.dataset, cfg.data_root, "val",
                                         classification.test_transform(cfg.test_resize, cfg.image_size), tiny=cfg.tiny)
+        if cfg.rehearsal:
+            train.dataset = rehearsal.first(train.dataset, rehearsal.STEPS * per_device * info.world_size,
+                                            str(train.source))
+            val.dataset = rehearsal.first_eval(val.dataset)
         sampler = DistributedSampler(train.dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True,
                                      seed=cfg.seed)
         loader_args = {"batch_size": per_device, "num_workers": cfg.num_workers, "pin_memory": device.type == "cuda"}
@@ -158,7 +167,7 @@ def run(cfg: LinearAvgpoolConfig) -> dict[str, float]:
         torch.manual_seed(cfg.seed)
         head = AvgPoolHead(feature_channels(model)["feat5"], train.num_classes).to(device)
         optimizer = build_optimizer(cfg.setting, head, resolved.lr, cfg.momentum, cfg.weight_decay)
-        lrs = lr_schedule(cfg, resolved.lr, len(train_loader))
+        lrs = lr_schedule(cfg, resolved.lr, len(train_loader), epochs)
         ddp_head = wrap_ddp(head, device)
         start_epoch, evals = 0, []
         latest = run.run_dir / "latest.pth"
@@ -172,9 +181,10 @@ def run(cfg: LinearAvgpoolConfig) -> dict[str, float]:
         log.drop_after_step(start_epoch * len(train_loader))  # rows of epochs this invocation trains (again)
 
         # ------------------------------------------------------------ loop
-        bar = Progress(cfg.epochs * len(train_loader), f"{PROTOCOL} {cfg.dataset}",
+        bar = Progress(epochs * len(train_loader), f"{PROTOCOL} {cfg.dataset}",
                        initial=start_epoch * len(train_loader), unit="step")
-        for epoch in range(start_epoch, cfg.epochs):
+        clock = rehearsal.Clock(device, enabled=cfg.rehearsal)
+        for epoch in range(start_epoch, epochs):
             sampler.set_epoch(epoch)  # the shuffling: a function of (seed, epoch)
             torch.manual_seed(epoch_seed(cfg.seed, epoch, info.rank))  # the crops/flips (and worker seeds)
             loss_sum, seen = torch.zeros((), device=device), 0
@@ -183,6 +193,7 @@ def run(cfg: LinearAvgpoolConfig) -> dict[str, float]:
                 for group in optimizer.param_groups:
                     group["lr"] = float(lrs[step])
                 loss = train_step(trunk, ddp_head, optimizer, images, labels, device, resolved.precision)
+                clock.step()
                 loss_sum += loss * len(labels)
                 seen += len(labels)
                 bar.update()
@@ -192,18 +203,19 @@ def run(cfg: LinearAvgpoolConfig) -> dict[str, float]:
                 raise RuntimeError(f"{PROTOCOL}: the training loss is {train_loss} in epoch {epoch + 1}; lower lr")
             row = {"epoch": epoch + 1, "step": (epoch + 1) * len(train_loader), "train_loss": train_loss,
                    "lr": float(lrs[(epoch + 1) * len(train_loader) - 1])}
-            if (epoch + 1) % cfg.eval_every_epochs == 0 or epoch + 1 == cfg.epochs:
-                scores = evaluate(trunk, head, val_loader, device, resolved.precision)
+            if (epoch + 1) % cfg.eval_every_epochs == 0 or epoch + 1 == epochs:
+                with clock.evaluating(len(val_loader.dataset)):
+                    scores = evaluate(trunk, head, val_loader, device, resolved.precision)
                 evals.append({"epoch": epoch + 1, **scores})
                 row.update({f"val_{k}": v for k, v in scores.items()})
             log.log(**row)
             bar.set_postfix(epoch=epoch + 1, loss=f"{train_loss:.3f}", top1=f"{evals[-1]['top1']:.2f}" if evals
                             else "-")
             done = epoch + 1
-            if done % cfg.ckpt_every_epochs == 0 or done == cfg.epochs or done == cfg.stop_after_epochs:
+            if done % cfg.ckpt_every_epochs == 0 or done == epochs or done == cfg.stop_after_epochs:
                 save_training_state(latest, modules={"head": head}, optimizer=optimizer, done=done,
                                     config_hash=run.config_hash, extra={"evals": evals})
-            if done == cfg.stop_after_epochs and done < cfg.epochs:
+            if done == cfg.stop_after_epochs and done < epochs:
                 bar.close()
                 if info.is_main:
                     print(f"{PROTOCOL}: stopped after epoch {done} (stop_after_epochs); state in {latest}")
@@ -215,6 +227,10 @@ def run(cfg: LinearAvgpoolConfig) -> dict[str, float]:
         final = evals[-1]
         metrics = {"top1": final["top1"], "top5": final["top5"]}
         details = _details(cfg, resolved, train, val, evals, report.encoder, len(loaded))
+        if cfg.rehearsal:
+            details["rehearsal"] = clock.summary(
+                images_per_step=per_device, reference_world=world,
+                **rehearsal.epoch_full_run(cfg, f"{cfg.dataset}/train", f"{cfg.dataset}/val", world))
         if info.is_main:
             curve = plot_log(log.path, run.run_dir / "val_curve.png", x="epoch", ys=["val_top1", "val_top5"],
                              title=run.plot_title(f"AvgPool linear probe, {cfg.dataset} val"),
@@ -245,12 +261,14 @@ def build_optimizer(setting: str, head: nn.Module, lr: float, momentum: float,
     raise ValueError(f"setting {setting!r} is not one of {', '.join(SETTINGS)}")
 
 
-def lr_schedule(cfg: LinearAvgpoolConfig, lr: float, iters_per_epoch: int) -> np.ndarray:
-    """Per-iteration learning rates: step at ``milestones`` (moco), or cosine stepped once per epoch (simsiam)."""
+def lr_schedule(cfg: LinearAvgpoolConfig, lr: float, iters_per_epoch: int, epochs: int | None = None) -> np.ndarray:
+    """Per-iteration learning rates over ``epochs`` (default ``cfg.epochs``; a rehearsal's one): step at
+    ``milestones`` (moco), or cosine stepped once per epoch (simsiam)."""
+    epochs = cfg.epochs if epochs is None else epochs
     if cfg.setting == "moco":
-        return step_lr(lr, cfg.epochs, iters_per_epoch, cfg.milestones)
+        return step_lr(lr, epochs, iters_per_epoch, cfg.milestones)
     if cfg.setting == "simsiam":  # mmcv CosineAnnealing(min_lr=0), by_epoch=True: constant within an epoch
-        return np.repeat(cosine_lr(lr, cfg.epochs), iters_per_epoch)
+        return np.repeat(cosine_lr(lr, epochs), iters_per_epoch)
     raise ValueError(f"setting {cfg.setting!r} is not one of {', '.join(SETTINGS)}")
 
 

@@ -45,6 +45,9 @@ NOTE: ``subset_list`` / ``label_map`` enter the config hash by path, not by cont
 record): after replacing a list file in place, rerun with ``force=true``.
 NOTE: a multi-process CPU job (gloo; for testing) keeps per-process BatchNorm: SyncBN runs on GPUs only
 (``details.bn``; ``torchrun --nproc-per-node 2`` on CPU was checked to run and score the full val split).
+NOTE: ``rehearsal=true`` (byol_bench.rehearsal) runs one process of the preset's world (64 images per step for
+4xb64) for one epoch of two steps of every cell over the first images of the labelled subset, and scores the first
+val images with every cell. No cell resumes in a rehearsal (it times every cell, also after a single-cell one).
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from adapters import load_backbone
-from byol_bench import dist, training
+from byol_bench import dist, rehearsal, training
 from byol_bench.backbone import MultiLayerFeatures, feature_channels
 from byol_bench.checkpoint import sha256_file
 from byol_bench.classification import (
@@ -173,7 +176,10 @@ def run(cfg: SemiSupConfig) -> dict[str, float]:
         if run.done is not None:
             return run.done
         info, device = run.info, run.info.device
-        per_device = training.batch_per_device(cfg.global_batch_size, info.world_size)
+        # a rehearsal is one process of the preset's world: its share of the batch, two steps, one epoch
+        world = rehearsal.reference_world(cfg.preset) if cfg.rehearsal else info.world_size
+        per_device = training.batch_per_device(cfg.global_batch_size, world)
+        epochs = 1 if cfg.rehearsal else cfg.epochs
         precision = training.resolve_precision(cfg.precision, device)
         grid = [(lr, m) for lr in cfg.base_lrs for m in cfg.head_lr_mults]
         log = run.start(Resolved(world_size=info.world_size, batch_size_per_device=per_device,
@@ -190,6 +196,10 @@ def run(cfg: SemiSupConfig) -> dict[str, float]:
         train = open_subset(cfg.data_root, subset_file, crop_flip_transform(cfg.image_size), tiny=cfg.tiny)
         val = open_split("imagenet", cfg.data_root, "val", test_transform(cfg.test_resize, cfg.image_size),
                          tiny=cfg.tiny)
+        if cfg.rehearsal:
+            train.dataset = rehearsal.first(train.dataset, rehearsal.STEPS * per_device * info.world_size,
+                                            str(train.source))
+            val.dataset = rehearsal.first_eval(val.dataset)
         sampler = DistributedSampler(train.dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True,
                                      seed=cfg.seed)
         loader = DataLoader(train.dataset, per_device, sampler=sampler, num_workers=cfg.num_workers,
@@ -201,10 +211,10 @@ def run(cfg: SemiSupConfig) -> dict[str, float]:
         # ------------------------------------------------------------ the grid: a model and optimizer per cell
         backbone, report = load_backbone(cfg.ckpt, cfg.arch, cfg.encoder, sha256=run.ckpt_sha256)
         cells_dir = Path(cfg.out_dir) / "runs" / PROTOCOL / "cells"
-        cells = [make_cell(cfg, backbone, train.num_classes, lr, m, len(loader), device, cells_dir, run.ckpt_sha256)
-                 for lr, m in grid]
-        for cell in cells:  # resume=auto: each cell from its own state (--force starts every cell afresh)
-            resume_from = training.resume_point(cell.state_file.parent, cfg)
+        cells = [make_cell(cfg, backbone, train.num_classes, lr, m, epochs, len(loader), device, cells_dir,
+                           run.ckpt_sha256) for lr, m in grid]
+        for cell in cells:  # resume=auto: each cell from its own state (--force, a rehearsal: every cell afresh)
+            resume_from = None if cfg.rehearsal else training.resume_point(cell.state_file.parent, cfg)
             if resume_from is not None:
                 cell.done, cell.state = training.load_training_state(
                     resume_from, modules={"model": cell.model}, optimizer=cell.optimizer, config_hash=cell.key)
@@ -214,12 +224,14 @@ def run(cfg: SemiSupConfig) -> dict[str, float]:
 
         # ------------------------------------------------------------ loop: one data stream per group of cells
         started = time.time()
-        progress = Progress(sum(cfg.epochs - c.done for c in cells) * len(loader), f"{PROTOCOL} {cfg.dataset}",
+        progress = Progress(sum(epochs - c.done for c in cells) * len(loader), f"{PROTOCOL} {cfg.dataset}",
                             unit="step")
         groups = [cells] if cfg.grid == "one_pass" else [[c] for c in cells]
         stopped = False
+        clock = rehearsal.Clock(device, enabled=cfg.rehearsal)
         for group in groups:
-            stopped = train_cells(cfg, group, loader, sampler, val_loader, precision, device, log, progress)
+            stopped = train_cells(cfg, epochs, group, loader, sampler, val_loader, precision, device, log, progress,
+                                  clock)
         progress.close()
         if stopped:
             print(f"{PROTOCOL}: stopped after epoch {cfg.stop_after_epochs} (stop_after_epochs); rerun to resume")
@@ -242,6 +254,11 @@ def run(cfg: SemiSupConfig) -> dict[str, float]:
             "num_classes": train.num_classes, "train_images": len(train.dataset), "val_images": len(val.dataset),
             "train_time_s_this_invocation": round(time.time() - started, 2),
         }
+        if cfg.rehearsal:  # a step: one batch through every cell of its group (one_pass: all nine cells)
+            full = rehearsal.epoch_full_run(cfg, f"{cfg.dataset}/train", "imagenet/val", world,
+                                            evaluated_models=len(cells))
+            full["full_steps"] *= len(groups)  # grid=sequential: a pass over the data per cell
+            details["rehearsal"] = clock.summary(images_per_step=per_device, reference_world=world, **full)
         if info.is_main:
             os.makedirs(subset_copy.parent, exist_ok=True)
             shutil.copyfile(subset_file, subset_copy)
@@ -259,12 +276,14 @@ def run(cfg: SemiSupConfig) -> dict[str, float]:
         return metrics
 
 
-def train_cells(cfg: SemiSupConfig, cells: list[Cell], loader: DataLoader, sampler: DistributedSampler,
-                val_loader: DataLoader, precision: str, device: torch.device, log, progress: Progress) -> bool:
-    """Train ``cells`` to ``cfg.epochs`` over one data stream: each batch is decoded and augmented once, then every
-    cell of the group that is at this epoch takes its step. Returns True when ``stop_after_epochs`` stopped it."""
+def train_cells(cfg: SemiSupConfig, epochs: int, cells: list[Cell], loader: DataLoader, sampler: DistributedSampler,
+                val_loader: DataLoader, precision: str, device: torch.device, log, progress: Progress,
+                clock: rehearsal.Clock) -> bool:
+    """Train ``cells`` to ``epochs`` (``cfg.epochs``; a rehearsal's one) over one data stream: each batch is decoded
+    and augmented once, then every cell of the group that is at this epoch takes its step (one ``clock`` step).
+    Returns True when ``stop_after_epochs`` stopped it."""
     rank = dist.get_rank()
-    for epoch in range(min(c.done for c in cells), cfg.epochs):
+    for epoch in range(min(c.done for c in cells), epochs):
         active = [c for c in cells if c.done == epoch and c.state["diverged_epoch"] is None]
         if active:
             sampler.set_epoch(epoch)  # shuffling and augmentations: functions of (seed, epoch, rank), not of a cell
@@ -279,6 +298,7 @@ def train_cells(cfg: SemiSupConfig, cells: list[Cell], loader: DataLoader, sampl
                     loss = train_step(cell, images, labels, float(cell.lrs[epoch * len(loader) + i]), precision)
                     losses[cell.name] += loss.detach().double() * len(labels)
                     progress.update()
+                clock.step()
                 seen += len(labels)
             total = float(dist.all_reduce_sum(torch.tensor(float(seen), device=device)))
             row = {}
@@ -294,27 +314,29 @@ def train_cells(cfg: SemiSupConfig, cells: list[Cell], loader: DataLoader, sampl
             log.log(step=(epoch + 1) * len(loader), epoch=epoch + 1, **row)
             progress.set_postfix(epoch=epoch + 1)
             scoring = [c for c in active if c.state["diverged_epoch"] is None]
-            if scoring and ((epoch + 1) % cfg.eval_every_epochs == 0 or epoch + 1 == cfg.epochs):
-                scores = evaluate(scoring, val_loader, precision, device)
+            if scoring and ((epoch + 1) % cfg.eval_every_epochs == 0 or epoch + 1 == epochs):
+                with clock.evaluating(len(val_loader.dataset) * len(scoring)):  # image x cell
+                    scores = evaluate(scoring, val_loader, precision, device)
                 for cell, score in zip(scoring, scores, strict=True):
                     cell.state["evals"].append({"epoch": epoch + 1, **score})
                 log.log(step=(epoch + 1) * len(loader), eval_epoch=epoch + 1,
                         **{f"{k}_{c.name}": v for c, s in zip(scoring, scores, strict=True) for k, v in s.items()})
             for cell in active:
                 done = cell.done
-                if (done % cfg.ckpt_every_epochs == 0 or done == cfg.epochs or done == cfg.stop_after_epochs
+                if (done % cfg.ckpt_every_epochs == 0 or done == epochs or done == cfg.stop_after_epochs
                         or cell.state["diverged_epoch"] is not None):
                     training.save_training_state(cell.state_file, modules={"model": cell.model},
                                                  optimizer=cell.optimizer, done=done, config_hash=cell.key,
                                                  extra=cell.state)
-        if epoch + 1 == cfg.stop_after_epochs and epoch + 1 < cfg.epochs:
+        if epoch + 1 == cfg.stop_after_epochs and epoch + 1 < epochs:
             return True
     return False
 
 
 def make_cell(cfg: SemiSupConfig, backbone: nn.Module, num_classes: int, base_lr: float, head_lr_mult: float,
-              iters_per_epoch: int, device: torch.device, cells_dir: Path, ckpt_sha256: str) -> Cell:
-    """A fresh cell: a copy of the loaded backbone, the seeded head, SGD over two groups, its lr schedule."""
+              epochs: int, iters_per_epoch: int, device: torch.device, cells_dir: Path, ckpt_sha256: str) -> Cell:
+    """A fresh cell: a copy of the loaded backbone, the seeded head, SGD over two groups, its lr schedule over
+    ``epochs`` (``cfg.epochs``; a rehearsal's one)."""
     generator = torch.Generator().manual_seed(int(rng_for(cfg.seed, "head").integers(2**62)))
     model = FineTuneNet(copy.deepcopy(backbone), num_classes, generator)
     if device.type == "cuda":  # SyncBN in a multi-GPU job (as the reference); it has no CPU kernels
@@ -323,7 +345,7 @@ def make_cell(cfg: SemiSupConfig, backbone: nn.Module, num_classes: int, base_lr
     key = config_hash(dataclasses.replace(cfg, preset="", base_lrs=(base_lr,), head_lr_mults=(head_lr_mult,)))
     return Cell(base_lr, head_lr_mult, model, training.wrap_ddp(model, device),
                 build_optimizer(model, base_lr, head_lr_mult, cfg.momentum, cfg.weight_decay),
-                training.step_lr(base_lr, cfg.epochs, iters_per_epoch, cfg.milestones, cfg.gamma),
+                training.step_lr(base_lr, epochs, iters_per_epoch, cfg.milestones, cfg.gamma),
                 cells_dir / f"{ckpt_sha256[:8]}-{key}-{cell_name(base_lr, head_lr_mult)}" / "latest.pth", key)
 
 
