@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from cli_support import run_module  # tests/ is on sys.path
+from overfit_support import FrozenTrunkOncePerBatch
 from PIL import Image
 from torchvision import transforms as T
 
@@ -36,29 +37,6 @@ SIMSIAM = "linear-avgpool_resnet50_8xb512-coslr-90e_in1k"
 def _cfg(preset: str, ckpt: Path, data: Path, out: Path, *extra: str) -> LinearAvgpoolConfig:
     return load_config(LinearAvgpoolConfig, preset, [f"ckpt={ckpt}", f"data_root={data}", f"out_dir={out}", *extra],
                        preset_dir=PRESET_DIR)
-
-
-class FrozenTrunkOncePerBatch(torch.nn.Module):
-    """A frozen (eval-mode, no-grad) trunk that computes each distinct batch once: an overfit loop feeds it the same
-    batch at every step, and its features are then the same tensors every time. The second call with a batch
-    recomputes them and checks they are equal, so the shortcut is verified, not assumed; later calls reuse them
-    (a CPU ResNet-18 forward per step was nearly all of an overfit test's time)."""
-
-    def __init__(self, trunk: torch.nn.Module) -> None:
-        super().__init__()
-        self.trunk, self.memo, self.checked = trunk, None, False
-
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        same = self.memo is not None and torch.equal(self.memo[0], images)
-        if same and self.checked:
-            return dict(self.memo[1])
-        out = self.trunk(images)
-        if same:
-            assert out.keys() == self.memo[1].keys() and all(torch.equal(out[k], self.memo[1][k]) for k in out)
-            self.checked = True
-        else:
-            self.memo, self.checked = (images.clone(), out), False
-        return dict(out)
 
 
 # ---------------------------------------------------------------- head, settings, augmentation

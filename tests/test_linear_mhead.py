@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from cli_support import run_module  # tests/ is on sys.path
+from overfit_support import FrozenTrunkOncePerBatch
 from torch import nn
 
 import benchmarks.linear.mhead as mhead
@@ -28,29 +29,6 @@ REPO = Path(__file__).resolve().parents[1]
 def _cfg(ckpt: Path, data: Path, out: Path, *extra: str, preset: str = "tiny") -> mhead.LinearMheadConfig:
     return load_config(mhead.LinearMheadConfig, preset,
                        [f"ckpt={ckpt}", f"data_root={data}", f"out_dir={out}", *extra], preset_dir=mhead.PRESET_DIR)
-
-
-class FrozenTrunkOncePerBatch(nn.Module):
-    """A frozen (eval-mode, no-grad) trunk that computes each distinct batch once: an overfit loop feeds it the same
-    batch at every step, and its features are then the same tensors every time. The second call with a batch
-    recomputes them and checks they are equal, so the shortcut is verified, not assumed; later calls reuse them
-    (a CPU ResNet-18 forward per step was nearly all of an overfit test's time)."""
-
-    def __init__(self, trunk: nn.Module) -> None:
-        super().__init__()
-        self.trunk, self.memo, self.checked = trunk, None, False
-
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        same = self.memo is not None and torch.equal(self.memo[0], images)
-        if same and self.checked:
-            return dict(self.memo[1])
-        out = self.trunk(images)
-        if same:
-            assert out.keys() == self.memo[1].keys() and all(torch.equal(out[k], self.memo[1][k]) for k in out)
-            self.checked = True
-        else:
-            self.memo, self.checked = (images.clone(), out), False
-        return dict(out)
 
 
 @pytest.fixture(scope="module")
@@ -225,8 +203,6 @@ def test_cli_errors_are_one_line(ckpt, tiny_data, tmp_path):
         assert result.returncode == 2, result.stderr
         assert result.stderr.startswith("error: ") and needle in result.stderr, result.stderr
         assert result.stderr.strip().count("\n") == 0
-
-
 
 
 def test_overfit_a_few_images(ckpt, tiny_data):
