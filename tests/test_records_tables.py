@@ -51,7 +51,7 @@ def test_golden_records_validate():
     (lambda r: r["metrics"].update(svm=float("nan")), "metric 'svm' must be a finite number"),
     (lambda r: r["metrics"].update(svm="86"), "metric 'svm' must be a finite number"),
     (lambda r: r["checkpoint"].pop("sha256"), "checkpoint is missing ['sha256']"),
-    (lambda r: r.update(schema_version=2), "schema_version 2"),
+    (lambda r: r.update(schema_version=3), "schema_version 3"),
 ])
 def test_schema_violations_are_named(mutate, needle):
     record = copy.deepcopy(_record())

@@ -24,6 +24,7 @@ class FakeConfig:
     out_dir: str = opt("out", "output folder", identity=False)
     device: Literal["auto", "cpu", "cuda"] = opt("cpu", "device", identity=False)
     tiny: bool = opt(True, "tiny sizes")
+    rehearsal: bool = opt(False, "a rehearsal", identity="when_set")
     force: bool = opt(False, "redo", identity=False)
 
 
