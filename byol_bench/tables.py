@@ -45,9 +45,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from byol_bench.fileio import atomic_write_text
+from byol_bench.protocols import PRETRAIN, PROTOCOLS
+
 TINY_MARK = " †"
 PUBLISHED_FORMAT = "published"
 PUBLISHED_MARK = " (published)"
+PUBLISHED_DIR = Path(__file__).resolve().parents[1] / "results" / "published"  # published rows, one record each
 PLOT_SUFFIX = "_plot"  # details keys ending so hold the path of a plot the report links
 TINY_NOTE = "† tiny embedded data: checks the pipeline end to end; not comparable with published numbers."
 REHEARSAL_NOTE = ("{n} rehearsal record(s) left out: a rehearsal trains two optimizer steps of a full preset "
@@ -133,11 +137,7 @@ TABLES: tuple[Table, ...] = (
 
 
 # The one figure per protocol that the end-of-run summary quotes: (metric, how to say it).
-HEADLINE: dict[str, tuple[str, str]] = {
-    "voc07_svm": ("svm", "SVM mAP"), "linear_mhead": ("feat5", "top-1 feature5"), "linear_avgpool": ("top1", "top-1"),
-    "semi_sup": ("top1", "top-1"), "det_voc": ("AP50", "AP50"), "det_coco": ("bbox_AP", "box AP"),
-    "segmentation": ("mIoU", "mIoU"),
-}
+HEADLINE: dict[str, tuple[str, str]] = {p.name: p.headline for p in (PRETRAIN, *PROTOCOLS)}
 
 
 def render_summary(records: list[dict[str, Any]], runs: list[tuple[str, str, float, str]]) -> str:
@@ -160,6 +160,17 @@ def render_summary(records: list[dict[str, Any]], runs: list[tuple[str, str, flo
             figure = f"{said} {value:.2f} ({record['dataset']})" if value is not None else ""
         lines.append(f"{protocol:<15} {preset:<20} {seconds:>6.0f} s  {status:<7} {figure}".rstrip())
     return "\n".join(lines)
+
+
+def write_timings(path: str | os.PathLike, runs: list[tuple[str, str, float, str]]) -> None:
+    """``runs`` as the suite's ``run_times.tsv``: protocol, preset, seconds, status; one run a line."""
+    atomic_write_text(path, "".join(f"{p}\t{preset}\t{s:.0f}\t{status}\n" for p, preset, s, status in runs))
+
+
+def read_timings(path: str | os.PathLike) -> list[tuple[str, str, float, str]]:
+    """The runs of a ``run_times.tsv`` (:func:`write_timings`)."""
+    return [(p, preset, float(s), status) for p, preset, s, status in
+            (line.split("\t") for line in Path(path).read_text().splitlines() if line.strip())]
 
 
 def required_fields() -> dict[tuple[str, str], dict[str, set[str]]]:
@@ -262,13 +273,17 @@ def _cell(record: dict[str, Any] | None, column: Column) -> str:
     return _FEATURE_LABELS.get(str(value), str(value))
 
 
-def render_markdown(records: list[dict[str, Any]], link_root: str | os.PathLike | None = None) -> str:
-    """All seed tables as markdown sections; then the sources of published rows and the runs' plots.
+def render_markdown(records: list[dict[str, Any]], link_root: str | os.PathLike | None = None,
+                    runs: list[tuple[str, str, float, str]] | None = None) -> str:
+    """All seed tables as markdown sections; then the runs of the invocation, the sources of published rows and the
+    runs' plots.
 
     Args:
         records: measured and published records.
         link_root: the folder the markdown file is written to: plot links are made relative to it (so the report
             reads on GitHub or in any viewer); None lists no plots.
+        runs: ``(protocol, preset, seconds, status)`` of the invocation that wrote the report (see
+            :func:`render_summary`); the runs that did not end with a record are named as failed.
     """
     parts = ["# Model zoo", ""]
     settings_named = False
@@ -287,6 +302,11 @@ def render_markdown(records: list[dict[str, Any]], link_root: str | os.PathLike 
         parts += [REHEARSAL_NOTE.format(n=rehearsals), ""]
     if settings_named:
         parts += [AVGPOOL_NOTE, ""]
+    if runs:
+        parts += ["## Runs", "", "```", render_summary(records, runs), "```", ""]
+        failed = [f"{protocol} ({preset})" for protocol, preset, _, status in runs if status != "ok"]
+        if failed:
+            parts += [f"**FAILED: {', '.join(failed)}**: their cells above are blank or older; the logs say why.", ""]
     parts += _sources_section(records)
     if link_root is not None:
         parts += _plots_section(records, Path(link_root))

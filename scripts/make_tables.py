@@ -18,35 +18,33 @@ from pathlib import Path
 from byol_bench.cli import main_guard
 from byol_bench.fileio import atomic_write_text
 from byol_bench.records import load_records
-from byol_bench.tables import records_frame, render_csv, render_markdown, render_summary
-
-PUBLISHED = Path(__file__).resolve().parent.parent / "results" / "published"
+from byol_bench.tables import PUBLISHED_DIR, read_timings, records_frame, render_csv, render_markdown, render_summary
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", required=True, type=Path, help="folder of result records (searched recursively)")
-    parser.add_argument("--published", nargs="?", const=PUBLISHED, type=Path,
-                        help=f"also render the published rows of this folder (default {PUBLISHED})")
+    parser.add_argument("--published", nargs="?", const=PUBLISHED_DIR, type=Path,
+                        help=f"also render the published rows of this folder (default {PUBLISHED_DIR})")
     parser.add_argument("--format", choices=("md", "csv"), default="md", help="table format printed and written")
     parser.add_argument("--out", type=Path, help="also write the tables to this file")
     parser.add_argument("--timings", type=Path,
-                        help="run_all_benchmarks.sh's protocol<TAB>preset<TAB>seconds<TAB>status file: print a summary")
+                        help="the suite's run_times.tsv (protocol<TAB>preset<TAB>seconds<TAB>status): print a summary "
+                             "and add the runs to the report")
     parser.add_argument("--all-csv", type=Path, help="also write every metric of every record to this CSV")
     args = parser.parse_args()
     records = load_records(args.records)
     if args.published:
         records += load_records(args.published)
     link_root = args.out.parent if args.out else None
-    text = render_markdown(records, link_root) if args.format == "md" else render_csv(records)
+    runs = read_timings(args.timings) if args.timings else None
+    text = render_markdown(records, link_root, runs) if args.format == "md" else render_csv(records)
     print(text)
     if args.out:
         atomic_write_text(args.out, text)
     if args.all_csv:
         atomic_write_text(args.all_csv, records_frame(records).to_csv(index=False))
-    if args.timings:
-        runs = [(p, preset, float(s), status) for p, preset, s, status in
-                (line.split("\t") for line in args.timings.read_text().splitlines() if line.strip())]
+    if runs:
         print(f"\n== summary: protocol, preset, wall time, headline figure\n{render_summary(records, runs)}")
 
 

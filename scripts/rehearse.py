@@ -39,16 +39,15 @@ import time
 from pathlib import Path
 
 from byol_bench.cli import main_guard
+from byol_bench.protocols import PRETRAIN
+from byol_bench.protocols import PROTOCOLS as SUITE
 from byol_bench.records import load_records
 from byol_bench.runlog import cpu_model
 
 REPO = Path(__file__).resolve().parent.parent
 
 # (protocol, the module that runs it) in the order they run: the pretrainer, then the tables' order.
-PROTOCOLS = (("pretrain", "pretrain"), ("voc07_svm", "benchmarks.voc07_svm"),
-             ("linear_mhead", "benchmarks.linear_mhead"), ("linear_avgpool", "benchmarks.linear_avgpool"),
-             ("semi_sup", "benchmarks.semi_sup"), ("det_voc", "benchmarks.det_voc"),
-             ("det_coco", "benchmarks.det_coco"), ("segmentation", "benchmarks.segmentation"))
+PROTOCOLS = tuple((p.name, p.module) for p in (PRETRAIN, *SUITE))
 SINGLE_CELL = "_head"  # semi_sup presets of one grid cell: covered by their grid preset
 CPU_FIT = {  # preset -> (overrides on a CPU, why)
     preset: (("batch_size_per_device=32", "accum_steps=8"),

@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from byol_bench.config import CONFIG_ROOT, ConfigError, describe, load_config
+from byol_bench.protocols import BY_NAME, PRETRAIN, PROTOCOLS
 from byol_bench.records import make_record
+from byol_bench.rehearsal import reference_world
 from byol_bench.runner_config import (
     EpochTrainerConfig,
     IterTrainerConfig,
@@ -49,18 +51,6 @@ def _config_class(module) -> type:
     return typing.get_type_hints(module.run)["cfg"]
 
 
-def _presets_table(name: str) -> dict[str, list[str]]:
-    """A protocol -> presets table of scripts/run_all_benchmarks.sh (values may list several, space-separated)."""
-    script = (REPO / "scripts" / "run_all_benchmarks.sh").read_text()
-    block = re.search(rf"declare -A {name}=\((.*?)\n\)", script, re.S).group(1)
-    return {proto: value.strip('"').split() for proto, value in re.findall(r'\[(\w+)\]=("[^"]*"|\S+)', block)}
-
-
-def _full_presets() -> dict[str, list[str]]:
-    """The FULL_PRESET table of scripts/run_all_benchmarks.sh."""
-    return _presets_table("FULL_PRESET")
-
-
 def _is_tiny(preset: str) -> bool:
     """``tiny`` or, for a runner with several datasets, ``tiny-<dataset>``."""
     return preset == "tiny" or preset.startswith("tiny-")
@@ -78,9 +68,11 @@ def test_there_are_runners() -> None:
 @pytest.mark.parametrize("name", RUNNERS)
 def test_runner_module_follows_the_conventions(name: str) -> None:
     module = importlib.import_module(RUNNER_MODULES[name])
-    # run_all_benchmarks.sh runs `python -m benchmarks.<protocol>`: an entry module (or a family's __main__) that
-    # starts this runner's main
-    spec = importlib.util.find_spec(f"benchmarks.{name}")
+    # the suite runs `python -m <its entry in byol_bench.protocols>`: an entry module (or a family's __main__) that
+    # starts this runner's main; the entry names this runner module
+    protocol = BY_NAME[name]
+    assert protocol.runner == module.__name__ and protocol.module == f"benchmarks.{name}"
+    spec = importlib.util.find_spec(protocol.module)
     entry = Path(spec.origin) if spec.submodule_search_locations is None else Path(spec.origin).with_name("__main__.py")
     assert f"from {module.__name__} import main" in entry.read_text()
     for dataset in _record_datasets(module):
@@ -163,10 +155,11 @@ def test_runner_presets_parse_and_the_full_preset_is_known(name: str) -> None:
     for preset in presets:
         cfg = load_config(_config_class(module), preset.stem, preset_dir=module.PRESET_DIR)
         assert cfg.preset == preset.stem and cfg.tiny == _is_tiny(preset.stem)
-    full = _full_presets().get(name)
-    assert full, f"add [{name}]=<full preset(s)> to FULL_PRESET in scripts/run_all_benchmarks.sh"
-    tiny = _presets_table("TINY_PRESETS").get(name, ["tiny"])
+    full, tiny = BY_NAME[name].presets("full"), BY_NAME[name].tiny
+    assert full, f"list the full preset(s) of {name} in byol_bench/protocols.py"
     assert {"tiny", *tiny, *full} <= {p.stem for p in presets}
+    for preset, gpus in BY_NAME[name].full:  # the reference GPU count is the name's <N>xb<B>, or 1
+        assert gpus == (reference_world(preset) if re.search(r"\d+xb\d+", preset) else 1), preset
     if len(_record_datasets(module)) > 1:  # one full and one tiny preset per dataset the runner can write
         by_dataset = {load_config(_config_class(module), p, preset_dir=module.PRESET_DIR).dataset for p in full}
         assert by_dataset == set(_record_datasets(module))
@@ -174,9 +167,19 @@ def test_runner_presets_parse_and_the_full_preset_is_known(name: str) -> None:
         assert by_dataset == set(_record_datasets(module))
 
 
+def test_the_protocol_list_is_every_runner_and_its_tables() -> None:
+    # in the tables' order
+    assert [p.name for p in PROTOCOLS] == list(dict.fromkeys(c.protocol for t in TABLES for c in t.columns))
+    assert sorted(p.name for p in PROTOCOLS) == RUNNERS
+    for protocol in PROTOCOLS:
+        assert set(protocol.tables) == {t.title for t in TABLES if protocol.name in {c.protocol for c in t.columns}}
+    assert PRETRAIN.runner == "pretrain.train" and importlib.util.find_spec(PRETRAIN.module) is not None
+
+
 def test_pretrain_presets_parse() -> None:
     presets = sorted(PRETRAIN_PRESET_DIR.glob("*.yaml"))
     assert presets
+    assert set(PRETRAIN.presets("full")) == {p.stem for p in presets} - {"tiny"}
     for preset in presets:
         cfg = load_config(PretrainConfig, preset.stem, preset_dir=PRETRAIN_PRESET_DIR)
         assert cfg.preset == preset.stem and cfg.tiny == (preset.stem == "tiny")

@@ -1,0 +1,206 @@
+#!/usr/bin/env bash
+# Start, stop or query a real one-node SLURM cluster (munged + slurmctld + slurmd) on this machine, for the
+# project's tests and CI. Everything it writes (slurm.conf, munge key and socket, state, spool, pid and log files)
+# lives under DIR, so it touches no system config and several clusters can coexist as long as their ports differ.
+#
+#   eval "$(scripts/slurm_cluster.sh start [DIR])"   # prints one line: export SLURM_CONF=DIR/slurm.conf
+#   scripts/slurm_cluster.sh status [DIR]            # sinfo + squeue; exit 0 if up, 1 if not
+#   scripts/slurm_cluster.sh stop [DIR]              # cancels this cluster's jobs, stops its daemons, removes DIR
+#
+# DIR defaults to /tmp/byol-bench-slurm. SLURM_CTLD_PORT / SLURM_D_PORT (default 6817 / 6818) move the ports;
+# SLURM_CRED_EXPIRE (default 15 s, Slurm's own is 120 s) bounds how long a requeued job waits before rerunning.
+# Missing packages (Debian's slurm-wlm, munge) are installed with apt-get when run as root; otherwise exit 2.
+# Only SLURM_CONF needs exporting for clients (sbatch, squeue, scontrol, submitit): slurm.conf's AuthInfo tells
+# them where this cluster's munge socket is. There is no accounting store, so sacct fails by design.
+set -euo pipefail
+
+PROG=slurm_cluster.sh
+cmd=${1:-}
+DIR=${2:-/tmp/byol-bench-slurm}
+CTLD_PORT=${SLURM_CTLD_PORT:-6817}
+D_PORT=${SLURM_D_PORT:-6818}
+START_TIMEOUT=${SLURM_START_TIMEOUT:-60}
+CRED_EXPIRE=${SLURM_CRED_EXPIRE:-15}
+
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 64; }
+log() { echo "$PROG: $*" >&2; }
+die() { echo "$PROG: $*" >&2; exit 1; }
+
+case $cmd in start|stop|status) ;; *) usage ;; esac
+# Absolute, so the paths baked into slurm.conf and the export line work from any cwd.
+DIR=$(realpath -m -- "$DIR")
+CONF=$DIR/slurm.conf
+M=$DIR/munge
+export SLURM_CONF=$CONF
+
+pid_alive() { local p; p=$(cat "$1" 2>/dev/null) && [[ -n $p ]] && kill -0 "$p" 2>/dev/null; }
+
+# The cluster is up when its controller answers and the node is usable (idle, mixed or allocated).
+cluster_up() {
+    [[ -f $CONF ]] && pid_alive "$DIR/run/slurmctld.pid" && pid_alive "$DIR/run/slurmd.pid" || return 1
+    timeout 15 sinfo -h -N -o '%T' 2>/dev/null | grep -Eq '^(idle|mixed|allocated|completing)'
+}
+
+stop_daemon() {  # NAME PIDFILE: TERM, wait up to 10 s, then KILL, so a restart finds the ports free.
+    local p i
+    p=$(cat "$2" 2>/dev/null) || return 0
+    [[ -n $p ]] && kill -0 "$p" 2>/dev/null || { rm -f "$2"; return 0; }
+    kill "$p" 2>/dev/null || true
+    for ((i = 0; i < 100; i++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$p" 2>/dev/null && { log "$1 ($p) ignored TERM, killing"; kill -9 "$p" 2>/dev/null || true; }
+    rm -f "$2"
+}
+
+stop_all() {
+    # Cancel this cluster's jobs first: their slurmstepd processes outlive slurmd otherwise.
+    if [[ -f $CONF ]] && pid_alive "$DIR/run/slurmctld.pid"; then
+        local ids i
+        ids=$(timeout 15 squeue -h -o '%A' 2>/dev/null || true)
+        if [[ -n $ids ]]; then
+            # shellcheck disable=SC2086
+            timeout 15 scancel $ids 2>/dev/null || true
+            for ((i = 0; i < 100; i++)); do
+                [[ -z $(timeout 5 squeue -h -o '%A' 2>/dev/null) ]] && break; sleep 0.1
+            done
+        fi
+    fi
+    stop_daemon slurmd "$DIR/run/slurmd.pid"
+    stop_daemon slurmctld "$DIR/run/slurmctld.pid"
+    stop_daemon munged "$M/munged.pid"
+}
+
+ensure_packages() {
+    command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v munged >/dev/null && return 0
+    if [[ $(id -u) != 0 ]]; then
+        echo "$PROG: slurmctld/slurmd/munged missing: install Debian packages slurm-wlm and munge (as root)" >&2
+        exit 2
+    fi
+    log "installing slurm-wlm and munge"
+    apt-get update -qq >&2 || die "apt-get update failed"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends slurm-wlm munge >&2 \
+        || die "apt-get install slurm-wlm munge failed"
+}
+
+write_conf() {
+    local host cpus mem user
+    host=$(hostname -s)
+    cpus=$(nproc)
+    # slurmd drains a node whose RealMemory exceeds what it measures, so take its own measurement when it gives one.
+    mem=$(slurmd -C 2>/dev/null | sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p')
+    [[ -n $mem ]] || mem=$(( $(awk '/^MemTotal:/ {print $2}' /proc/meminfo) / 1024 ))
+    user=$(id -un)
+    cat >"$CONF" <<EOF
+# Written by scripts/slurm_cluster.sh: a one-node cluster whose files all live under $DIR.
+ClusterName=byolbench
+# Loopback addresses: the hostname need not resolve (or may resolve elsewhere) in a container.
+SlurmctldHost=$host(127.0.0.1)
+SlurmctldPort=$CTLD_PORT
+SlurmdPort=$D_PORT
+SlurmUser=$user
+SlurmdUser=$user
+# Our own munged, not the system one: daemons and clients alike read the socket from here.
+# cred_expire (default 120 s) is also how long a requeued job is held before it may start again.
+AuthType=auth/munge
+CredType=cred/munge
+AuthInfo=socket=$M/munge.socket.2,cred_expire=$CRED_EXPIRE
+StateSaveLocation=$DIR/state
+SlurmdSpoolDir=$DIR/spool
+SlurmctldPidFile=$DIR/run/slurmctld.pid
+SlurmdPidFile=$DIR/run/slurmd.pid
+SlurmctldLogFile=$DIR/log/slurmctld.log
+SlurmdLogFile=$DIR/log/slurmd.log
+SlurmctldDebug=info
+SlurmdDebug=info
+# No cgroups in a container: track processes by parent pid, bind no tasks.
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/none
+MpiDefault=none
+SwitchType=switch/none
+SchedulerType=sched/backfill
+# A pass every 5 s (default 60 s / 30 s), so a requeued job starts soon after its hold ends.
+SchedulerParameters=sched_interval=5,bf_interval=5
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+JobRequeue=1
+ReturnToService=2
+MailProg=/bin/true
+NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
+PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
+EOF
+}
+
+start_munged() {
+    # A key of our own, readable by us only (munged refuses a key others can read).
+    [[ -s $M/munge.key ]] || { head -c 1024 /dev/urandom >"$M/munge.key"; }
+    chmod 0400 "$M/munge.key"
+    # --force: as root munged otherwise refuses, and it would also refuse a stale socket left by a crash.
+    munged --force --socket="$M/munge.socket.2" --key-file="$M/munge.key" --log-file="$M/munged.log" \
+        --pid-file="$M/munged.pid" --seed-file="$M/munged.seed" 2>>"$M/munged.log" \
+        || die "munged failed to start; see $M/munged.log"
+    local i
+    for ((i = 0; i < 50; i++)); do [[ -S $M/munge.socket.2 ]] && pid_alive "$M/munged.pid" && return 0; sleep 0.1; done
+    die "munged failed to start; see $M/munged.log"
+}
+
+start_slurm_daemon() {  # NAME: both daemons fork into the background once their pid file is written.
+    local name=$1 i
+    "$name" -f "$CONF" >>"$DIR/log/$name.log" 2>&1 || fail_start "$name"
+    for ((i = 0; i < 100; i++)); do pid_alive "$DIR/run/$name.pid" && return 0; sleep 0.1; done
+    fail_start "$name"
+}
+
+fail_start() {  # NAME: leave nothing half-running, keep DIR for its logs.
+    local logf=$DIR/log/$1.log
+    [[ $1 == munged ]] && logf=$M/munged.log
+    stop_all >/dev/null 2>&1 || true
+    die "$1 failed to start; see $logf"
+}
+
+do_start() {
+    if cluster_up; then
+        log "already running from $DIR"
+        echo "export SLURM_CONF=$CONF"
+        return 0
+    fi
+    ensure_packages
+    mkdir -p "$DIR" || die "cannot create $DIR"
+    # Anything left from an earlier, broken start goes; state and spool start empty so no old job comes back.
+    stop_all
+    rm -rf "$DIR/state" "$DIR/spool" "$DIR/run" "$DIR/log"
+    mkdir -p "$DIR/state" "$DIR/spool" "$DIR/run" "$DIR/log" "$M"
+    write_conf
+    log "starting munged, slurmctld and slurmd from $DIR"
+    start_munged
+    start_slurm_daemon slurmctld
+    start_slurm_daemon slurmd
+    local i state=
+    for ((i = 0; i < START_TIMEOUT * 2; i++)); do
+        pid_alive "$DIR/run/slurmctld.pid" || fail_start slurmctld
+        pid_alive "$DIR/run/slurmd.pid" || fail_start slurmd
+        state=$(timeout 10 sinfo -h -N -o '%T' 2>/dev/null | head -n1 || true)
+        [[ $state == idle ]] && { log "node idle"; echo "export SLURM_CONF=$CONF"; return 0; }
+        sleep 0.5
+    done
+    local reason
+    reason=$(timeout 10 sinfo -h -N -o '%E' 2>/dev/null | head -n1 || true)
+    stop_all >/dev/null 2>&1 || true
+    die "slurmd: node not idle after ${START_TIMEOUT}s (state '${state:-no answer}', reason '${reason}'); see $DIR/log/slurmd.log and $DIR/log/slurmctld.log"
+}
+
+case $cmd in
+start) do_start ;;
+stop)
+    stop_all
+    rm -rf "$DIR"
+    log "stopped, removed $DIR"
+    ;;
+status)
+    pid_alive "$DIR/run/slurmctld.pid" 2>/dev/null && [[ -f $CONF ]] || { log "not running from $DIR"; exit 1; }
+    timeout 15 sinfo || exit 1
+    timeout 15 squeue || exit 1
+    cluster_up || exit 1
+    ;;
+esac
