@@ -6,5 +6,5 @@
 # A thin wrapper over `python -m benchmarks.suite` (the protocols are listed once, in byol_bench/protocols.py);
 # --help documents every option and launcher, docs/CLUSTER.md shows them at work. PYTHON picks the interpreter.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-exec "${PYTHON:-python}" -m benchmarks.suite "$@"
+# the checkout on the path, not as the working directory: paths on the command line are the caller's
+PYTHONPATH="$(cd "$(dirname "$0")/.." && pwd)${PYTHONPATH:+:$PYTHONPATH}" exec "${PYTHON:-python}" -m benchmarks.suite "$@"

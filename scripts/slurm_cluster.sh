@@ -33,7 +33,12 @@ CONF=$DIR/slurm.conf
 M=$DIR/munge
 export SLURM_CONF=$CONF
 
-pid_alive() { local p; p=$(cat "$1" 2>/dev/null) && [[ -n $p ]] && kill -0 "$p" 2>/dev/null; }
+# Alive and ours: a stale pid file's pid may since belong to another process, whose command line lacks DIR.
+pid_alive() {
+    local p
+    p=$(cat "$1" 2>/dev/null) && [[ -n $p ]] && kill -0 "$p" 2>/dev/null || return 1
+    [[ ! -r /proc/$p/cmdline ]] || tr '\0' ' ' <"/proc/$p/cmdline" | grep -qF "$DIR/"
+}
 
 # The cluster is up when its controller answers and the node is usable (idle, mixed or allocated).
 cluster_up() {
@@ -43,30 +48,40 @@ cluster_up() {
 
 stop_daemon() {  # NAME PIDFILE: TERM, wait up to 10 s, then KILL, so a restart finds the ports free.
     local p i
-    p=$(cat "$2" 2>/dev/null) || return 0
-    [[ -n $p ]] && kill -0 "$p" 2>/dev/null || { rm -f "$2"; return 0; }
+    pid_alive "$2" || { rm -f "$2"; return 0; }
+    p=$(cat "$2")
     kill "$p" 2>/dev/null || true
     for ((i = 0; i < 100; i++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
     kill -0 "$p" 2>/dev/null && { log "$1 ($p) ignored TERM, killing"; kill -9 "$p" 2>/dev/null || true; }
     rm -f "$2"
 }
 
+jobs_left() { timeout 5 squeue -h -o '%A' 2>/dev/null || true; }  # unfinished jobs (completing included)
+
 stop_all() {
-    # Cancel this cluster's jobs first: their slurmstepd processes outlive slurmd otherwise.
+    local ids i p
+    # Cancel this cluster's jobs first, else their slurmstepd processes outlive slurmd. submitit's tasks ignore
+    # SIGTERM (they would linger KillWait = 30 s), so whatever still runs after 2 s gets SIGKILL.
     if [[ -f $CONF ]] && pid_alive "$DIR/run/slurmctld.pid"; then
-        local ids i
-        ids=$(timeout 15 squeue -h -o '%A' 2>/dev/null || true)
+        ids=$(jobs_left)
         if [[ -n $ids ]]; then
             # shellcheck disable=SC2086
             timeout 15 scancel $ids 2>/dev/null || true
-            for ((i = 0; i < 100; i++)); do
-                [[ -z $(timeout 5 squeue -h -o '%A' 2>/dev/null) ]] && break; sleep 0.1
-            done
+            for ((i = 0; i < 20; i++)); do [[ -z $(jobs_left) ]] && break; sleep 0.1; done
+            ids=$(jobs_left)
+            # shellcheck disable=SC2086
+            [[ -z $ids ]] || timeout 15 scancel --full --signal=KILL $ids 2>/dev/null || true
+            for ((i = 0; i < 150; i++)); do [[ -z $(jobs_left) ]] && break; sleep 0.1; done
         fi
     fi
     stop_daemon slurmd "$DIR/run/slurmd.pid"
     stop_daemon slurmctld "$DIR/run/slurmctld.pid"
     stop_daemon munged "$M/munged.pid"
+    # Step daemons of this cluster that survived anyway: slurmd handed them its environment, SLURM_CONF included.
+    for p in /proc/[0-9]*; do
+        [[ $(cat "$p/comm" 2>/dev/null) == slurmstepd ]] || continue
+        tr '\0' '\n' <"$p/environ" 2>/dev/null | grep -qxF "SLURM_CONF=$CONF" && kill -9 "${p#/proc/}" 2>/dev/null || true
+    done
 }
 
 ensure_packages() {
@@ -145,11 +160,21 @@ start_munged() {
     die "munged failed to start; see $M/munged.log"
 }
 
-start_slurm_daemon() {  # NAME: both daemons fork into the background once their pid file is written.
+port_free() { ! timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
+
+start_slurm_daemon() {  # NAME: both daemons fork into the background and write their pid file.
     local name=$1 i
     "$name" -f "$CONF" >>"$DIR/log/$name.log" 2>&1 || fail_start "$name"
-    for ((i = 0; i < 100; i++)); do pid_alive "$DIR/run/$name.pid" && return 0; sleep 0.1; done
-    fail_start "$name"
+    for ((i = 0; i < 100; i++)); do pid_alive "$DIR/run/$name.pid" && break; sleep 0.1; done
+    pid_alive "$DIR/run/$name.pid" || fail_start "$name"
+    [[ $name == slurmctld ]] || return 0
+    # slurmctld writes its pid file before it binds its port: wait until it answers (or dies).
+    for ((i = 0; i < START_TIMEOUT * 2; i++)); do
+        pid_alive "$DIR/run/slurmctld.pid" || fail_start slurmctld
+        timeout 10 scontrol ping 2>/dev/null | grep -q 'is UP' && return 0
+        sleep 0.5
+    done
+    fail_start slurmctld
 }
 
 fail_start() {  # NAME: leave nothing half-running, keep DIR for its logs.
@@ -170,6 +195,9 @@ do_start() {
     # Anything left from an earlier, broken start goes; state and spool start empty so no old job comes back.
     stop_all
     rm -rf "$DIR/state" "$DIR/spool" "$DIR/run" "$DIR/log"
+    # Checked before starting anything: a client would otherwise reach another cluster's daemon on the same port.
+    port_free "$CTLD_PORT" || die "slurmctld: port $CTLD_PORT in use (another cluster?); set SLURM_CTLD_PORT"
+    port_free "$D_PORT" || die "slurmd: port $D_PORT in use (another cluster?); set SLURM_D_PORT"
     mkdir -p "$DIR/state" "$DIR/spool" "$DIR/run" "$DIR/log" "$M"
     write_conf
     log "starting munged, slurmctld and slurmd from $DIR"

@@ -18,7 +18,8 @@ FORBIDDEN = {
     "pretrain": {"benchmarks", "scripts", "tests"},
     "benchmarks": {"pretrain", "scripts", "tests"},
 }
-FAMILIES = sorted(p.name for p in BENCHMARKS.iterdir() if (p / "__init__.py").is_file())
+# benchmarks/suite/ is no family: it runs the runners as commands (python -m), whatever their family
+FAMILIES = sorted(p.name for p in BENCHMARKS.iterdir() if (p / "__init__.py").is_file() and p.name != "suite")
 
 
 def imports(path: Path) -> list[tuple[str, tuple[str, ...]]]:
@@ -78,6 +79,13 @@ def test_import_direction(package: str) -> None:
         for path in sorted((REPO / package).rglob("*.py"))
     }
     assert not {k: v for k, v in offenders.items() if v}, offenders
+
+
+def test_the_suite_imports_no_family() -> None:
+    """The suite starts runners as commands; it may import a runner module by name (importlib) to find its record."""
+    for path in sorted((BENCHMARKS / "suite").rglob("*.py")):
+        assert not [m for m in imported_modules(path) if m.startswith("benchmarks.") and
+                    not m.startswith("benchmarks.suite")], path
 
 
 def test_the_families() -> None:

@@ -66,8 +66,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("ckpt", nargs="?", type=Path, help="the checkpoint (.pth); none: the demo")
     p.add_argument("--preset", choices=("tiny", "full"), default="tiny", help="the presets to run (default tiny)")
     p.add_argument("--only", default="", help="comma-separated protocols (default: all)")
-    p.add_argument("--data-root", type=Path, help="datasets (default: data, or data/tiny for the demo)")
-    p.add_argument("--out", type=Path, help="records, runs and report (default: results/<checkpoint name>)")
+    p.add_argument("--data-root", type=Path, help="datasets (default: the checkout's data/, or data/tiny for the demo)")
+    p.add_argument("--out", type=Path,
+                   help="records, runs and report (default: the checkout's results/<checkpoint name>, or results/demo)")
     p.add_argument("--force", action="store_true", help="redo runs whose record exists")
     p.add_argument("--launcher", choices=("local", "torchrun", "slurm"), default="local")
     p.add_argument("--dry-run", action="store_true", help="print every command or job; launch nothing")
@@ -142,17 +143,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.plan:
         print(plan.render(plan.plan(protocols, plan.load_rates(args.rates)), args.gpus, args.nodes))
         return 0
-    if args.launcher == "slurm":
+    if args.launcher == "slurm" and not args.dry_run:
         slurm.check_available()
     if args.ckpt is None:
         data_root = args.data_root or REPO / "data" / "tiny"
         out = args.out or REPO / "results" / "demo"
         ckpt = demo_checkpoint(data_root, args.dry_run)
     else:
-        ckpt, data_root = args.ckpt, args.data_root or Path("data")
+        ckpt, data_root = args.ckpt, args.data_root or REPO / "data"
         if not ckpt.is_file():
             raise FileNotFoundError(f"checkpoint {ckpt} not found; pass the path of a .pth file")
-        out = args.out or Path("results") / ckpt.stem
+        out = args.out or REPO / "results" / ckpt.stem
     jobs = make_jobs(protocols, args.preset, ckpt.resolve(), data_root.resolve(), out.resolve(), args.force)
     if args.launcher == "slurm":
         return slurm.launch(jobs, slurm.Options.from_args(args), out.resolve(), ckpt, args.dry_run, args.wait)
