@@ -88,14 +88,28 @@ PRETRAIN = Protocol("pretrain", "pretrain", "pretrain.train",
 BY_NAME: dict[str, Protocol] = {p.name: p for p in (PRETRAIN, *PROTOCOLS)}
 
 
-def select(only: str, protocols: tuple[Protocol, ...] = PROTOCOLS) -> tuple[Protocol, ...]:
-    """The protocols named in ``only`` (comma-separated; empty: all of them), in the list's order.
+Selection = list[tuple[Protocol, tuple[str, ...]]]  # protocols, each with the presets to run
+
+
+def select(only: str, scale: str, protocols: tuple[Protocol, ...] = PROTOCOLS) -> Selection:
+    """The protocols and presets named in ``only``, in the list's order: comma-separated protocols (each with its
+    presets of ``scale``: ``tiny`` or ``full``) or ``protocol:preset`` items (that preset, whatever ``scale``);
+    empty: every protocol at ``scale``.
 
     Raises:
-        ValueError: an unknown name; the message lists the valid ones.
+        ValueError: an unknown protocol or preset; the message lists the valid ones.
     """
-    wanted = {name.strip() for name in only.split(",") if name.strip()}
-    unknown = sorted(wanted - {p.name for p in protocols})
-    if unknown:
-        raise ValueError(f"--only {','.join(unknown)}: unknown protocol; valid: {', '.join(p.name for p in protocols)}")
-    return tuple(p for p in protocols if not wanted or p.name in wanted)
+    by_name = {p.name: p for p in protocols}
+    picked: dict[str, list[str]] = {}
+    for item in (item.strip() for item in only.split(",")):
+        if not item:
+            continue
+        name, _, preset = item.partition(":")
+        if name not in by_name:
+            raise ValueError(f"--only {item}: unknown protocol; valid: {', '.join(by_name)}")
+        known = (*by_name[name].tiny, *by_name[name].presets("full"))
+        if preset and preset not in known:
+            raise ValueError(f"--only {item}: {name} has no preset {preset!r}; valid: {', '.join(known)}")
+        picked.setdefault(name, []).extend([preset] if preset else by_name[name].presets(scale))
+    return [(p, tuple(dict.fromkeys(picked[p.name])) if picked else p.presets(scale))
+            for p in protocols if not picked or p.name in picked]

@@ -46,42 +46,58 @@ cluster_up() {
     timeout 15 sinfo -h -N -o '%T' 2>/dev/null | grep -Eq '^(idle|mixed|allocated|completing)'
 }
 
-stop_daemon() {  # NAME PIDFILE: TERM, wait up to 10 s, then KILL, so a restart finds the ports free.
-    local p i
-    pid_alive "$2" || { rm -f "$2"; return 0; }
-    p=$(cat "$2")
-    kill "$p" 2>/dev/null || true
-    for ((i = 0; i < 100; i++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$p" 2>/dev/null && { log "$1 ($p) ignored TERM, killing"; kill -9 "$p" 2>/dev/null || true; }
-    rm -f "$2"
+# TERM to all three at once (each takes 1-2 s to exit), up to 10 s, then KILL, so a restart finds the ports free.
+stop_daemons() {
+    local f p i pids=() files=("$DIR/run/slurmd.pid" "$DIR/run/slurmctld.pid" "$M/munged.pid")
+    for f in "${files[@]}"; do
+        if pid_alive "$f"; then p=$(cat "$f"); kill "$p" 2>/dev/null || true; pids+=("$p"); fi
+    done
+    for ((i = 0; i < 100 && ${#pids[@]}; i++)); do
+        sleep 0.1
+        for p in "${!pids[@]}"; do kill -0 "${pids[p]}" 2>/dev/null || unset 'pids[p]'; done
+    done
+    for p in "${pids[@]}"; do log "pid $p ignored TERM, killing"; kill -9 "$p" 2>/dev/null || true; done
+    rm -f "${files[@]}"
 }
 
 jobs_left() { timeout 5 squeue -h -o '%A' 2>/dev/null || true; }  # unfinished jobs (completing included)
 
+# Pids of this cluster's job processes (and with "steps", its slurmstepd daemons too), found by the
+# SLURM_CONF=$CONF in their environment (the submitter's for job processes, slurmd's for step daemons).
+# This script and its ancestors are left out, should stop be called from inside a job.
+cluster_pids() {
+    local f p keep=" " q=$$
+    while [[ $q -gt 1 ]]; do keep+="$q "; q=$(awk '{print $4}' "/proc/$q/stat" 2>/dev/null || echo 1); done
+    while read -r f; do
+        p=${f#/proc/}; p=${p%/environ}
+        [[ $keep == *" $p "* ]] && continue
+        if [[ $(cat "/proc/$p/comm" 2>/dev/null) == slurmstepd ]]; then
+            [[ ${1:-} != steps ]] || echo "$p"
+        elif grep -qz '^SLURM_JOB_ID=' "$f" 2>/dev/null; then
+            echo "$p"
+        fi
+    done < <(grep -lzxF "SLURM_CONF=$CONF" /proc/[0-9]*/environ 2>/dev/null || true)
+}
+
 stop_all() {
-    local ids i p
-    # Cancel this cluster's jobs first, else their slurmstepd processes outlive slurmd. submitit's tasks ignore
-    # SIGTERM (they would linger KillWait = 30 s), so whatever still runs after 2 s gets SIGKILL.
+    local ids i
+    # Cancel this cluster's jobs first, else their processes outlive slurmd. A cancelled job sits in COMPLETING
+    # until its tasks exit, and submitit's tasks ignore the SIGTERM that scancel sends (30 s of KillWait, then
+    # SIGKILL): their processes are SIGKILLed here directly.
     if [[ -f $CONF ]] && pid_alive "$DIR/run/slurmctld.pid"; then
         ids=$(jobs_left)
         if [[ -n $ids ]]; then
             # shellcheck disable=SC2086
             timeout 15 scancel $ids 2>/dev/null || true
-            for ((i = 0; i < 20; i++)); do [[ -z $(jobs_left) ]] && break; sleep 0.1; done
-            ids=$(jobs_left)
-            # shellcheck disable=SC2086
-            [[ -z $ids ]] || timeout 15 scancel --full --signal=KILL $ids 2>/dev/null || true
+            # shellcheck disable=SC2046
+            kill -9 $(cluster_pids) 2>/dev/null || true
             for ((i = 0; i < 150; i++)); do [[ -z $(jobs_left) ]] && break; sleep 0.1; done
         fi
     fi
-    stop_daemon slurmd "$DIR/run/slurmd.pid"
-    stop_daemon slurmctld "$DIR/run/slurmctld.pid"
-    stop_daemon munged "$M/munged.pid"
-    # Step daemons of this cluster that survived anyway: slurmd handed them its environment, SLURM_CONF included.
-    for p in /proc/[0-9]*; do
-        [[ $(cat "$p/comm" 2>/dev/null) == slurmstepd ]] || continue
-        tr '\0' '\n' <"$p/environ" 2>/dev/null | grep -qxF "SLURM_CONF=$CONF" && kill -9 "${p#/proc/}" 2>/dev/null || true
-    done
+    stop_daemons
+    # Whatever of the jobs survived anyway (slurmd killed before they ended).
+    # shellcheck disable=SC2046
+    kill -9 $(cluster_pids steps) 2>/dev/null || true
 }
 
 ensure_packages() {
@@ -140,7 +156,13 @@ SchedulerParameters=sched_interval=5,bf_interval=5
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 JobRequeue=1
+# A killed or requeued job's tasks get SIGTERM, then SIGKILL after KillWait (default 30 s). The runners save their
+# checkpoints as they go and need no grace time, so a requeue test waits 5 s instead.
+KillWait=5
 ReturnToService=2
+# State starts empty on every start, so job ids would restart at 1 and clash with the previous run's files
+# (slurm-1.out, a submitit folder's 1_result.pkl read back as this run's result): start them from the clock.
+FirstJobId=$(( $(date +%s) % 60000000 + 1 ))
 MailProg=/bin/true
 NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
@@ -149,9 +171,10 @@ EOF
 
 start_munged() {
     # A key of our own, readable by us only (munged refuses a key others can read).
-    [[ -s $M/munge.key ]] || { head -c 1024 /dev/urandom >"$M/munge.key"; }
+    [[ -s $M/munge.key ]] || (umask 077 && head -c 1024 /dev/urandom >"$M/munge.key")
     chmod 0400 "$M/munge.key"
-    # --force: as root munged otherwise refuses, and it would also refuse a stale socket left by a crash.
+    # --force turns munged's refusals of "insecure" paths into warnings, e.g. a DIR inside a world-writable
+    # folder without the sticky bit (a CI checkout's tmp), which is fine for a throwaway test cluster.
     munged --force --socket="$M/munge.socket.2" --key-file="$M/munge.key" --log-file="$M/munged.log" \
         --pid-file="$M/munged.pid" --seed-file="$M/munged.seed" 2>>"$M/munged.log" \
         || die "munged failed to start; see $M/munged.log"
@@ -222,11 +245,12 @@ case $cmd in
 start) do_start ;;
 stop)
     stop_all
-    rm -rf "$DIR"
-    log "stopped, removed $DIR"
+    # Only what start made, then DIR if that left it empty: a mistyped DIR loses nothing else.
+    rm -rf "$CONF" "$M" "$DIR/state" "$DIR/spool" "$DIR/run" "$DIR/log"
+    if [[ ! -e $DIR ]] || rmdir "$DIR" 2>/dev/null; then log "stopped, removed $DIR"; else log "stopped; $DIR kept (other files in it)"; fi
     ;;
 status)
-    pid_alive "$DIR/run/slurmctld.pid" 2>/dev/null && [[ -f $CONF ]] || { log "not running from $DIR"; exit 1; }
+    if ! { [[ -f $CONF ]] && pid_alive "$DIR/run/slurmctld.pid"; }; then log "not running from $DIR"; exit 1; fi
     timeout 15 sinfo || exit 1
     timeout 15 squeue || exit 1
     cluster_up || exit 1

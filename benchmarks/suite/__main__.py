@@ -65,7 +65,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("ckpt", nargs="?", type=Path, help="the checkpoint (.pth); none: the demo")
     p.add_argument("--preset", choices=("tiny", "full"), default="tiny", help="the presets to run (default tiny)")
-    p.add_argument("--only", default="", help="comma-separated protocols (default: all)")
+    p.add_argument("--only", default="",
+                   help="comma-separated protocols, or protocol:preset for one preset (default: every protocol)")
     p.add_argument("--data-root", type=Path, help="datasets (default: the checkout's data/, or data/tiny for the demo)")
     p.add_argument("--out", type=Path,
                    help="records, runs and report (default: the checkout's results/<checkpoint name>, or results/demo)")
@@ -139,10 +140,11 @@ def demo_checkpoint(data_root: Path, dry_run: bool) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    protocols = select(args.only, protocol_list())
     if args.plan:
-        print(plan.render(plan.plan(protocols, plan.load_rates(args.rates)), args.gpus, args.nodes))
+        selection = select(args.only, "full", protocol_list())
+        print(plan.render(plan.plan(selection, plan.load_rates(args.rates)), args.gpus, args.nodes))
         return 0
+    selection = select(args.only, args.preset, protocol_list())
     if args.launcher == "slurm" and not args.dry_run:
         slurm.check_available()
     if args.ckpt is None:
@@ -154,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         if not ckpt.is_file():
             raise FileNotFoundError(f"checkpoint {ckpt} not found; pass the path of a .pth file")
         out = args.out or REPO / "results" / ckpt.stem
-    jobs = make_jobs(protocols, args.preset, ckpt.resolve(), data_root.resolve(), out.resolve(), args.force)
+    jobs = make_jobs(selection, ckpt.resolve(), data_root.resolve(), out.resolve(), args.force)
     if args.launcher == "slurm":
         return slurm.launch(jobs, slurm.Options.from_args(args), out.resolve(), ckpt, args.dry_run, args.wait)
     torchrun = None
@@ -168,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if torchrun is None or torchrun.node_rank == 0:  # one report: every node ran the same jobs
         launchers.report(out, runs)
-    several = {job.protocol.name for job in jobs if len(job.protocol.presets(args.preset)) > 1}
+    several = {p.name for p, presets in selection if len(presets) > 1}
     labels = {status: [f"{p}:{preset}" if p in several else p for p, preset, _, s in runs if s == status]
               for status in ("ok", "FAILED")}
     print(f"protocols run: {' '.join(labels['ok']) or 'none'}")

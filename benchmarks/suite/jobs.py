@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from byol_bench.config import config_hash, parse_args
-from byol_bench.protocols import Protocol
+from byol_bench.protocols import Protocol, Selection
 from byol_bench.records import find_record
 
 
@@ -33,13 +33,12 @@ class Job:
         return f"{self.protocol.name}:{self.preset}"
 
 
-def make_jobs(protocols: typing.Sequence[Protocol], scale: str, ckpt: Path, data_root: Path, out: Path,
+def make_jobs(selection: Selection, ckpt: Path, data_root: Path, out: Path,
               force: bool) -> list[Job]:
-    """Every preset of ``scale`` of every protocol, in the list's order."""
+    """One job per (protocol, preset) of ``selection`` (:func:`byol_bench.protocols.select`), in its order."""
     return [Job(p, preset, ("--preset", preset, "--ckpt", str(ckpt), "--data-root", str(data_root), "--out-dir",
-                            str(out), *(["--force"] if force else [])),
-                p.gpus(preset) if scale == "full" else 1)
-            for p in protocols for preset in p.presets(scale)]
+                            str(out), *(["--force"] if force else [])), p.gpus(preset))
+            for p, presets in selection for preset in presets]
 
 
 def existing_record(job: Job, ckpt_sha256: str, honour_force: bool = True) -> Path | None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from byol_bench.config import load_config
-from byol_bench.protocols import Protocol
+from byol_bench.protocols import Protocol, Selection
 from byol_bench.rehearsal import REAL_SPLIT_IMAGES
 
 # Images per second per GPU (A100-class, mixed precision, data loading with 8-10 cores per GPU), by protocol or
@@ -102,11 +102,12 @@ def work(protocol: Protocol, preset: str, gpus: int) -> tuple[str, int, int, int
     return f"{cfg.epochs} epochs x {batch}", steps, cfg.epochs * train * trials, evals * val
 
 
-def plan(protocols: typing.Sequence[Protocol], rates: dict[str, dict]) -> list[Row]:
-    """One row per full preset of ``protocols``."""
+def plan(selection: Selection, rates: dict[str, dict]) -> list[Row]:
+    """One row per (protocol, full preset) of ``selection`` (:func:`byol_bench.protocols.select`)."""
     rows = []
-    for protocol in protocols:
-        for preset, gpus in protocol.full:
+    for protocol, presets in selection:
+        for preset in presets:
+            gpus = protocol.gpus(preset)
             schedule, _, images, eval_images = work(protocol, preset, gpus)
             measured = rates.get(preset)
             if measured:
