@@ -98,9 +98,13 @@ def test_pretrain(tiny_data: Path, tmp_path: Path) -> None:
     lines = (tiny_data / "imagenet" / "meta" / "train.txt").read_text().splitlines()
     train_list = tmp_path / "train16.txt"
     train_list.write_text("\n".join(lines[::68][:16]) + "\n")
-    common = ["--preset", "tiny", f"data_root={tiny_data}", f"train_list={train_list}", "val_list=",
+    vals = (tiny_data / "imagenet" / "meta" / "val.txt").read_text().splitlines()
+    val_list = tmp_path / "val20.txt"
+    val_list.write_text("\n".join(vals[::12][:20]) + "\n")
+    common = ["--preset", "tiny", f"data_root={tiny_data}", f"train_list={train_list}", f"val_list={val_list}",
+              "knn_k=5",
               "image_size=32", "num_workers=0", "batch_size_per_device=8", "epochs=3", "warmup_epochs=0",
-              "projector_hidden_dim=64", "projector_out_dim=16", "knn=false", "knn_random_init_baseline=false",
+              "projector_hidden_dim=64", "projector_out_dim=16", "knn_random_init_baseline=false",
               "log_every_steps=1", "device=cpu"]
     torchrun("pretrain", [*common, "accum_steps=1", f"out_dir={tmp_path / 'two'}"])
     t = time.time()
