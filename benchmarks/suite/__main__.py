@@ -71,7 +71,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path,
                    help="records, runs and report (default: the checkout's results/<checkpoint name>, or results/demo)")
     p.add_argument("--force", action="store_true", help="redo runs whose record exists")
-    p.add_argument("--launcher", choices=("local", "torchrun", "slurm"), default="local")
+    p.add_argument("--launcher", choices=("local", "torchrun", "slurm"), default="local",
+                   help="where the processes run (default local; see above)")
     p.add_argument("--dry-run", action="store_true", help="print every command or job; launch nothing")
     p.add_argument("--plan", action="store_true",
                    help="print the GPUs, work and GPU-hours of every full preset; run nothing")
