@@ -313,7 +313,9 @@ def test_tiny_run_record_trials_mean_and_std(tiny_run):
         assert metrics[key] == pytest.approx(statistics.fmean(t[key] for t in trials))
         assert details["std"][key] == pytest.approx(statistics.stdev(t[key] for t in trials))
         assert all(0.0 <= t[key] <= 100.0 for t in trials)
-    assert details["norm"] == "BatchNorm2d" and details["batch_policy"] == "recipe" and details["world_size"] == 1
+    # the tiny preset's 2 images per step are 2 forward passes of 1 in one process (2 processes take one each)
+    assert details["norm"] == "BatchNorm2d" and details["world_size"] == 1
+    assert (details["batch_policy"], details["accumulate"]) == ("accumulate", 2)
     assert details["test_images"] == 4 and Path(details["loss_plot"]).is_file()
     assert all(math.isfinite(v) for t in trials for v in t["last_losses"].values())
 
@@ -325,7 +327,8 @@ def test_torchrun_two_cpu_processes(ckpt, tiny_data, tmp_path):
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            "-m", "benchmarks.det_voc", "--preset", "tiny", "--ckpt", str(ckpt), "--data-root",
                            str(tiny_data), "--out-dir", str(tmp_path), "max_iters=2", "global_batch_size=8",
-                           "test_images=6", "precise_bn_iters=1", "roi_batch_size_per_image=4", "device=cpu"],
+                           "batch_size_per_device=2", "test_images=6", "precise_bn_iters=1",
+                           "roi_batch_size_per_image=4", "device=cpu"],
                           cwd=REPO, env={**env, "OMP_NUM_THREADS": "1", "BYOL_BENCH_NO_PROGRESS": "1"},
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -381,7 +384,8 @@ def test_rehearsal_is_one_process_of_8xb2_two_iterations_one_trial_first_test_im
                                                                                       monkeypatch, trained_steps):
     # the tiny preset as if it were an 8xb2 preset of 2 trials and 5 precise-BN iterations (4 RoIs per image: cost)
     cfg = dataclasses.replace(_run_cfg(ckpt, tiny_data, tmp_path, "rehearsal=true", "global_batch_size=16",
-                                       "max_iters=20", "test_images=0", "precise_bn_iters=5"), preset="tiny_8xb2")
+                                       "batch_size_per_device=2", "max_iters=20", "test_images=0",
+                                       "precise_bn_iters=5"), preset="tiny_8xb2")
     batches, precise_bn_iters = [], []
 
     def counting(model, device):  # the trainer's forward passes in training (one process: no DDP)
