@@ -62,30 +62,36 @@ def _metrics(out: Path) -> dict[tuple[str, str], dict[str, float]]:
     return {(r["protocol"], r["dataset"]): r["metrics"] for r in load_records(out / "records")}
 
 
-def test_suite_on_slurm_equals_local_and_a_requeued_job_resumes(slurm_env, ckpt, tiny_data, tmp_path):
+def test_suite_on_slurm_equals_local_and_requeued_jobs_resume(slurm_env, ckpt, tiny_data, tmp_path):
     common = (str(ckpt), "--data-root", str(tiny_data), "--only", ONLY)
     on_slurm = ("--out", str(tmp_path / "slurm"), "--launcher", "slurm", "--gpus-per-node", "0",
                 "--cpus-per-task", "1", "--wait")
     suite = _suite(slurm_env, *common, *on_slurm, wait=False)
     local = _suite(slurm_env, *common, "--out", str(tmp_path / "local"), wait=False)
 
-    # Requeue the probe's job once its first epoch is checkpointed: the rerun must resume, not start again.
-    checkpoints = tmp_path / "slurm" / "runs" / "linear_avgpool"
-    deadline = time.time() + 300
-    while not list(checkpoints.glob("*/latest.pth")) and time.time() < deadline and suite.poll() is None:
-        time.sleep(0.2)
-    assert list(checkpoints.glob("*/latest.pth")), "the linear_avgpool job wrote no checkpoint"
-    job_id = _job_id(slurm_env, "linear_avgpool:tiny")
-    subprocess.run(["scontrol", "requeue", job_id], env=slurm_env, check=True, capture_output=True)
+    # Once each has checkpointed: requeue the probe's job from outside (`scontrol requeue`, as a node failure would),
+    # and preempt the segmentation job the way SLURM does before a time limit or a preemption (SIGUSR2: submitit
+    # requeues it). Each rerun must resume from its checkpoint, not start again.
+    interrupted = {}
+    for label, how in (("linear_avgpool", ["scontrol", "requeue"]), ("segmentation", ["scancel", "--signal=USR2"])):
+        checkpoints = tmp_path / "slurm" / "runs" / label
+        deadline = time.time() + 300
+        while not list(checkpoints.glob("*/latest.pth")) and time.time() < deadline and suite.poll() is None:
+            time.sleep(0.2)
+        assert list(checkpoints.glob("*/latest.pth")), f"the {label} job wrote no checkpoint"
+        interrupted[label] = _job_id(slurm_env, f"{label}:tiny")
+        subprocess.run([*how, interrupted[label]], env=slurm_env, check=True, capture_output=True)
 
     stdout, stderr = suite.communicate(timeout=600)
     assert suite.returncode == 0, stderr
     assert "progress: squeue -j " in stdout and "/slurm/<job id>/<job id>_0_log.out" in stdout
     assert local.wait(timeout=600) == 0, local.stderr.read()
-    shown = subprocess.run(["scontrol", "show", "job", job_id], env=slurm_env, capture_output=True, text=True).stdout
-    assert "Restarts=1" in shown and "JobState=COMPLETED" in shown
-    job_log = tmp_path / "slurm" / "slurm" / job_id / f"{job_id}_0_log.out"
-    assert "linear_avgpool: resumed from" in job_log.read_text()  # the requeued run continued its checkpoint
+    for label, job_id in interrupted.items():
+        shown = subprocess.run(["scontrol", "show", "job", job_id], env=slurm_env, capture_output=True,
+                               text=True).stdout
+        assert "Restarts=1" in shown and "JobState=COMPLETED" in shown, shown
+        job_log = tmp_path / "slurm" / "slurm" / job_id / f"{job_id}_0_log.out"
+        assert f"{label}: resumed from" in job_log.read_text()  # the rerun continued from its checkpoint
 
     # Every record is valid (load_records validates) and equals the local run's: the runners are deterministic on
     # the CPU, and the requeued one resumed to the uninterrupted result.

@@ -34,11 +34,13 @@ log written by rank 0), not the global batch's, which their tests take into acco
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +62,6 @@ from pretrain.config import PRESET_DIR as PRETRAIN_PRESET_DIR
 from pretrain.config import PretrainConfig
 from pretrain.train import run as pretrain_run
 
-import time
 T0 = [0.0]
 REPO = Path(__file__).resolve().parents[1]
 WORLD = 2
@@ -76,20 +77,30 @@ def no_progress_bars(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BYOL_BENCH_NO_PROGRESS", "1")
 
 
-def torchrun(module: str, *argv: str) -> None:
-    """``python -m torch.distributed.run --standalone --nproc_per_node 2 -m <module> <argv>`` on CPU."""
+@contextlib.contextmanager
+def torchrun(module: str, *argv: str, logs: Path) -> Iterator[None]:
+    """``python -m torch.distributed.run --standalone --nproc_per_node 2 -m <module> <argv>`` on CPU, started before
+    the body (the one-process run, which overlaps the job's start-up: three interpreters importing torch) and
+    waited for after it; its output goes to ``logs``."""
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     T0[0] = time.time()
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                           str(WORLD), "-m", module, *argv], cwd=REPO, capture_output=True, text=True, timeout=600,
-                          env={**env, "OMP_NUM_THREADS": "1", "BYOL_BENCH_NO_PROGRESS": "1"})
-    assert done.returncode == 0, done.stderr[-3000:]
-    print(f"TIMING torchrun {module} {time.time() - T0[0]:.1f}s"); T0[0] = time.time()
+    with open(logs, "w") as output:
+        job = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                                str(WORLD), "-m", module, *argv], cwd=REPO, stdout=output, stderr=subprocess.STDOUT,
+                               text=True, env={**env, "OMP_NUM_THREADS": "1", "BYOL_BENCH_NO_PROGRESS": "1"})
+        try:
+            yield
+            print(f"TIMING one {time.time() - T0[0]:.1f}s")
+            job.wait(timeout=600)
+            print(f"TIMING both {time.time() - T0[0]:.1f}s")
+        finally:
+            if job.poll() is None:  # the body failed, or the job hangs: the launcher ends its workers on SIGTERM
+                job.terminate()
+                job.wait(timeout=60)
+    assert job.returncode == 0, logs.read_text()[-3000:]
 
 
 def record_in(out: Path) -> dict[str, Any]:
-    if T0[0]:
-        print(f"TIMING one {time.time() - T0[0]:.1f}s"); T0[0] = 0
     (record,) = load_records(out / "records")
     return record
 
@@ -186,9 +197,9 @@ def test_pretrain_two_processes_are_one_process_accumulating_their_micro_batches
               "epochs=3", "warmup_epochs=0", "projector_hidden_dim=64", "projector_out_dim=16", "knn_k=5",
               "knn_random_init_baseline=false", "log_every_steps=1", "device=cpu"]
     one, two = tmp_path / "one", tmp_path / "two"
-    torchrun("pretrain", *common, "accum_steps=1", f"out_dir={two}")
-    pretrain_run(parse_args(PretrainConfig, [*common, "accum_steps=2", f"out_dir={one}"],
-                            preset_dir=PRETRAIN_PRESET_DIR))
+    with torchrun("pretrain", *common, "accum_steps=1", f"out_dir={two}", logs=tmp_path / "job.log"):
+        pretrain_run(parse_args(PretrainConfig, [*common, "accum_steps=2", f"out_dir={one}"],
+                                preset_dir=PRETRAIN_PRESET_DIR))
 
     res1, res2 = record_in(one)["details"]["resolved"], record_in(two)["details"]["resolved"]
     assert (record_in(one)["world_size"], record_in(two)["world_size"], res1["world_size"]) == (1, 2, 1)
@@ -229,13 +240,14 @@ def test_linear_avgpool_two_processes_are_one_process(ckpt: Path, tiny_data: Pat
     float tolerance and the heads, hence every val prediction, too."""
     common = ("tiny-places205", "image_size=16", "test_resize=18", "epochs=1", "global_batch_size=300")
     one, two = tmp_path / "one", tmp_path / "two"
-    torchrun("benchmarks.linear_avgpool", *runner_args(ckpt, tiny_data, two, *common))
-    streams = RankStreams(base_seed_draw=True)
-    monkeypatch.setattr(avgpool, "epoch_seed", streams.epoch_seed)
-    crop_flip = classification.crop_flip_transform
-    monkeypatch.setattr(classification, "crop_flip_transform", lambda size: streams.wrap(crop_flip(size)))
-    avgpool.run(parse_args(avgpool.LinearAvgpoolConfig, runner_args(ckpt, tiny_data, one, *common),
-                           preset_dir=avgpool.PRESET_DIR))
+    job = runner_args(ckpt, tiny_data, two, *common)
+    with torchrun("benchmarks.linear_avgpool", *job, logs=tmp_path / "job.log"):
+        streams = RankStreams(base_seed_draw=True)
+        monkeypatch.setattr(avgpool, "epoch_seed", streams.epoch_seed)
+        crop_flip = classification.crop_flip_transform
+        monkeypatch.setattr(classification, "crop_flip_transform", lambda size: streams.wrap(crop_flip(size)))
+        avgpool.run(parse_args(avgpool.LinearAvgpoolConfig, runner_args(ckpt, tiny_data, one, *common),
+                               preset_dir=avgpool.PRESET_DIR))
 
     rec1, rec2 = record_in(one), record_in(two)
     d1, d2 = rec1["details"], rec2["details"]
@@ -273,13 +285,14 @@ def test_linear_mhead_two_processes_match_one_up_to_per_process_head_bn(ckpt: Pa
     """
     common = ("tiny-places205", "image_size=16", "test_resize=18", "epochs=1", "global_batch_size=300")
     one, two = tmp_path / "one", tmp_path / "two"
-    torchrun("benchmarks.linear_mhead", *runner_args(ckpt, tiny_data, two, *common))
-    streams = RankStreams(base_seed_draw=True)
-    monkeypatch.setattr(training, "epoch_seed", streams.epoch_seed)
-    transform = mhead.train_transform
-    monkeypatch.setattr(mhead, "train_transform", lambda name, size: streams.wrap(transform(name, size)))
-    mhead.run(parse_args(mhead.LinearMheadConfig, runner_args(ckpt, tiny_data, one, *common),
-                         preset_dir=mhead.PRESET_DIR))
+    job = runner_args(ckpt, tiny_data, two, *common)
+    with torchrun("benchmarks.linear_mhead", *job, logs=tmp_path / "job.log"):
+        streams = RankStreams(base_seed_draw=True)
+        monkeypatch.setattr(training, "epoch_seed", streams.epoch_seed)
+        transform = mhead.train_transform
+        monkeypatch.setattr(mhead, "train_transform", lambda name, size: streams.wrap(transform(name, size)))
+        mhead.run(parse_args(mhead.LinearMheadConfig, runner_args(ckpt, tiny_data, one, *common),
+                             preset_dir=mhead.PRESET_DIR))
 
     rec1, rec2 = record_in(one), record_in(two)
     d1, d2 = rec1["details"], rec2["details"]
@@ -314,12 +327,13 @@ def test_semi_sup_two_processes_match_one_up_to_per_process_bn(ckpt: Path, tiny_
     common = ("tiny-imagenet_10pct", "image_size=16", "test_resize=18", "epochs=1", "base_lrs=[0.01]",
               "head_lr_mults=[1,10]")
     one, two = tmp_path / "one", tmp_path / "two"
-    torchrun("benchmarks.semi_sup", *runner_args(ckpt, tiny_data, two, *common))
-    streams = RankStreams(base_seed_draw=True)
-    monkeypatch.setattr(training, "epoch_seed", streams.epoch_seed)
-    transform = semi.crop_flip_transform
-    monkeypatch.setattr(semi, "crop_flip_transform", lambda size: streams.wrap(transform(size)))
-    semi.run(parse_args(semi.SemiSupConfig, runner_args(ckpt, tiny_data, one, *common), preset_dir=semi.PRESET_DIR))
+    job = runner_args(ckpt, tiny_data, two, *common)
+    with torchrun("benchmarks.semi_sup", *job, logs=tmp_path / "job.log"):
+        streams = RankStreams(base_seed_draw=True)
+        monkeypatch.setattr(training, "epoch_seed", streams.epoch_seed)
+        transform = semi.crop_flip_transform
+        monkeypatch.setattr(semi, "crop_flip_transform", lambda size: streams.wrap(transform(size)))
+        semi.run(parse_args(semi.SemiSupConfig, runner_args(ckpt, tiny_data, one, *common), preset_dir=semi.PRESET_DIR))
 
     rec1, rec2 = record_in(one), record_in(two)
     d1, d2 = rec1["details"], rec2["details"]
@@ -354,9 +368,11 @@ def test_segmentation_two_processes_of_two_images_are_one_process_of_four(ckpt: 
     """
     common = ("tiny", "max_iters=3", "crop_size=32", "scale=[128,32]", "test_scale=[128,32]")
     one, two = tmp_path / "one", tmp_path / "two"
-    torchrun("benchmarks.segmentation", *runner_args(ckpt, tiny_data, two, *common, "batch_size_per_device=2"))
-    seg.run(parse_args(seg.SegmentationConfig, runner_args(ckpt, tiny_data, one, *common, "batch_size_per_device=4"),
-                       preset_dir=seg.PRESET_DIR))
+    job = runner_args(ckpt, tiny_data, two, *common, "batch_size_per_device=2")
+    with torchrun("benchmarks.segmentation", *job, logs=tmp_path / "job.log"):
+        seg.run(parse_args(seg.SegmentationConfig,
+                           runner_args(ckpt, tiny_data, one, *common, "batch_size_per_device=4"),
+                           preset_dir=seg.PRESET_DIR))
 
     rec1, rec2 = record_in(one), record_in(two)
     d1, d2 = rec1["details"], rec2["details"]
@@ -395,10 +411,11 @@ def test_det_voc_two_processes_are_one_process_accumulating(ckpt: Path, tiny_dat
     common = ("tiny", "max_iters=2", "global_batch_size=4", "batch_size_per_device=1", "test_images=4",
               "precise_bn_iters=0", "roi_batch_size_per_image=4")
     one, two = tmp_path / "one", tmp_path / "two"
-    torchrun("benchmarks.det_voc", *runner_args(ckpt, tiny_data, two, *common))
-    detection_streams(monkeypatch)
-    det_voc.run(parse_args(det_voc.DetVocConfig, runner_args(ckpt, tiny_data, one, *common),
-                           preset_dir=det_voc.PRESET_DIR))
+    job = runner_args(ckpt, tiny_data, two, *common)
+    with torchrun("benchmarks.det_voc", *job, logs=tmp_path / "job.log"):
+        detection_streams(monkeypatch)
+        det_voc.run(parse_args(det_voc.DetVocConfig, runner_args(ckpt, tiny_data, one, *common),
+                               preset_dir=det_voc.PRESET_DIR))
 
     rec1, rec2 = record_in(one), record_in(two)
     d1, d2 = rec1["details"], rec2["details"]
@@ -444,10 +461,11 @@ def test_det_coco_two_processes_are_one_process_accumulating(ckpt: Path, tiny_da
     data = coco_view(tiny_data, tmp_path / "data", train=8, val=6)
     common = ("tiny", "epochs=1", "step_epochs=[1]", "global_batch_size=4", "batch_size_per_device=1")
     one, two = tmp_path / "one", tmp_path / "two"
-    torchrun("benchmarks.det_coco", *runner_args(ckpt, data, two, *common))
-    detection_streams(monkeypatch)
-    det_coco.run(parse_args(det_coco.DetCocoConfig, runner_args(ckpt, data, one, *common),
-                            preset_dir=det_coco.PRESET_DIR))
+    job = runner_args(ckpt, data, two, *common)
+    with torchrun("benchmarks.det_coco", *job, logs=tmp_path / "job.log"):
+        detection_streams(monkeypatch)
+        det_coco.run(parse_args(det_coco.DetCocoConfig, runner_args(ckpt, data, one, *common),
+                                preset_dir=det_coco.PRESET_DIR))
 
     rec1, rec2 = record_in(one), record_in(two)
     d1, d2 = rec1["details"], rec2["details"]
