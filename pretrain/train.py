@@ -196,7 +196,11 @@ def run(cfg: PretrainConfig) -> dict[str, float]:
         dist.barrier()
 
         # ================================================================ kNN monitor
-        if (done := run.identify(final)) is not None:  # rerun of a finished run: same checkpoint and config
+        done = run.identify(final)  # a rerun of a finished run: same checkpoint and config
+        # every rank looks before rank 0 can write this run's record (run.finish): a rank that looked later would
+        # find it, return, and leave rank 0 alone in the record's barrier
+        dist.barrier()
+        if done is not None:
             return {**metrics, **done}
         knn: dict[str, float] = {}
         if cfg.knn:
