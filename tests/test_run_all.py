@@ -138,8 +138,11 @@ def test_dry_run_prints_every_command_and_launches_nothing(tmp_path, capsys):
                            "--dry-run")
     lines = text.strip().splitlines()
     assert code == 0 and len(lines) == sum(len(p.full) for p in PROTOCOLS)
-    assert all(" -m torch.distributed.run --nproc-per-node 4 --nnodes 2 --node-rank 1 --master-addr node0 "
-               "--master-port 29500 -m benchmarks." in line for line in lines)
+    # 2 nodes of 4: the 8-GPU recipes on all of them, the 4-GPU ones on 2 per node, the SVM on 1 per node
+    per_node = {p.name: {8: "4", 4: "2", 1: "1"}[p.full[0][1]] for p in PROTOCOLS}
+    assert all(f" -m torch.distributed.run --nproc-per-node {per_node[line.split(' -m benchmarks.')[1].split()[0]]} "
+               "--nnodes 2 --node-rank 1 --master-addr node0 --master-port 29500 -m benchmarks." in line
+               for line in lines), lines
     code, text, _ = _suite(capsys, str(ckpt), "--out", str(out), "--preset", "full", "--launcher", "slurm",
                            "--gpus-per-node", "4", "--max-nodes", "1", "--partition", "gpu", "--sbatch",
                            "mem=400G", "--dry-run", "--only", "det_voc,voc07_svm")

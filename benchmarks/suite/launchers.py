@@ -2,14 +2,17 @@
 
 ``local`` runs ``python -m <module> <args>``: one process (the runners keep the recipe's global batch with their
 small-world rules). ``torchrun`` runs ``python -m torch.distributed.run --nproc-per-node N [...] -m <module> <args>``
-for every job: one node (``--standalone``) or several (``--nnodes``, ``--node-rank``, ``--master-addr``; inside a
-SLURM allocation they default to its variables, so ``srun --ntasks-per-node 1 scripts/run_all_benchmarks.sh ...``
-runs the suite on every node of it). The runners are torchrun-native (byol_bench.dist): nothing else changes.
+for every job, N at most the recipe's GPU count of a full preset (:meth:`Torchrun.for_job`): one node
+(``--standalone``) or several (``--nnodes``, ``--node-rank``, ``--master-addr``; inside a SLURM allocation they
+default to its variables, so ``srun --ntasks-per-node 1 scripts/run_all_benchmarks.sh ...`` runs the suite on every
+node of it). The runners are torchrun-native (byol_bench.dist): nothing else changes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+import math
 import os
 import subprocess
 import sys
@@ -34,6 +37,14 @@ class Torchrun:
     node_rank: int = 0
     master_addr: str = ""
     master_port: int = 29500
+
+    def for_job(self, job: Job) -> Torchrun:
+        """At most the recipe's GPU count for a full preset: a 4-GPU recipe on an 8-GPU node runs on 4 (the
+        segmentation runner's batch is per GPU, as mmseg's: more processes would change its recipe; the other runners
+        keep their global batch either way). The embedded data's presets run on every process given."""
+        if job.preset not in dict(job.protocol.full):
+            return self
+        return dataclasses.replace(self, nproc_per_node=min(self.nproc_per_node, math.ceil(job.gpus / self.nnodes)))
 
     def argv(self) -> list[str]:
         if self.nnodes == 1 and not self.master_addr:
@@ -62,7 +73,7 @@ def visible_gpus() -> int:
 
 def command(job: Job, torchrun: Torchrun | None) -> list[str]:
     """The command line of ``job``: ``python -m`` (local), or under torchrun."""
-    start = [sys.executable] if torchrun is None else torchrun.argv()
+    start = [sys.executable] if torchrun is None else torchrun.for_job(job).argv()
     return [*start, "-m", job.protocol.module, *job.args]
 
 
