@@ -1,5 +1,6 @@
-"""Two processes against one at the same global batch, for every trainer: ``torchrun --nproc_per_node 2`` on CPU
-(gloo) against one process, both at the tiny preset shrunk to a few optimizer steps.
+"""Two processes against one at the same global batch, for every trainer (and the VOC07 SVM, which trains
+nothing): ``torchrun --nproc_per_node 2`` on CPU (gloo) against one process, both at the tiny preset shrunk to a few
+optimizer steps.
 
 Each test runs its trainer's command line under torchrun (a subprocess) and the same command line in this process
 (``run(parse_args(...))``), the one-process run keeping the global batch by the runner's own small-world rule
@@ -52,6 +53,7 @@ import benchmarks.linear.avgpool as avgpool
 import benchmarks.linear.mhead as mhead
 import benchmarks.segmentation.runner as seg
 import benchmarks.semi_sup.runner as semi
+import benchmarks.voc07_svm.runner as svm
 from byol_bench import classification, training
 from byol_bench.checkpoint import safe_load
 from byol_bench.config import parse_args
@@ -493,3 +495,19 @@ def test_det_coco_two_processes_are_one_process_accumulating(ckpt: Path, tiny_da
     for details in (d1, d2):
         detections = json.loads(Path(details["results_files"]["bbox"]).read_text())
         assert {d["image_id"] for d in detections} == val_ids
+
+
+# ---------------------------------------------------------------- voc07_svm (trains nothing)
+
+
+def test_voc07_svm_two_processes_are_one_process(ckpt: Path, tiny_data: Path, tmp_path: Path) -> None:
+    """Exact. Nothing is trained: each image's features come from the frozen trunk in eval mode (the same in any
+    process), the two processes' shares are gathered back into the split's order, and the SVMs are fit once on
+    them: the same costs chosen, the same mAP."""
+    common = ("tiny", "layers=[feat2]", "low_shot=false", "resize_short=73", "image_size=64")
+    one, two = tmp_path / "one", tmp_path / "two"
+    with torchrun("benchmarks.voc07_svm", *runner_args(ckpt, tiny_data, two, *common), logs=tmp_path / "job.log"):
+        svm.run(parse_args(svm.Voc07SvmConfig, runner_args(ckpt, tiny_data, one, *common), preset_dir=svm.PRESET_DIR))
+    rec1, rec2 = record_in(one), record_in(two)
+    assert (rec1["world_size"], rec2["world_size"]) == (1, 2)
+    assert set(rec1["metrics"]) == set(rec2["metrics"]) and rec2["metrics"] == pytest.approx(rec1["metrics"], rel=EXACT)
