@@ -56,6 +56,8 @@ def test_failure_is_reported_and_others_still_run(tmp_path):
     assert "FAILED protocols: broken" in result.stderr
     assert "missing: not available yet, skipped" in result.stdout
     assert (out / "runs.txt").read_text() == "ran\n"
+    report = (out / "model_zoo.md").read_text()  # the report names the failure too
+    assert "**FAILED: broken (tiny)**" in report and "broken          tiny" in report.split("## Runs")[1]
 
 
 def _suite(capsys, *args: str) -> tuple[int, str, str]:
