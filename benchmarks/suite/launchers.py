@@ -106,13 +106,13 @@ def run_jobs(jobs: list[Job], torchrun: Torchrun | None, dry_run: bool) -> list[
     return runs
 
 
-def report(out: Path, runs: list[Run]) -> Path | None:
-    """Write ``run_times.tsv``, and from the records ``model_zoo.md`` (the tables, the published rows, the runs
-    of this invocation with their failures, links to every plot) and ``all_records.csv``; print the tables and the
-    summary. None when no record exists yet."""
+def report(out: Path, runs: list[Run]) -> None:
+    """Write ``run_times.tsv``, and from the records (when there are any) ``model_zoo.md`` (the tables, the
+    published rows, the runs of this invocation with their failures, links to every plot) and ``all_records.csv``;
+    print the tables and the summary."""
     write_timings(out / "run_times.tsv", runs)
     if not (out / "records").is_dir():
-        return None
+        return
     records = load_records(out / "records") + load_records(PUBLISHED_DIR)
     text = render_markdown(records, out, runs)
     atomic_write_text(out / "model_zoo.md", text)
@@ -122,4 +122,3 @@ def report(out: Path, runs: list[Run]) -> Path | None:
     print(f"report (tables, published rows, links to every plot): {out / 'model_zoo.md'}")
     print(f"records: {out / 'records'}/   run folders (logs, curves, result files): {out / 'runs'}/   "
           f"all metrics: {out / 'all_records.csv'}")
-    return out / "model_zoo.md"

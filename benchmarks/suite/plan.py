@@ -14,14 +14,12 @@ measured steady-state images/s per process, and the full run it extrapolated); o
 from __future__ import annotations
 
 import heapq
-import importlib
 import json
 import math
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 
-from byol_bench.config import load_config
+from benchmarks.suite.jobs import runner_config
 from byol_bench.protocols import Protocol, Selection
 from byol_bench.rehearsal import REAL_SPLIT_IMAGES
 
@@ -82,8 +80,7 @@ def load_rates(path: Path | None) -> dict[str, dict]:
 
 def work(protocol: Protocol, preset: str, gpus: int) -> tuple[str, int, int, int]:
     """``(schedule, optimizer steps, training images, evaluation images)`` of a full preset on the real splits."""
-    runner = importlib.import_module(protocol.runner)
-    cfg = load_config(typing.get_type_hints(runner.run)["cfg"], preset, preset_dir=runner.PRESET_DIR)
+    runner, cfg = runner_config(protocol, ("--preset", preset))
     if protocol.name == "voc07_svm":  # trains nothing: features of trainval and test
         images = REAL_SPLIT_IMAGES["voc07/trainval"] + REAL_SPLIT_IMAGES["voc07/test"]
         return f"{len(cfg.layers)} layers x SVM grid", 0, images, 0

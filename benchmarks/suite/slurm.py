@@ -64,7 +64,8 @@ class Options:
 
     def resources(self, job: Job) -> dict[str, int]:
         """``nodes``, ``ntasks_per_node`` and ``gpus_per_node`` of ``job``: its reference GPU count over nodes of
-        ``gpus_per_node`` (at most ``max_nodes``; fewer processes keep the global batch, docs/RUNNERS.md)."""
+        ``gpus_per_node`` (at most ``max_nodes``; on fewer processes the runners' small-world rules apply,
+        docs/CLUSTER.md)."""
         if self.gpus_per_node == 0:
             return {"nodes": 1, "ntasks_per_node": self.nproc_per_node or 1, "gpus_per_node": 0}
         nodes = min(math.ceil(job.gpus / self.gpus_per_node), self.max_nodes or job.gpus)
@@ -144,9 +145,14 @@ def _folder(folder: Path, job_id: str) -> Path:
     return Path(str(folder).replace("%j", job_id))
 
 
+def out_tag(out: Path) -> str:
+    """A short name of the out folder: two suites into two folders never take each other's jobs."""
+    return hashlib.sha1(str(out).encode()).hexdigest()[:8]
+
+
 def job_name(job: Job, out: Path) -> str:
-    """The job's name in the queue: what and where (two suites into two folders never take each other's jobs)."""
-    return f"{job.label}@{hashlib.sha1(str(out).encode()).hexdigest()[:8]}"
+    """The job's name in the queue: what and where."""
+    return f"{job.label}@{out_tag(out)}"
 
 
 def queued() -> dict[str, str]:
@@ -205,8 +211,8 @@ def launch(jobs: list[Job], options: Options, out: Path, ckpt: Path, dry_run: bo
               **{k: v for k, v in options.sbatch(jobs[0]).items() if k in ("partition", "account", "qos")}}
     if ids:
         tables["additional_parameters"] = {"dependency": "afterany:" + ":".join(ids)}
-    executor.update_parameters(job_name=f"tables@{job_name(jobs[0], out).split('@')[1]}", **tables)
-    order = [(job, job_id) for job, job_id in sorted(submitted, key=lambda s: jobs.index(s[0]))]
+    executor.update_parameters(job_name=f"tables@{out_tag(out)}", **tables)
+    order = sorted(submitted, key=lambda s: jobs.index(s[0]))
     tables_id = executor.submit(TablesTask(out, order, folder, sha)).job_id
     print(f"submitted tables: job {tables_id} (afterany), writes {out / 'model_zoo.md'}")
     print(f"logs: {out / 'slurm'}/<job id>/<job id>_0_log.out (and .err)")
