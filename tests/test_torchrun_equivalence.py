@@ -408,6 +408,22 @@ def detection_streams(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(training, "wrap_ddp", lambda model, device: streams.wrap(model))
 
 
+def assert_same_accumulated_detection_steps(rec1: dict[str, Any], rec2: dict[str, Any], plot1: Path, plot2: Path,
+                                            losses: tuple[str, ...]) -> None:
+    """The detection tests' common comparison: the global batch of 4 as 4 accumulated images in one process and 2 x 2
+    in two; the same learning rates, and every loss term of both iterations equal to float tolerance (the logs
+    beside the loss plots)."""
+    d1, d2 = rec1["details"], rec2["details"]
+    assert (rec1["world_size"], rec2["world_size"], d2["world_size"]) == (1, 2, 2)
+    assert (d1["global_batch_size"], d1["accumulate"], d2["global_batch_size"], d2["accumulate"]) == (4, 4, 4, 2)
+    assert d1["batch_policy"] == d2["batch_policy"] == "accumulate" and d1["lr"] == d2["lr"]
+    rows1, rows2 = (log_rows(plot.with_name("log.jsonl"), "loss") for plot in (plot1, plot2))
+    assert column(rows1, "step") == column(rows2, "step") == [1, 2]
+    assert column(rows1, "lr") == column(rows2, "lr")
+    for key in losses:
+        assert column(rows2, key) == pytest.approx(column(rows1, key), rel=EXACT), key
+
+
 def test_det_voc_two_processes_are_one_process_accumulating(ckpt: Path, tiny_data: Path, tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """Exact. One image per forward pass: the job's iteration is 2 processes x 2 micro-batches (accumulated under
@@ -428,16 +444,10 @@ def test_det_voc_two_processes_are_one_process_accumulating(ckpt: Path, tiny_dat
 
     rec1, rec2 = record_in(one), record_in(two)
     d1, d2 = rec1["details"], rec2["details"]
-    assert (rec1["world_size"], rec2["world_size"], d2["world_size"]) == (1, 2, 2)
-    assert (d1["global_batch_size"], d1["accumulate"], d2["global_batch_size"], d2["accumulate"]) == (4, 4, 4, 2)
-    assert d1["batch_policy"] == d2["batch_policy"] == "accumulate" and d1["lr"] == d2["lr"]
     assert d1["max_iters"] == d2["max_iters"] == 2  # x 4 images: 8 seen by either
-    rows1 = log_rows(Path(d1["trials"][0]["loss_plot"]).with_name("log.jsonl"), "loss")
-    rows2 = log_rows(Path(d2["trials"][0]["loss_plot"]).with_name("log.jsonl"), "loss")
-    assert column(rows1, "step") == column(rows2, "step") == [1, 2]
-    assert column(rows1, "lr") == column(rows2, "lr")
-    for key in ("loss", "loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"):
-        assert column(rows2, key) == pytest.approx(column(rows1, key), rel=EXACT), key
+    assert_same_accumulated_detection_steps(rec1, rec2, *(Path(d["trials"][0]["loss_plot"]) for d in (d1, d2)),
+                                            ("loss", "loss_classifier", "loss_box_reg", "loss_objectness",
+                                             "loss_rpn_box_reg"))
     test_ids = {a.image_id for a in VOCDetection(tiny_data / "VOCdevkit", "2007", "test", first=4).annotations}
     for details in (d1, d2):
         assert details["test_images"] == 4
@@ -479,17 +489,11 @@ def test_det_coco_two_processes_are_one_process_accumulating(ckpt: Path, tiny_da
 
     rec1, rec2 = record_in(one), record_in(two)
     d1, d2 = rec1["details"], rec2["details"]
-    assert (rec1["world_size"], rec2["world_size"], d2["world_size"]) == (1, 2, 2)
-    assert (d1["global_batch_size"], d1["accumulate"], d2["global_batch_size"], d2["accumulate"]) == (4, 4, 4, 2)
-    assert d1["batch_policy"] == d2["batch_policy"] == "accumulate" and d1["lr"] == d2["lr"]
     assert d1["train_images"] == d2["train_images"] == 8 and d1["val_images"] == d2["val_images"] == 6
     assert (d1["iters"], d1["iters_per_epoch"]) == (d2["iters"], d2["iters_per_epoch"]) == (2, 2)
-    rows1 = log_rows(Path(d1["loss_plot"]).with_name("log.jsonl"), "loss")
-    rows2 = log_rows(Path(d2["loss_plot"]).with_name("log.jsonl"), "loss")
-    assert column(rows1, "step") == column(rows2, "step") == [1, 2]
-    assert column(rows1, "lr") == column(rows2, "lr")
-    for key in ("loss", "loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"):
-        assert column(rows2, key) == pytest.approx(column(rows1, key), rel=EXACT), key
+    assert_same_accumulated_detection_steps(rec1, rec2, Path(d1["loss_plot"]), Path(d2["loss_plot"]),
+                                            ("loss", "loss_classifier", "loss_box_reg", "loss_mask",
+                                             "loss_objectness", "loss_rpn_box_reg"))
     val_ids = {image["id"] for image in json.loads(
         (data / "coco" / "annotations" / "instances_val2017.json").read_text())["images"]}
     for details in (d1, d2):
