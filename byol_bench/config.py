@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import sys
 import types
 import typing
@@ -34,8 +35,14 @@ class ConfigError(ValueError):
     """A preset or override does not fit the config dataclass; the message says which key and how to fix it."""
 
 
-def opt(default: Any, help: str, identity: bool | str = True) -> Any:  # noqa: A002 - "help" reads best here
+def opt(default: Any, help: str, identity: bool | str = True,  # noqa: A002 - "help" reads best here
+        positive: bool = False) -> Any:
     """A dataclass field with a default and a one-line help string (shown by ``--help``).
+
+    Every number a config holds (an ``int`` or ``float`` field, or each item of a tuple of them) must be finite and
+    not negative: ``lr=nan`` or ``epochs=-1`` is refused when the config is parsed, not hours later. ``positive=True``
+    also refuses 0 (learning rates, sizes, batch sizes, epochs, intervals: where 0 means a division by zero, a loop
+    that never ends or a run that trains nothing).
 
     ``identity=False`` marks fields that do not change results (output folder, ``force``, worker counts): they
     are left out of :func:`config_hash`, so reruns that only differ in them are recognised as the same run.
@@ -46,7 +53,7 @@ def opt(default: Any, help: str, identity: bool | str = True) -> Any:  # noqa: A
         raise ValueError(f"identity={identity!r}: True, False or 'when_set'")
     if isinstance(default, (list, dict, set)):
         raise TypeError("use a tuple (immutable) default, configs are frozen")
-    return dataclasses.field(default=default, metadata={"help": help, "identity": identity})
+    return dataclasses.field(default=default, metadata={"help": help, "identity": identity, "positive": positive})
 
 
 # ---------------------------------------------------------------- loading ---------------------------------------
@@ -147,7 +154,20 @@ def _build(cls: type[T], values: dict[str, Any], where: str, prefix: str = "") -
     kwargs = {}
     for name, value in values.items():
         kwargs[name] = _coerce(value, hints[name], f"{prefix}{name}", where)
+        _check_number(kwargs[name], fields[name], f"{prefix}{name}", where)
     return cls(**kwargs)
+
+
+def _check_number(value: Any, f: dataclasses.Field, key: str, where: str) -> None:
+    """Refuse a non-finite or negative number (and 0 in a ``positive`` field): see :func:`opt`."""
+    for number in value if isinstance(value, tuple) else (value,):
+        if isinstance(number, bool) or not isinstance(number, (int, float)):
+            continue
+        if not math.isfinite(number):
+            raise ConfigError(f"{where}: {key}={number!r} must be a finite number")
+        if number < 0 or (number == 0 and f.metadata.get("positive")):
+            bound = "positive" if f.metadata.get("positive") else "at least 0"
+            raise ConfigError(f"{where}: {key}={number!r} must be {bound}")
 
 
 def _coerce(value: Any, hint: Any, key: str, where: str) -> Any:

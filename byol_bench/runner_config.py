@@ -55,6 +55,11 @@ class RunnerConfig:
                           identity="when_set")
     force: bool = opt(False, "redo even when a record for this checkpoint and config exists (a trainer trains "
                              "again from scratch)", identity=False)
+    preflight: bool = opt(True, "check every file of every split the run reads (exists, image header readable, "
+                                "label map of the image's size, annotation ids consistent) before any work; false "
+                                "skips it (the record's config says so)", identity=False)
+    wait_for_lock: bool = opt(False, "when another process holds the run folder: wait for it (then skip if it wrote "
+                                     "the record) instead of refusing", identity=False)
 
     def __init_subclass__(cls, protocol: str | None = None, **defaults: Any) -> None:
         """``protocol``: ``out_dir`` defaults to ``results/<protocol>``; ``defaults``: inherited fields' defaults."""
@@ -97,15 +102,15 @@ class EpochTrainerConfig(TrainerConfig):
     """A classification trainer's epoch-based recipe (linear_mhead, linear_avgpool, semi_sup): a global batch kept
     whatever the process count, crops, and evaluation, checkpoints and stops every so many epochs."""
 
-    epochs: int = opt(90, "training epochs")
+    epochs: int = opt(90, "training epochs", positive=True)
     global_batch_size: int = opt(256, "images per optimizer step over all processes (kept whatever the GPU count: "
-                                      "each process takes its share)")
-    image_size: int = opt(224, "train crop and test center-crop size")
-    test_resize: int = opt(256, "test resize (short side) before the center crop")
+                                      "each process takes its share)", positive=True)
+    image_size: int = opt(224, "train crop and test center-crop size", positive=True)
+    test_resize: int = opt(256, "test resize (short side) before the center crop", positive=True)
     eval_every_epochs: int = opt(10, "evaluate on the val split every this many epochs (and always after the final "
-                                     "one)")
+                                     "one)", positive=True)
     ckpt_every_epochs: int = opt(10, "save the training state every this many epochs (and at the end)",
-                                 identity=False)
+                                 identity=False, positive=True)
     stop_after_epochs: int = opt(0, "stop after this many epochs in total, state saved, no record (0: run to the end; "
                                     "for tests of resume)", identity=False)
 
@@ -116,7 +121,7 @@ class IterTrainerConfig(TrainerConfig):
     its autocast precision is left out of the config hash."""
 
     ckpt_every_iters: int = opt(2000, "save the training state every this many iterations (and at the end)",
-                                identity=False)
+                                identity=False, positive=True)
     stop_after_iters: int = opt(0, "stop (det_voc: each trial) after this many iterations, state saved, no record (0: "
                                    "never; for tests of resume)", identity=False)
     precision: Literal["auto", "fp32", "bf16"] = opt("auto", "autocast: auto = bf16 on CUDA, fp32 on CPU",

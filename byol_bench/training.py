@@ -12,7 +12,11 @@ What lives here, and nothing else:
 * checkpoints and ``resume=auto|none|<path>`` at epoch (or every-N-iteration) boundaries: :func:`resume_point` (the
   one resume rule of every trainer: ``--force`` trains afresh), :func:`find_resume`, :func:`save_training_state`,
   :func:`load_training_state` — the trainable modules, the optimizer, the epochs or iterations done, the RNG states
-  and the config hash (a resumed run must be the same run);
+  and the config hash (a resumed run must be the same run) — and :func:`report_resume`, the one "resumed from"
+  line;
+* the divergence guard: :class:`DivergenceGuard` stops a run at the first loss that is not finite or exceeds
+  :data:`DIVERGENCE_FACTOR` times the first one, with a one-line :class:`DivergenceError` (exit 2, no record), and
+  :func:`save_training_state` refuses to overwrite the last good checkpoint with weights that are not finite;
 * plots: :func:`plot_log` draws ``log.jsonl`` columns against a step/epoch column (loss curves, val curves);
   :func:`plot_bars` draws one value per class (per-class AP or IoU).
 
@@ -24,6 +28,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,6 +45,11 @@ from byol_bench.runner_config import TrainerConfig
 from byol_bench.seeding import rng_for
 
 CHECKPOINT_FORMAT = "byol-bench-train"
+
+# A loss above this many times the first loss a run saw is divergence. Far above any healthy run (losses fall, and
+# even a restart at a high learning rate stays within a few times its first loss), far below what a diverging run
+# reaches within a few steps: lr=1e12 gives losses of 1e13 and more on the second step.
+DIVERGENCE_FACTOR = 1e4
 
 
 # ---------------------------------------------------------------- numerics and distribution
@@ -136,6 +147,95 @@ def poly_lr(base_lr: float, total_iters: int, power: float = 0.9, min_lr: float 
     return (base_lr - min_lr) * (1 - np.arange(total_iters) / total_iters) ** power + min_lr
 
 
+# ---------------------------------------------------------------- divergence
+
+
+class DivergenceError(ValueError):
+    """Training diverged; the one-line message names the step, the loss, the lr and the last good checkpoint.
+
+    A ``ValueError``: the entry point prints it as one line and exits 2, and no record is written.
+    """
+
+
+class DivergenceGuard:
+    """Stops a trainer at the first loss that is not finite or above ``factor`` times the first loss it saw.
+
+    A run on NaN (or on losses of 1e13 that stay finite) would otherwise train to the end and write a record that
+    looks valid. Losses may be device tensors: they are kept until ``every`` of them are pending and then read
+    together (one device synchronisation per window instead of one per step; a trainer that reads its loss every
+    step anyway passes floats and ``every=1``). :meth:`flush` reads what is pending (at an epoch's end, before a
+    checkpoint). The first loss is this invocation's (a resumed run measures from its first step again).
+
+    Args:
+        label: the run's name in the message (the protocol).
+        checkpoint: the trainer's checkpoint file, named in the message when it exists (the last good one: it
+            was saved before the diverged step).
+        unit: what ``step`` counts (``step``, ``iteration``, ``epoch``).
+        every: losses read per device synchronisation.
+        factor: the bound, in multiples of the first loss.
+    """
+
+    def __init__(self, label: str, checkpoint: Path | None, *, unit: str = "step", every: int = 1,
+                 factor: float = DIVERGENCE_FACTOR) -> None:
+        self.label, self.checkpoint, self.unit, self.every, self.factor = label, checkpoint, unit, every, factor
+        self.first: float | None = None
+        self.pending: list[tuple[int, float, torch.Tensor | float]] = []
+
+    def observe(self, loss: torch.Tensor | float, step: int, lr: float) -> None:
+        """Take the loss of ``step`` (trained at ``lr``); check it now, or with the next ``every - 1``."""
+        self.pending.append((step, lr, loss.detach() if isinstance(loss, torch.Tensor) else loss))
+        if len(self.pending) >= self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        """Check every pending loss, in order.
+
+        Raises:
+            DivergenceError: the first that is not finite or above the bound.
+        """
+        if not self.pending:
+            return
+        pending, self.pending = self.pending, []
+        tensors = [v for _, _, v in pending if isinstance(v, torch.Tensor)]
+        read = iter(torch.stack([t.float().reshape(()) for t in tensors]).tolist()) if tensors else iter(())
+        for step, lr, value in pending:
+            loss = next(read) if isinstance(value, torch.Tensor) else float(value)
+            why = divergence(loss, self.first, self.factor)
+            if why is not None:
+                kept = (f"the last good checkpoint {self.checkpoint} is kept"
+                        if self.checkpoint and self.checkpoint.is_file() else "no checkpoint was written")
+                raise DivergenceError(f"{self.label}: training diverged at {self.unit} {step}: loss {loss:.4g} {why} "
+                                      f"(lr {lr:.4g}); stopped without a record, {kept}; rerun with a lower lr")
+            if self.first is None:
+                self.first = loss
+
+
+def divergence(loss: float, first: float | None, factor: float = DIVERGENCE_FACTOR) -> str | None:
+    """Why ``loss`` means divergence (``is not finite``; ``exceeds 1e4 x the first loss (6.9)``), else None.
+
+    ``first``: the run's first loss (None: ``loss`` is the first, and only its finiteness is checked).
+    """
+    if not math.isfinite(loss):
+        return "is not finite"
+    if first is not None and abs(loss) > factor * max(abs(first), 1e-12):
+        return f"exceeds {factor:g} x the first loss ({first:.4g})"
+    return None
+
+
+def check_finite_weights(modules: Mapping[str, nn.Module], path: Path, done: int) -> None:
+    """Refuse to save weights that are not finite (a step can spoil them without a non-finite loss).
+
+    Raises:
+        DivergenceError: naming ``path``, which keeps the last good state.
+    """
+    for name, module in modules.items():
+        params = [p.detach() for p in module.parameters() if p.is_floating_point()]
+        if params and not torch.isfinite(torch.stack(torch._foreach_norm(params)).sum()).item():
+            kept = f"{path} keeps the last good state" if path.is_file() else "no checkpoint was written"
+            raise DivergenceError(f"training diverged: the {name} weights are not finite at the checkpoint of "
+                                  f"{done} done; not saved, stopped without a record, {kept}; rerun with a lower lr")
+
+
 # ---------------------------------------------------------------- checkpoints and resume
 
 
@@ -156,6 +256,7 @@ def resume_point(run_dir: Path, cfg: TrainerConfig, name: str = "latest.pth") ->
         CheckpointError: an explicit path that does not exist.
     """
     if cfg.force and cfg.resume == "auto":
+        set_aside_unreadable(run_dir / name)
         return None
     return find_resume(run_dir, cfg.resume, name)
 
@@ -163,15 +264,22 @@ def resume_point(run_dir: Path, cfg: TrainerConfig, name: str = "latest.pth") ->
 def find_resume(run_dir: Path, resume: str, name: str = "latest.pth") -> Path | None:
     """The checkpoint to continue from: ``auto`` (``run_dir/name`` if it exists), ``none``, or a path.
 
+    An unreadable ``run_dir/name`` (a truncated write, a full disk) is never resumed from: ``resume=none`` moves it
+    aside (:func:`set_aside_unreadable`) and trains afresh, ``resume=auto`` stops and says so.
+
     Raises:
-        ValueError: ``resume=none`` but ``run_dir`` holds a checkpoint (it would be overwritten).
-        CheckpointError: an explicit path that does not exist.
+        ValueError: ``resume=none`` but ``run_dir`` holds a readable checkpoint (it would be overwritten).
+        CheckpointError: ``resume=auto`` and ``run_dir/name`` is unreadable; an explicit path that does not exist.
     """
     latest = run_dir / name
     if resume == "auto":
+        if latest.is_file() and not is_readable_checkpoint(latest):
+            raise CheckpointError(f"{latest}: unreadable (truncated or not a torch checkpoint), so the run cannot "
+                                  "resume from it; rerun with resume=none (or --force) to move it aside and train "
+                                  "afresh")
         return latest if latest.is_file() else None
     if resume == "none":
-        if latest.is_file():
+        if set_aside_unreadable(latest) is None and latest.is_file():
             raise ValueError(f"{latest}: exists; continue with resume=auto, or use another out_dir")
         return None
     path = Path(resume)
@@ -180,8 +288,48 @@ def find_resume(run_dir: Path, resume: str, name: str = "latest.pth") -> Path | 
     return path
 
 
+def is_readable_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is a complete torch (zip) checkpoint: its central directory, written last, can be read.
+
+    Cheap (the directory, not the tensors): a write cut short by a kill or a full disk leaves no directory. Files
+    that are not ``.pth`` (an engine's ``last_checkpoint`` pointer) are not judged here.
+    """
+    if path.suffix != ".pth":
+        return True
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return bool(archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def set_aside_unreadable(path: Path) -> Path | None:
+    """Move an unreadable checkpoint to ``<name>.unreadable[.<n>]`` (kept for inspection, not deleted), warning
+    on stderr; return where it went, or None when ``path`` is absent or readable. Rank 0 moves it; the other ranks
+    only see it gone."""
+    if not path.is_file() or is_readable_checkpoint(path):
+        return None
+    aside, n = path.with_name(path.name + ".unreadable"), 0
+    while aside.exists():
+        n += 1
+        aside = path.with_name(f"{path.name}.unreadable.{n}")
+    if dist.is_main():
+        path.rename(aside)
+        print(f"warning: {path} is unreadable (truncated or not a torch checkpoint); moved it to {aside} and "
+              "training afresh", file=sys.stderr)
+    return aside
+
+
+def report_resume(label: str, path: Path, done: int, unit: str) -> None:
+    """Print (rank 0) the one line every trainer prints when it resumes: ``<label>: resumed from <path> after
+    <unit> <done>``."""
+    if dist.is_main():
+        print(f"{label}: resumed from {path} after {unit} {done}")
+
+
 def save_training_state(path: Path, *, modules: Mapping[str, nn.Module], optimizer: torch.optim.Optimizer,
-                        done: int, config_hash: str, extra: dict[str, Any] | None = None) -> None:
+                        done: int, config_hash: str, extra: dict[str, Any] | None = None,
+                        diverged: bool = False) -> None:
     """Write (rank 0, atomically) what :func:`load_training_state` needs to continue after ``done`` epochs/iterations.
 
     Args:
@@ -191,9 +339,14 @@ def save_training_state(path: Path, *, modules: Mapping[str, nn.Module], optimiz
         done: epochs (or, for an iteration-based recipe, iterations) completed: the runner's unit.
         config_hash: the run's config hash; a resume with another config is refused.
         extra: anything else the runner wants back (e.g. the evaluations so far), JSON-like values only.
+        diverged: the state of a run (a semi_sup grid cell) already stopped as diverged, kept to say so and never
+            trained from again: its weights are saved whatever they hold. Otherwise weights that are not finite
+            are refused (:func:`check_finite_weights`), so ``path`` keeps the last good state.
     """
     if not dist.is_main():
         return
+    if not diverged:
+        check_finite_weights(modules, Path(path), done)
     state = {
         "format": CHECKPOINT_FORMAT, "done": done, "config_hash": config_hash,
         "modules": {name: {k: v.detach().cpu() for k, v in m.state_dict().items()} for name, m in modules.items()},

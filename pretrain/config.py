@@ -42,6 +42,10 @@ class PretrainConfig:
     resume: str = opt("auto", "'auto': continue from the newest checkpoint in out_dir if there is one (not under "
                               "--force); 'none': start fresh (refuses a folder that holds checkpoints); or a "
                               "checkpoint path", identity=False)
+    preflight: bool = opt(True, "check every file of the splits the run reads (exists, image header readable) "
+                                "before training; false skips it (the record's config says so)", identity=False)
+    wait_for_lock: bool = opt(False, "when another process holds out_dir: wait for it instead of refusing",
+                              identity=False)
     seed: int = opt(0, "seed of the initialisation, the data order and every augmentation draw")
     # ---- data
     data_root: str = opt("data", "folder holding <dataset>/{train,val,meta} (docs/DATASETS.md)", identity=False)
@@ -49,8 +53,9 @@ class PretrainConfig:
     train_list: str = opt("meta/train.txt", "image list of the training split, relative to the dataset folder; "
                                             "'' scans the class folders")
     val_list: str = opt("meta/val.txt", "image list of the val split (kNN monitor queries); '' scans the folders")
-    image_size: int = opt(224, "side of both crops in pixels (RandomResizedCrop size)")
-    crop_scale_min: float = opt(0.08, "RandomResizedCrop lower bound of the crop area fraction (upper is 1)")
+    image_size: int = opt(224, "side of both crops in pixels (RandomResizedCrop size)", positive=True)
+    crop_scale_min: float = opt(0.08, "RandomResizedCrop lower bound of the crop area fraction (upper is 1)",
+                                positive=True)
     decode_min_size: int = opt(0, "0 decodes JPEGs fully (exact); N lets libjpeg decode at 1/2..1/8 scale while "
                                   "the short side stays >= N (faster on large photos, pixels change slightly)")
     num_workers: int = opt(4, "DataLoader worker processes per training process (decode + crop, and on a CPU-only "
@@ -58,18 +63,19 @@ class PretrainConfig:
                            identity=False)
     # ---- networks
     arch: str = opt("resnet50", "backbone: a torchvision ResNet name (resnet18..resnet152) or timm:<name>")
-    projector_hidden_dim: int = opt(4096, "hidden width of the projector and the predictor MLPs")
-    projector_out_dim: int = opt(256, "output width of the projector and the predictor")
+    projector_hidden_dim: int = opt(4096, "hidden width of the projector and the predictor MLPs", positive=True)
+    projector_out_dim: int = opt(256, "output width of the projector and the predictor", positive=True)
     sync_bn: bool = opt(True, "SyncBN across all processes when world size > 1 on CUDA (per-view BN statistics "
                               "over batch_size_per_device x world images, as mmselfsup)")
     # ---- optimisation
-    epochs: int = opt(200, "training length in epochs (passes over the training split)")
+    epochs: int = opt(200, "training length in epochs (passes over the training split)", positive=True)
     warmup_epochs: float = opt(10.0, "linear learning-rate warm-up length in epochs")
-    batch_size_per_device: int = opt(32, "images per process per data iteration (each gives two views)")
+    batch_size_per_device: int = opt(32, "images per process per data iteration (each gives two views)", positive=True)
     accum_steps: int = opt(16, "data iterations per optimizer step (gradient accumulation, mmselfsup "
-                               "update_interval); global batch = batch_size_per_device x world x accum_steps")
+                               "update_interval); global batch = batch_size_per_device x world x accum_steps",
+                           positive=True)
     base_lr: float = opt(0.3, "learning rate per 256 images of global batch: lr = base_lr x global / 256 "
-                              "(0.3 -> 4.8 at 4096, mmselfsup; the paper uses 0.2)")
+                              "(0.3 -> 4.8 at 4096, mmselfsup; the paper uses 0.2)", positive=True)
     lr_cosine: Literal["per_epoch", "per_step"] = opt(
         "per_epoch", "per_epoch: mmcv (B §1.6): cosine over all epochs, recomputed once per epoch, multiplied by "
                      "the per-iteration warm-up; per_step: warm-up, then cosine over the remaining steps (paper, "
@@ -78,7 +84,7 @@ class PretrainConfig:
     min_lr: float = opt(0.0, "learning rate at the end of the cosine")
     weight_decay: float = opt(1e-6, "LARS weight decay (norm parameters and biases get none)")
     lars_momentum: float = opt(0.9, "LARS momentum")
-    lars_eta: float = opt(1e-3, "LARS trust coefficient")
+    lars_eta: float = opt(1e-3, "LARS trust coefficient", positive=True)
     target_momentum: float = opt(0.99, "EMA momentum of the target network at step 0 (mmselfsup config 0.99; paper "
                                        "0.996); rises to target_momentum_end on a cosine over optimizer steps")
     target_momentum_end: float = opt(1.0, "EMA momentum at the last optimizer step")
@@ -92,17 +98,17 @@ class PretrainConfig:
                         identity=False)
     # ---- bookkeeping
     ckpt_every_steps: int = opt(500, "write <out_dir>/latest.pth every N optimizer steps (and at the end)",
-                                identity=False)
-    log_every_steps: int = opt(10, "log loss/lr/momentum/img/s every N optimizer steps", identity=False)
+                                identity=False, positive=True)
+    log_every_steps: int = opt(10, "log loss/lr/momentum/img/s every N optimizer steps", identity=False, positive=True)
     stop_after_steps: int = opt(0, "stop after this many optimizer steps with a checkpoint, schedules unchanged "
                                    "(time-boxed jobs; continue with --resume auto); 0 runs to the end",
                                 identity=False)
     # ---- kNN monitor (end of training)
     knn: bool = opt(True, "run the kNN monitor on the val split at the end and put it in the record")
-    knn_k: int = opt(20, "neighbours of the kNN monitor")
-    knn_temperature: float = opt(0.07, "temperature of the kNN vote weights exp(cos / T)")
+    knn_k: int = opt(20, "neighbours of the kNN monitor", positive=True)
+    knn_temperature: float = opt(0.07, "temperature of the kNN vote weights exp(cos / T)", positive=True)
     knn_max_train_images: int = opt(0, "feature bank size cap (evenly spaced train images); 0 uses all")
-    knn_batch_size: int = opt(256, "images per process per kNN feature-extraction batch", identity=False)
+    knn_batch_size: int = opt(256, "images per process per kNN feature-extraction batch", identity=False, positive=True)
     knn_random_init_baseline: bool = opt(False, "also score a random-init backbone of the same seed (the baseline "
                                                 "the tiny preset must beat)")
 
@@ -132,12 +138,8 @@ def resolve(cfg: PretrainConfig, world_size: int, train_images: int, device: tor
 
     Raises:
         ValueError: a setting that cannot run (too few images for one batch, fewer iterations than one
-            accumulation window, non-positive sizes), with the fix in the message.
+            accumulation window), with the fix in the message (numbers are checked when the config is parsed).
     """
-    for key in ("batch_size_per_device", "accum_steps", "epochs", "image_size", "log_every_steps",
-                "ckpt_every_steps", "knn_k", "knn_batch_size"):
-        if getattr(cfg, key) <= 0:
-            raise ValueError(f"{key}={getattr(cfg, key)} must be positive (configs/pretrain or the command line)")
     per_rank = train_images // world_size
     iters_per_epoch = per_rank // cfg.batch_size_per_device
     if iters_per_epoch == 0:

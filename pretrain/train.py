@@ -45,7 +45,7 @@ from byol_bench.lars import LARS, param_groups
 from byol_bench.records import read_record
 from byol_bench.runlog import Progress
 from byol_bench.scaffold import Run, open_run
-from byol_bench.training import resume_point
+from byol_bench.training import DivergenceGuard, check_finite_weights, report_resume, resume_point
 from pretrain.augment import BatchAugmenter, eval_transform
 from pretrain.config import PretrainConfig, Resolved, resolve
 from pretrain.data import EpochBatchSampler, TwoViewDataset, iterate_batches, make_loader, open_split
@@ -57,10 +57,6 @@ CHECKPOINT_FORMAT = "byol-bench"
 CHECKPOINT_VERSION = 1
 # Resolved values a resumed run must share with the run that wrote the checkpoint.
 RESUME_INVARIANTS = ("world_size", "global_batch_size", "iters_per_epoch", "total_steps")
-
-
-class NonFiniteLossError(ValueError):
-    """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
 
 
 def run(cfg: PretrainConfig) -> dict[str, float]:
@@ -128,6 +124,7 @@ def run(cfg: PretrainConfig) -> dict[str, float]:
         log.drop_after_step(start_step)  # rows past the resume point (all of them when training afresh) are stale
         if resume_path is not None:
             log.log(event="resume", checkpoint=str(resume_path), step=start_step)
+            report_resume("pretrain", resume_path, start_step, "step")
         last_step = rehearsal.STEPS if cfg.rehearsal else res.total_steps  # the run is complete there
         stop_step = last_step
         if cfg.stop_after_steps > 0:
@@ -139,7 +136,7 @@ def run(cfg: PretrainConfig) -> dict[str, float]:
         bar = Progress(last_step, "byol", initial=start_step, unit="step")  # plain lines off a terminal
         # Per-step losses stay on the device until the next log line: reading one every step would stall the GPU.
         window_losses: list[torch.Tensor] = []
-        last_ckpt = resume_path
+        guard = DivergenceGuard("pretrain", out_dir / "latest.pth")  # on each window's mean over the processes
         step, loss_value, throughput = start_step, math.nan, math.nan
         tick = time.perf_counter()
         tick_step = start_step
@@ -155,9 +152,8 @@ def run(cfg: PretrainConfig) -> dict[str, float]:
             window_losses.append(step_loss)
             step += 1
             if step % cfg.log_every_steps == 0 or step == stop_step:
-                mean_loss = dist.all_reduce_mean(torch.stack(window_losses).mean())
-                check_finite(mean_loss, step, last_ckpt)  # every process sees the same value and stops together
-                loss_value = float(mean_loss)
+                loss_value = float(dist.all_reduce_mean(torch.stack(window_losses).mean()))
+                guard.observe(loss_value, step, float(lrs[step - 1]))  # every process sees the same value: all stop
                 now = time.perf_counter()
                 # images trained here (the global batch, except in a rehearsal: one process of the world per process)
                 throughput = ((step - tick_step) * cfg.batch_size_per_device * cfg.accum_steps * info.world_size
@@ -175,12 +171,11 @@ def run(cfg: PretrainConfig) -> dict[str, float]:
 
             # ============================================================ checkpoint
             if step in (last_step, stop_step) or step % cfg.ckpt_every_steps == 0:
-                # Never save past a non-finite loss on any process, nor weights that a bad gradient already spoiled.
-                check_finite(dist.all_reduce_sum(step_loss), step, last_ckpt)
-                check_finite(torch.stack(torch._foreach_norm(list(byol.parameters()))).sum(), step, last_ckpt,
-                             what="weight norm")
+                # Never save past a diverged loss on any process, nor weights that a bad gradient already spoiled.
+                guard.observe(float(dist.all_reduce_mean(step_loss)), step, float(lrs[step - 1]))
                 name = "final.pth" if step == last_step else "latest.pth"
-                last_ckpt = save_checkpoint(out_dir / name, cfg, res, byol, optimizer, step, lrs, momentums,
+                check_finite_weights({"BYOL": byol}, out_dir / name, step)
+                save_checkpoint(out_dir / name, cfg, res, byol, optimizer, step, lrs, momentums,
                                             wall_time_s=earlier_wall_s + time.time() - run.started)
         bar.close()
         dist.barrier()
@@ -271,18 +266,6 @@ def train_step(model: nn.Module, byol: BYOL, ddp: DistributedDataParallel | None
     optimizer.zero_grad(set_to_none=True)
     byol.update_target(momentum)  # after the step, once per optimizer step (A.2)
     return window_loss / accum_steps
-
-
-def check_finite(value: torch.Tensor, step: int, last_ckpt: Path | None, what: str = "loss") -> None:
-    """Stop with a one-line message when ``value`` is NaN/inf; nothing after the last good checkpoint is saved."""
-    if torch.isfinite(value).item():
-        return
-    keep = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
-    # Resuming replays the same batches with the same settings (and a changed base_lr is refused as another
-    # config), so the way forward is a new run, not --resume.
-    raise NonFiniteLossError(
-        f"non-finite {what} ({value.item()}) at optimizer step {step}; stopped, {keep}. Check the data, or "
-        "train again with a lower base_lr (or longer warmup_epochs) into a new out_dir")
 
 
 def initial_byol(cfg: PretrainConfig) -> BYOL:

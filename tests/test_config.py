@@ -18,7 +18,7 @@ class Solver:
 @dataclass(frozen=True)
 class Example:
     lr: float = opt(0.1, "learning rate")
-    epochs: int = opt(10, "epochs")
+    epochs: int = opt(10, "epochs", positive=True)
     name: str = opt("x", "name")
     layers: tuple[str, ...] = opt(("feat5",), "layers")
     costs: tuple[float, ...] = opt((1.0,), "costs")
@@ -52,6 +52,13 @@ def test_config_is_frozen():
     ("low_shot=3", "must be of type bool"),
     ("solver=3", "is a section"),
     ("noequals", "not key=value"),
+    ("lr=nan", "lr=nan must be a finite number"),
+    ("lr=.inf", "lr=inf must be a finite number"),
+    ("lr=-0.1", "lr=-0.1 must be at least 0"),
+    ("epochs=0", "epochs=0 must be positive"),
+    ("ks=1,-2", "ks=-2 must be at least 0"),
+    ("costs=[1, nan]", "costs=nan must be a finite number"),
+    ("solver.tol=-1e-4", "solver.tol=-0.0001 must be at least 0"),
 ])
 def test_bad_overrides_are_named(override, needle):
     with pytest.raises(ConfigError, match=needle.replace("(", r"\(").replace("[", r"\[")):

@@ -223,7 +223,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
 
 def test_non_finite_loss_stops_the_run(tmp_path):
     # a NaN learning rate poisons the weights at the first step: the second iteration's loss is NaN
-    with pytest.raises(FloatingPointError, match="loss is nan at iteration 2"):
+    with pytest.raises(training.DivergenceError, match="diverged at iteration 2: loss nan is not finite"):
         _train(tmp_path, settings(base_lr=float("nan"), warmup_iters=0, max_iters=3, accumulate=1))
     assert not (tmp_path / "latest.pth").exists()  # nothing checkpointed from the poisoned run
 

@@ -111,7 +111,7 @@ def test_best_cell_selection():
                "e": cell(12.0, 45.0)}
     assert semi.best_cell(results) == "d"  # highest top-1; tie on top-1 -> top-5; full tie -> first in grid order
     assert semi.best_cell({"x": cell(None, None), "y": cell(0.0, 0.0)}) == "y"  # a diverged cell never wins
-    with pytest.raises(RuntimeError, match="every cell of the grid diverged"):
+    with pytest.raises(training.DivergenceError, match="diverged in every cell of the grid"):
         semi.best_cell({"x": cell(None, None)})
     assert semi.reference_config("imagenet_10pct", 0.001, 100.0) == "resnet50_head100_4xb64-steplr1e-3-20e_in1k-10pct"
 

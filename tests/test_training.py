@@ -13,8 +13,11 @@ from torch import nn
 from byol_bench.checkpoint import CheckpointError
 from byol_bench.runner_config import TrainerConfig
 from byol_bench.training import (
+    DivergenceError,
+    DivergenceGuard,
     batch_per_device,
     cosine_lr,
+    divergence,
     epoch_seed,
     find_resume,
     load_training_state,
@@ -103,7 +106,7 @@ def test_save_and_resume_restore_weights_optimizer_rng_and_refuse_other_configs(
 
 def test_find_resume(tmp_path: Path) -> None:
     assert find_resume(tmp_path, "auto") is None and find_resume(tmp_path, "none") is None
-    (tmp_path / "latest.pth").write_bytes(b"x")
+    torch.save({"done": 1}, tmp_path / "latest.pth")
     assert find_resume(tmp_path, "auto") == tmp_path / "latest.pth"
     with pytest.raises(ValueError, match="continue with resume=auto"):
         find_resume(tmp_path, "none")
@@ -116,7 +119,7 @@ def test_resume_point_is_the_one_rule(tmp_path: Path) -> None:
         return TrainerConfig(resume=resume, force=force)
 
     assert resume_point(tmp_path, cfg("auto")) is None
-    (tmp_path / "latest.pth").write_bytes(b"x")
+    torch.save({"done": 1}, tmp_path / "latest.pth")
     assert resume_point(tmp_path, cfg("auto")) == tmp_path / "latest.pth"
     assert resume_point(tmp_path, cfg("auto", force=True)) is None  # --force trains afresh
     other = tmp_path / "other.pth"
@@ -127,6 +130,67 @@ def test_resume_point_is_the_one_rule(tmp_path: Path) -> None:
             resume_point(tmp_path, cfg("none", force))
     (tmp_path / "last_checkpoint").write_text("iter_4.pth")  # an engine's own pointer
     assert resume_point(tmp_path, cfg("auto"), name="last_checkpoint") == tmp_path / "last_checkpoint"
+
+
+@pytest.mark.parametrize("resume, force", [("none", False), ("auto", True), ("none", True)])
+def test_an_unreadable_checkpoint_is_moved_aside_when_training_afresh(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                      resume: str, force: bool) -> None:
+    torch.save({"weights": torch.zeros(1000)}, tmp_path / "latest.pth")
+    good = (tmp_path / "latest.pth").read_bytes()
+    (tmp_path / "latest.pth").write_bytes(good[: len(good) // 2])  # a write cut short (kill -9, full disk)
+    (tmp_path / "latest.pth.unreadable").write_bytes(b"an earlier one")
+    assert resume_point(tmp_path, TrainerConfig(resume=resume, force=force)) is None
+    aside = tmp_path / "latest.pth.unreadable.1"  # named, never deleted nor overwritten
+    assert not (tmp_path / "latest.pth").exists() and aside.read_bytes() == good[: len(good) // 2]
+    assert (tmp_path / "latest.pth.unreadable").read_bytes() == b"an earlier one"
+    assert capsys.readouterr().err == (f"warning: {tmp_path / 'latest.pth'} is unreadable (truncated or not a torch "
+                                       f"checkpoint); moved it to {aside} and training afresh\n")
+
+
+def test_an_unreadable_checkpoint_is_a_one_line_error_with_resume_auto(tmp_path: Path) -> None:
+    (tmp_path / "latest.pth").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(CheckpointError, match=r"latest\.pth: unreadable .* rerun with resume=none \(or --force\) to "
+                                              "move it aside"):
+        resume_point(tmp_path, TrainerConfig(resume="auto"))
+    assert (tmp_path / "latest.pth").read_bytes() == b"PK\x03\x04 truncated"  # untouched
+
+
+def test_divergence_guard_stops_at_the_first_bad_loss_naming_step_loss_lr_and_checkpoint(tmp_path: Path) -> None:
+    assert divergence(2.0, None) is None and divergence(2.0e4, 2.0) is None
+    assert divergence(2.1e4, 2.0) == "exceeds 10000 x the first loss (2)"
+    assert divergence(float("nan"), None) == divergence(float("-inf"), 2.0) == "is not finite"
+    latest = tmp_path / "latest.pth"
+    guard = DivergenceGuard("probe", latest, every=3)
+    guard.observe(torch.tensor(6.9), 1, 0.1)
+    guard.observe(torch.tensor(5.0), 2, 0.1)  # read together with the next one: no error yet
+    with pytest.raises(DivergenceError, match=r"^probe: training diverged at step 3: loss 1e\+13 exceeds 10000 x the "
+                                              r"first loss \(6\.9\) \(lr 1e\+12\); stopped without a record, no "
+                                              r"checkpoint was written; rerun with a lower lr$"):
+        guard.observe(torch.tensor(1e13), 3, 1e12)
+    torch.save({}, latest)
+    guard = DivergenceGuard("det", latest, unit="iteration")
+    guard.observe(0.5, 1, 0.02)
+    with pytest.raises(DivergenceError, match=rf"iteration 2: loss nan is not finite .*{latest} is kept"):
+        guard.observe(float("nan"), 2, 0.02)
+    guard = DivergenceGuard("probe", None, every=100)
+    guard.observe(torch.tensor(float("inf")), 7, 0.1)
+    with pytest.raises(DivergenceError, match="step 7: loss inf is not finite"):
+        guard.flush()  # an epoch's end reads what is pending
+
+
+def test_weights_that_are_not_finite_never_replace_the_last_good_checkpoint(tmp_path: Path) -> None:
+    head = nn.Linear(4, 3)
+    opt = torch.optim.SGD(head.parameters(), lr=0.1)
+    path = tmp_path / "latest.pth"
+    save_training_state(path, modules={"head": head}, optimizer=opt, done=1, config_hash="abc")
+    before = path.read_bytes()
+    with torch.no_grad():
+        head.weight[0, 0] = float("nan")
+    with pytest.raises(DivergenceError, match=rf"the head weights are not finite .* {path} keeps the last good"):
+        save_training_state(path, modules={"head": head}, optimizer=opt, done=2, config_hash="abc")
+    assert path.read_bytes() == before
+    save_training_state(path, modules={"head": head}, optimizer=opt, done=2, config_hash="abc", diverged=True)
+    assert load_training_state(path, modules={"head": nn.Linear(4, 3)}, optimizer=opt, config_hash="abc")[0] == 2
 
 
 def test_plot_log(tmp_path: Path) -> None:

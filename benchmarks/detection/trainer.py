@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -179,7 +178,8 @@ def train(model: nn.Module, dataset: Dataset, groups: Sequence[int], settings: T
         clock: a rehearsal's step clock (``byol_bench.rehearsal.Clock``), told of every optimizer step.
 
     Raises:
-        FloatingPointError: a non-finite loss (the message gives the iteration and the loss terms).
+        training.DivergenceError: a loss that is not finite or above the guard's bound (one line: the iteration,
+            the loss, the lr, the last good checkpoint).
     """
     info_rank, world = dist.get_rank(), dist.get_world_size()
     model.train()
@@ -191,9 +191,9 @@ def train(model: nn.Module, dataset: Dataset, groups: Sequence[int], settings: T
     if resume_from is not None:
         start, extra = training.load_training_state(resume_from, modules={"model": model}, optimizer=optimizer,
                                                     config_hash=config_hash)
-        if dist.is_main():
-            print(f"{desc}: resumed from {resume_from} after iteration {start}")
+        training.report_resume(desc, resume_from, start, "iteration")
     log.drop_after_step(start)  # rows of iterations this invocation trains (again)
+    guard = training.DivergenceGuard(desc, run_dir / "latest.pth", unit="iteration")  # read every iteration anyway
 
     stream = GroupedBatchStream(groups, settings.batch_size_per_device, settings.seed, info_rank, world,
                                 start=start * settings.accumulate)
@@ -225,9 +225,7 @@ def train(model: nn.Module, dataset: Dataset, groups: Sequence[int], settings: T
         values = dist.all_reduce_mean(torch.stack([totals[k] for k in names])).tolist()  # logged: mean over ranks
         terms = dict(zip(names, values, strict=True))
         loss = sum(values)
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"{desc}: loss is {loss} at iteration {it + 1} ({terms}); lower the lr or "
-                                     "check the data (boxes, labels)")
+        guard.observe(loss, it + 1, float(lrs[it]))  # before the step: a diverged loss never reaches the weights
         optimizer.step()
         if clock is not None:
             clock.step()

@@ -83,31 +83,35 @@ class DetVocConfig(IterTrainerConfig, protocol=PROTOCOL):
     engine: Literal["native", "detectron2"] = opt(
         "native", "native = torchvision blocks on benchmarks.detection (CI, demo); detectron2 = MoCo's train_net on "
         "a generated config (needs detectron2 installed; ResNet-50 and deeper; run as one process)")
-    max_iters: int = opt(24000, "optimizer steps at global_batch_size")
+    max_iters: int = opt(24000, "optimizer steps at global_batch_size", positive=True)
     steps: tuple[int, ...] = opt((18000, 22000), "iterations at which the lr is multiplied by 0.1")
     warmup_iters: int = opt(100, "linear warm-up iterations (from 0.001 x lr)")
-    lr: float = opt(0.02, "SGD learning rate at global_batch_size")
+    lr: float = opt(0.02, "SGD learning rate at global_batch_size", positive=True)
     momentum: float = opt(0.9, "SGD momentum")
     weight_decay: float = opt(1e-4, "SGD weight decay (norm-layer parameters get none)")
-    global_batch_size: int = opt(16, "images per optimizer step over all processes (see small_world)")
+    global_batch_size: int = opt(16, "images per optimizer step over all processes (see small_world)", positive=True)
     batch_size_per_device: int = opt(2, "images per process per forward pass (16 on one large GPU: BN sees the "
-                                        "recipe's 16 images)")
+                                        "recipe's 16 images)", positive=True)
     small_world: Literal["accumulate", "scale"] = opt(
         "accumulate", "when batch_size_per_device x processes < global_batch_size: accumulate gradients to keep "
         "the recipe, or scale lr/iterations linearly to the smaller batch")
-    train_sizes: tuple[int, ...] = opt(tuple(range(480, 801, 32)), "train short sides (one drawn per image)")
-    train_max_size: int = opt(1333, "train long-side limit")
-    test_size: int = opt(800, "test short side")
-    test_max_size: int = opt(1333, "test long-side limit")
-    rpn_topk_train: tuple[int, int] = opt((12000, 2000), "RPN proposals per image before / after NMS (train)")
-    rpn_topk_test: tuple[int, int] = opt((6000, 1000), "RPN proposals per image before / after NMS (test)")
-    roi_batch_size_per_image: int = opt(512, "RoIs sampled per image for the box head (25 % positives)")
+    train_sizes: tuple[int, ...] = opt(tuple(range(480, 801, 32)), "train short sides (one drawn per image)",
+                                       positive=True)
+    train_max_size: int = opt(1333, "train long-side limit", positive=True)
+    test_size: int = opt(800, "test short side", positive=True)
+    test_max_size: int = opt(1333, "test long-side limit", positive=True)
+    rpn_topk_train: tuple[int, int] = opt((12000, 2000), "RPN proposals per image before / after NMS (train)",
+                                          positive=True)
+    rpn_topk_test: tuple[int, int] = opt((6000, 1000), "RPN proposals per image before / after NMS (test)",
+                                         positive=True)
+    roi_batch_size_per_image: int = opt(512, "RoIs sampled per image for the box head (25 % positives)", positive=True)
     test_images: int = opt(0, "score the first N images of VOC2007 test only (0: all 4952; tiny runs)")
     precise_bn_iters: int = opt(200, "precise-BN iterations before the final evaluation (0: off)")
     trials: int = opt(1, "independent trainings with seeds seed, seed+1, ...: the record has each and mean +- std "
-                         "(MoCo reports the mean of 5)")
+                         "(MoCo reports the mean of 5)", positive=True)
     seed: int = opt(0, "seed of the first trial (head initialisation, data order, flips, scales, sampling)")
-    test_batch_size_per_device: int = opt(1, "test images per forward pass (detectron2: 1)", identity=False)
+    test_batch_size_per_device: int = opt(1, "test images per forward pass (detectron2: 1)", identity=False,
+                                          positive=True)
 
 
 Resolved = trainer.DetectionResolved  # the batch, lr and schedule as run (small_world: the module docstring)
@@ -240,10 +244,6 @@ def check_inputs(cfg: DetVocConfig) -> None:
     """One-line errors for a bad config, before anything is written."""
     if not cfg.ckpt:
         raise ValueError("no checkpoint given: pass --ckpt PATH")
-    if cfg.test_images < 0:
-        raise ValueError(f"test_images={cfg.test_images} must be 0 (all) or positive")
-    if cfg.trials < 1 or cfg.max_iters < 1 or cfg.ckpt_every_iters < 1 or cfg.batch_size_per_device < 1:
-        raise ValueError("trials, max_iters, ckpt_every_iters and batch_size_per_device must be positive")
     if not cfg.train_sizes or min(cfg.train_sizes) < 1:
         raise ValueError(f"train_sizes={cfg.train_sizes} must list positive short sides")
     if list(cfg.steps) != sorted(cfg.steps):

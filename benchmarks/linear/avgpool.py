@@ -61,12 +61,14 @@ from byol_bench.runlog import Progress
 from byol_bench.runner_config import EpochTrainerConfig, TrainerResolved
 from byol_bench.scaffold import open_run
 from byol_bench.training import (
+    DivergenceGuard,
     autocast,
     batch_per_device,
     cosine_lr,
     epoch_seed,
     load_training_state,
     plot_log,
+    report_resume,
     resolve_precision,
     resume_point,
     save_training_state,
@@ -88,8 +90,9 @@ class LinearAvgpoolConfig(EpochTrainerConfig, protocol=PROTOCOL, num_workers=8, 
     setting: Literal["moco", "simsiam"] = opt(
         "moco", "moco: SGD + step lr (the seed's 67.68); simsiam: LARS (no exclusions) + per-epoch cosine")
     milestones: tuple[int, ...] = opt((60, 80), "moco: epochs at which the lr drops x 0.1 (ignored by simsiam)")
-    lr: float = opt(30.0, "learning rate at lr_reference_batch (30 for moco, 1.6 for simsiam)")
-    lr_reference_batch: int = opt(256, "the global batch lr is given for; another global batch scales lr linearly")
+    lr: float = opt(30.0, "learning rate at lr_reference_batch (30 for moco, 1.6 for simsiam)", positive=True)
+    lr_reference_batch: int = opt(256, "the global batch lr is given for; another global batch scales lr linearly",
+                                  positive=True)
     momentum: float = opt(0.9, "SGD / LARS momentum")
     weight_decay: float = opt(0.0, "weight decay of the head (0 in both reference settings)")
     seed: int = opt(0, "seed of the head's init, the sampler order and the augmentations")
@@ -176,9 +179,9 @@ def run(cfg: LinearAvgpoolConfig) -> dict[str, float]:
             start_epoch, extra = load_training_state(resume_from, modules={"head": head}, optimizer=optimizer,
                                                      config_hash=run.config_hash)
             evals = extra["evals"]
-            if info.is_main:
-                print(f"{PROTOCOL}: resumed from {resume_from} after epoch {start_epoch}")
+            report_resume(PROTOCOL, resume_from, start_epoch, "epoch")
         log.drop_after_step(start_epoch * len(train_loader))  # rows of epochs this invocation trains (again)
+        guard = DivergenceGuard(PROTOCOL, latest, every=20)  # the loss stays on the device for 20 steps
 
         # ------------------------------------------------------------ loop
         bar = Progress(epochs * len(train_loader), f"{PROTOCOL} {cfg.dataset}",
@@ -193,14 +196,14 @@ def run(cfg: LinearAvgpoolConfig) -> dict[str, float]:
                 for group in optimizer.param_groups:
                     group["lr"] = float(lrs[step])
                 loss = train_step(trunk, ddp_head, optimizer, images, labels, device, resolved.precision)
+                guard.observe(loss, step + 1, float(lrs[step]))
                 clock.step()
                 loss_sum += loss * len(labels)
                 seen += len(labels)
                 bar.update()
+            guard.flush()
             train_loss = float(dist.all_reduce_sum(loss_sum)) / max(float(dist.all_reduce_sum(
                 torch.tensor(float(seen), device=device))), 1.0)
-            if not np.isfinite(train_loss):
-                raise RuntimeError(f"{PROTOCOL}: the training loss is {train_loss} in epoch {epoch + 1}; lower lr")
             row = {"epoch": epoch + 1, "step": (epoch + 1) * len(train_loader), "train_loss": train_loss,
                    "lr": float(lrs[(epoch + 1) * len(train_loader) - 1])}
             if (epoch + 1) % cfg.eval_every_epochs == 0 or epoch + 1 == epochs:
@@ -308,17 +311,9 @@ def _check_inputs(cfg: LinearAvgpoolConfig) -> None:
     """One-line errors for settings that cannot run, before anything is written."""
     if not cfg.ckpt:
         raise ValueError("no checkpoint given: pass --ckpt PATH")
-    for name in ("epochs", "global_batch_size", "lr_reference_batch", "eval_every_epochs", "ckpt_every_epochs",
-                 "image_size"):
-        if getattr(cfg, name) <= 0:
-            raise ValueError(f"{name}={getattr(cfg, name)} must be positive")
-    if cfg.lr <= 0:
-        raise ValueError(f"lr={cfg.lr} must be positive")
     if cfg.test_resize < cfg.image_size:
         raise ValueError(f"test_resize={cfg.test_resize} is below image_size={cfg.image_size}; the center crop needs "
                          "test_resize >= image_size (256 for 224)")
-    if cfg.stop_after_epochs < 0:
-        raise ValueError(f"stop_after_epochs={cfg.stop_after_epochs} must be >= 0 (0 runs to the end)")
 
 
 def _details(cfg: LinearAvgpoolConfig, resolved: Resolved, train: classification.Split, val: classification.Split,

@@ -70,7 +70,7 @@ class LinearMheadConfig(EpochTrainerConfig, protocol=PROTOCOL, num_workers=8):
 
     dataset: Literal["imagenet", "inat18", "places205"] = opt("imagenet", "the dataset (and table) to evaluate on")
     milestones: tuple[int, ...] = opt((30, 60, 90), "epochs at which the lr is multiplied by 0.1")
-    lr: float = opt(0.01, "SGD learning rate (global batch 256)")
+    lr: float = opt(0.01, "SGD learning rate (global batch 256)", positive=True)
     momentum: float = opt(0.9, "SGD momentum (nesterov)")
     weight_decay: float = opt(1e-4, "SGD weight decay")
     pooling: Literal["specified", "adaptive"] = opt(
@@ -164,9 +164,9 @@ def run(cfg: LinearMheadConfig) -> dict[str, float]:
         if resume_from is not None:
             start_epoch, state = training.load_training_state(resume_from, modules={"heads": heads},
                                                               optimizer=optimizer, config_hash=run.config_hash)
-            if info.is_main:
-                print(f"{PROTOCOL}: resumed from {resume_from} after epoch {start_epoch}")
+            training.report_resume(PROTOCOL, resume_from, start_epoch, "epoch")
         log.drop_after_step(start_epoch * len(loader))  # rows of steps this invocation trains (again)
+        guard = training.DivergenceGuard(PROTOCOL, run.run_dir / "latest.pth")  # the loss is read every step anyway
 
         # ------------------------------------------------------------ loop
         progress = Progress(epochs * len(loader), f"{PROTOCOL} {cfg.dataset}", initial=start_epoch * len(loader),
@@ -183,6 +183,7 @@ def run(cfg: LinearMheadConfig) -> dict[str, float]:
                     group["lr"] = float(lrs[step])
                 loss, losses = train_step(extractor, heads_ddp, optimizer, images, labels, cfg.pooling, precision,
                                           device)
+                guard.observe(loss.item(), step + 1, float(lrs[step]))
                 clock.step()
                 progress.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lrs[step]:.2g}")
                 progress.update()
@@ -251,10 +252,6 @@ def check_inputs(cfg: LinearMheadConfig) -> None:
         raise ValueError("no checkpoint given: pass --ckpt PATH")
     if cfg.dataset not in DATASETS:
         raise ValueError(f"dataset {cfg.dataset!r} is not one of {', '.join(DATASETS)}")
-    if cfg.global_batch_size <= 0:
-        raise ValueError(f"global_batch_size={cfg.global_batch_size} must be positive")
-    if cfg.epochs <= 0 or cfg.eval_every_epochs <= 0 or cfg.ckpt_every_epochs <= 0:
-        raise ValueError("epochs, eval_every_epochs and ckpt_every_epochs must be positive")
 
 
 def head_dims(backbone: nn.Module, image_size: int, pooling: str) -> dict[str, int]:

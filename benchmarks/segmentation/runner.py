@@ -92,21 +92,22 @@ class SegmentationConfig(IterTrainerConfig, protocol=PROTOCOL):
     """FCN R50-D8 settings (defaults = the VOC12+Aug recipe; the loss is computed in fp32 under any precision)."""
 
     dataset: Literal["voc12aug", "cityscapes"] = opt("voc12aug", "the dataset (and table) to evaluate on")
-    max_iters: int = opt(20000, "training iterations")
-    lr: float = opt(0.01, "SGD learning rate")
+    max_iters: int = opt(20000, "training iterations", positive=True)
+    lr: float = opt(0.01, "SGD learning rate", positive=True)
     momentum: float = opt(0.9, "SGD momentum")
     weight_decay: float = opt(5e-4, "SGD weight decay (every parameter)")
     poly_power: float = opt(0.9, "poly schedule power")
     min_lr: float = opt(1e-4, "poly schedule floor")
-    batch_size_per_device: int = opt(4, "images per process per iteration (the recipe's per-GPU batch)")
-    scale: tuple[int, ...] = opt((2048, 512), "train resize base (long, short) before the 0.5-2.0 ratio")
-    ratio_range: tuple[float, ...] = opt((0.5, 2.0), "train resize ratio range")
-    crop_size: int = opt(512, "train crop (square), also the pad size")
-    cat_max_ratio: float = opt(0.75, "largest share one class may cover in a train crop (redrawn up to 10 times)")
-    test_scale: tuple[int, ...] = opt((2048, 512), "test resize (long, short), keeping the aspect ratio")
+    batch_size_per_device: int = opt(4, "images per process per iteration (the recipe's per-GPU batch)", positive=True)
+    scale: tuple[int, ...] = opt((2048, 512), "train resize base (long, short) before the 0.5-2.0 ratio", positive=True)
+    ratio_range: tuple[float, ...] = opt((0.5, 2.0), "train resize ratio range", positive=True)
+    crop_size: int = opt(512, "train crop (square), also the pad size", positive=True)
+    cat_max_ratio: float = opt(0.75, "largest share one class may cover in a train crop (redrawn up to 10 times)",
+                               positive=True)
+    test_scale: tuple[int, ...] = opt((2048, 512), "test resize (long, short), keeping the aspect ratio", positive=True)
     test_mode: Literal["whole", "slide"] = opt("whole", "whole image or sliding-window inference")
-    test_crop: int = opt(512, "slide: window size")
-    test_stride: int = opt(341, "slide: window stride")
+    test_crop: int = opt(512, "slide: window size", positive=True)
+    test_stride: int = opt(341, "slide: window stride", positive=True)
     align_corners: bool = opt(False, "align_corners of every logit resize (Cityscapes: true)")
     seed: int = opt(0, "seed of the heads' initialisation, the shuffling and the augmentation")
     engine: Literal["native", "mmseg"] = opt(
@@ -162,9 +163,9 @@ def run(cfg: SegmentationConfig) -> dict[str, float]:
             if resume_from is not None:
                 start, state = training.load_training_state(resume_from, modules={"model": model}, optimizer=optimizer,
                                                             config_hash=run.config_hash)
-                if info.is_main:
-                    print(f"{PROTOCOL}: resumed from {resume_from} after iteration {start}")
+                training.report_resume(PROTOCOL, resume_from, start, "iteration")
             log.drop_after_step(start)  # rows of iterations this invocation trains (again)
+            guard = training.DivergenceGuard(PROTOCOL, run.run_dir / "latest.pth", unit="iteration")
 
             # ------------------------------------------------------------ loop (iteration-based)
             # Its own generator: the loader's base-seed draw must not shift the global stream (dropout) on resume.
@@ -179,6 +180,7 @@ def run(cfg: SegmentationConfig) -> dict[str, float]:
                 for group in optimizer.param_groups:
                     group["lr"] = float(lrs[it - 1])
                 losses = train_step(model_ddp, optimizer, images, labels, cfg.align_corners, precision, device)
+                guard.observe(losses["loss"], it, float(lrs[it - 1]))  # a float: read every iteration anyway
                 clock.step()
                 progress.set_postfix(loss=f"{losses['loss']:.3f}", lr=f"{lrs[it - 1]:.2g}")
                 progress.update()
@@ -238,8 +240,6 @@ def check_inputs(cfg: SegmentationConfig) -> None:
     """One-line errors for a bad config, before anything is written."""
     if not cfg.ckpt:
         raise ValueError("no checkpoint given: pass --ckpt PATH")
-    if cfg.max_iters <= 0 or cfg.batch_size_per_device <= 0 or cfg.ckpt_every_iters <= 0:
-        raise ValueError("max_iters, batch_size_per_device and ckpt_every_iters must be positive")
     if len(cfg.scale) != 2 or len(cfg.test_scale) != 2 or len(cfg.ratio_range) != 2:
         raise ValueError("scale and test_scale take (long, short), ratio_range (low, high): two values each")
     if not 0 < cfg.test_stride <= cfg.test_crop:

@@ -106,13 +106,14 @@ class SemiSupConfig(EpochTrainerConfig, protocol=PROTOCOL, num_workers=8, epochs
                                "subset of the fraction")
     label_map: str = opt("meta/train_labeled.txt", "'wnid/file label' list giving a SimCLR list its labels (B §4)")
     subset_seed: int = opt(0, "seed of the generated subset (without subset_list)")
-    base_lrs: tuple[float, ...] = opt((0.1, 0.01, 0.001), "grid: base learning rates (global batch 256)")
-    head_lr_mults: tuple[float, ...] = opt((1.0, 10.0, 100.0), "grid: head lr multipliers (kept through decays)")
+    base_lrs: tuple[float, ...] = opt((0.1, 0.01, 0.001), "grid: base learning rates (global batch 256)", positive=True)
+    head_lr_mults: tuple[float, ...] = opt((1.0, 10.0, 100.0), "grid: head lr multipliers (kept through decays)",
+                                           positive=True)
     grid: Literal["one_pass", "sequential"] = opt(
         "one_pass", "one_pass: all cells step on each decoded batch (one data stream); sequential: one cell after "
         "another (less memory). Same numbers either way", identity=False)
     milestones: tuple[int, ...] = opt((12, 16), "epochs at which the lr is multiplied by gamma")
-    gamma: float = opt(0.2, "lr decay factor at each milestone")
+    gamma: float = opt(0.2, "lr decay factor at each milestone", positive=True)
     momentum: float = opt(0.9, "SGD momentum (not nesterov)")
     weight_decay: float = opt(5e-4, "SGD weight decay on every parameter: 5e-4 at 1 %, 1e-4 at 10 %")
     seed: int = opt(0, "seed of the head initialisation (the same in every cell), shuffling and augmentations")
@@ -218,8 +219,7 @@ def run(cfg: SemiSupConfig) -> dict[str, float]:
             if resume_from is not None:
                 cell.done, cell.state = training.load_training_state(
                     resume_from, modules={"model": cell.model}, optimizer=cell.optimizer, config_hash=cell.key)
-                if info.is_main:
-                    print(f"{PROTOCOL}: cell {cell.name} resumed after epoch {cell.done} from {resume_from}")
+                training.report_resume(f"{PROTOCOL} cell {cell.name}", resume_from, cell.done, "epoch")
         log.drop_after_step(min(c.done for c in cells) * len(loader))
 
         # ------------------------------------------------------------ loop: one data stream per group of cells
@@ -289,6 +289,7 @@ def train_cells(cfg: SemiSupConfig, epochs: int, cells: list[Cell], loader: Data
             sampler.set_epoch(epoch)  # shuffling and augmentations: functions of (seed, epoch, rank), not of a cell
             torch.manual_seed(training.epoch_seed(cfg.seed, epoch, rank))
             losses = {c.name: torch.zeros((), dtype=torch.float64, device=device) for c in active}
+            step_losses: dict[str, list[torch.Tensor]] = {c.name: [] for c in active}  # read once, at the epoch's end
             seen = 0
             for i, (images, labels) in enumerate(loader):
                 images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
@@ -297,6 +298,7 @@ def train_cells(cfg: SemiSupConfig, epochs: int, cells: list[Cell], loader: Data
                 for cell in active:
                     loss = train_step(cell, images, labels, float(cell.lrs[epoch * len(loader) + i]), precision)
                     losses[cell.name] += loss.detach().double() * len(labels)
+                    step_losses[cell.name].append(loss.detach().float())
                     progress.update()
                 clock.step()
                 seen += len(labels)
@@ -304,12 +306,22 @@ def train_cells(cfg: SemiSupConfig, epochs: int, cells: list[Cell], loader: Data
             row = {}
             for cell in active:
                 cell.done = epoch + 1
+                # the epoch's mean over every process: the ranks agree on which cells go on
                 loss = float(dist.all_reduce_sum(losses[cell.name])) / total
                 cell.state["train_loss"].append(loss if math.isfinite(loss) else None)
-                if not math.isfinite(loss):
-                    cell.state["diverged_epoch"] = epoch + 1
-                    if dist.is_main():
-                        print(f"{PROTOCOL}: cell {cell.name} diverged in epoch {epoch + 1} (loss {loss}); it stops")
+                # The divergence rule of every trainer (training.divergence), per cell and step, on the losses
+                # averaged over the processes (so they agree on which cells go on); the first is kept in the state.
+                per_step = dist.all_reduce_mean(torch.stack(step_losses[cell.name])).tolist()
+                for i, step_loss in enumerate(per_step):
+                    why = training.divergence(step_loss, cell.state.get("first_loss"))
+                    if why is not None:  # this cell stops; the record comes from the others
+                        cell.state["diverged_epoch"] = epoch + 1
+                        if dist.is_main():
+                            print(f"{PROTOCOL}: cell {cell.name} diverged at step {epoch * len(loader) + i + 1}: loss "
+                                  f"{step_loss:.4g} {why} (lr {cell.lrs[epoch * len(loader) + i]:.4g}); it stops, "
+                                  "the other cells go on")
+                        break
+                    cell.state.setdefault("first_loss", step_loss)
                 row[f"loss_{cell.name}"] = loss if math.isfinite(loss) else None
             log.log(step=(epoch + 1) * len(loader), epoch=epoch + 1, **row)
             progress.set_postfix(epoch=epoch + 1)
@@ -327,7 +339,8 @@ def train_cells(cfg: SemiSupConfig, epochs: int, cells: list[Cell], loader: Data
                         or cell.state["diverged_epoch"] is not None):
                     training.save_training_state(cell.state_file, modules={"model": cell.model},
                                                  optimizer=cell.optimizer, done=done, config_hash=cell.key,
-                                                 extra=cell.state)
+                                                 extra=cell.state,
+                                                 diverged=cell.state["diverged_epoch"] is not None)
         if epoch + 1 == cfg.stop_after_epochs and epoch + 1 < epochs:
             return True
     return False
@@ -410,11 +423,14 @@ def best_cell(results: dict[str, dict]) -> str:
     never win.
 
     Raises:
-        RuntimeError: every cell diverged.
+        training.DivergenceError: every cell diverged (one line, exit 2: no record).
     """
     scored = [(r["top1"], r["top5"], -i, name) for i, (name, r) in enumerate(results.items()) if r["top1"] is not None]
     if not scored:
-        raise RuntimeError(f"{PROTOCOL}: every cell of the grid diverged ({', '.join(results)}); lower the lrs")
+        raise training.DivergenceError(
+            f"{PROTOCOL}: training diverged in every cell of the grid (" + ", ".join(
+                f"{name} in epoch {r['diverged_epoch']}" for name, r in results.items()) + "); stopped without a "
+            "record, each cell's state is kept; rerun with lower base_lrs / head_lr_mults")
     return max(scored)[3]
 
 
@@ -454,12 +470,9 @@ def check_inputs(cfg: SemiSupConfig) -> None:
         raise ValueError("no checkpoint given: pass --ckpt PATH")
     if cfg.dataset not in DATASETS:
         raise ValueError(f"dataset {cfg.dataset!r} is not one of {', '.join(DATASETS)}")
-    for name in ("epochs", "global_batch_size", "eval_every_epochs", "ckpt_every_epochs", "image_size"):
-        if getattr(cfg, name) <= 0:
-            raise ValueError(f"{name}={getattr(cfg, name)} must be positive")
-    if not cfg.base_lrs or not cfg.head_lr_mults or min(*cfg.base_lrs, *cfg.head_lr_mults) <= 0:
-        raise ValueError(f"base_lrs={list(cfg.base_lrs)} and head_lr_mults={list(cfg.head_lr_mults)} must be "
-                         "non-empty lists of positive numbers")
+    if not cfg.base_lrs or not cfg.head_lr_mults:
+        raise ValueError(f"base_lrs={list(cfg.base_lrs)} and head_lr_mults={list(cfg.head_lr_mults)} must each "
+                         "list at least one number")
     if len({cell_name(lr, m) for lr in cfg.base_lrs for m in cfg.head_lr_mults}) < \
             len(cfg.base_lrs) * len(cfg.head_lr_mults):
         raise ValueError(f"base_lrs={list(cfg.base_lrs)} x head_lr_mults={list(cfg.head_lr_mults)} repeats a cell")

@@ -79,15 +79,15 @@ class Voc07SvmConfig(RunnerConfig, protocol=PROTOCOL):
     layers: tuple[str, ...] = opt(FEATURE_NAMES, "feature layers to evaluate (feat1..feat5)")
     costs: str = opt("mmselfsup", "cost grid: mmselfsup (19 values), vissl, goyal, or c1,c2,...")
     low_shot: bool = opt(False, "also run the low-shot SVMs (every evaluated layer; the table uses the best)")
-    lowshot_ks: tuple[int, ...] = opt(LOWSHOT_KS, "positives per class in each low-shot sample")
-    lowshot_samples: int = opt(5, "independent low-shot samples per k")
+    lowshot_ks: tuple[int, ...] = opt(LOWSHOT_KS, "positives per class in each low-shot sample", positive=True)
+    lowshot_samples: int = opt(5, "independent low-shot samples per k", positive=True)
     seed: int = opt(0, "seed of the low-shot samples (recorded; indices saved next to the record)")
-    resize_short: int = opt(256, "first resize (short side), B §2.2")
-    image_size: int = opt(224, "square size the images are squashed to, B §2.2")
+    resize_short: int = opt(256, "first resize (short side), B §2.2", positive=True)
+    image_size: int = opt(224, "square size the images are squashed to, B §2.2", positive=True)
     preprocess: Literal["pil", "tensor"] = opt(
         "pil", "image path: pil = the reference's (PIL decode, PIL bilinear resizes); tensor = torchvision.io decode "
         "and uint8 tensor resizes (opt-in: faster decoding, features differ from the reference's by ~1e-4)")
-    batch_size_per_device: int = opt(32, "images per forward pass")
+    batch_size_per_device: int = opt(32, "images per forward pass", positive=True)
     cache_dir: str = opt("", "feature cache (default <out_dir>/feature_cache)", identity=False)
 
 
