@@ -37,7 +37,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from byol_bench import dist, rehearsal
+from byol_bench import dist, preflight, rehearsal
 from byol_bench.backbone import build_resnet
 from byol_bench.checkpoint import CheckpointError, atomic_save, load_state_dict_strict, safe_load
 from byol_bench.config import config_hash, to_dict
@@ -80,6 +80,11 @@ def run(cfg: PretrainConfig) -> dict[str, float]:
             train_images = rehearsal.real_images(f"{cfg.dataset}/train")
             images = rehearsal.first(images, rehearsal.STEPS * cfg.accum_steps * cfg.batch_size_per_device
                                      * info.world_size, str(images.split_dir))
+        checked = {"train": images}
+        if cfg.knn:  # the kNN monitor reads the val split at the end (its bank is train images)
+            val = open_split(cfg, "val")
+            checked["val"] = rehearsal.first(val, rehearsal.EVAL_IMAGES, str(val.split_dir)) if cfg.rehearsal else val
+        data_check = preflight.check(checked, cfg.preflight, "pretrain")
         train_set = TwoViewDataset(images, cfg.image_size, (cfg.crop_scale_min, 1.0))
         res = resolve(cfg, world, train_images, device)
         sampler = EpochBatchSampler(len(train_set), cfg.batch_size_per_device, info.rank, info.world_size, cfg.seed)
@@ -220,6 +225,7 @@ def run(cfg: PretrainConfig) -> dict[str, float]:
             details["rehearsal"] = clock.summary(
                 images_per_step=cfg.batch_size_per_device * cfg.accum_steps, reference_world=res.world_size,
                 full_steps=res.total_steps, full_eval_images=math.ceil(knn_images / res.world_size))
+        details["preflight"] = data_check
         run.finish(scored, checkpoint={"format": CHECKPOINT_FORMAT, "arch": cfg.arch, "encoder": "online"},
                    seeds={"seed": cfg.seed}, batch_size_per_device=cfg.batch_size_per_device, model=cfg.name,
                    wall_time_s=earlier_wall_s + time.time() - run.started, details=details)

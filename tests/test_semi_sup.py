@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import subprocess
 import sys
 import time
@@ -105,13 +106,13 @@ def test_head_init_is_the_same_in_every_cell():
 
 def test_best_cell_selection():
     def cell(top1, top5):
-        return {"top1": top1, "top5": top5}
+        return {"top1": top1, "top5": top5, "diverged_epoch": 2 if top1 is None else None}
 
     results = {"a": cell(10.0, 50.0), "b": cell(None, None), "c": cell(12.0, 40.0), "d": cell(12.0, 45.0),
                "e": cell(12.0, 45.0)}
     assert semi.best_cell(results) == "d"  # highest top-1; tie on top-1 -> top-5; full tie -> first in grid order
     assert semi.best_cell({"x": cell(None, None), "y": cell(0.0, 0.0)}) == "y"  # a diverged cell never wins
-    with pytest.raises(training.DivergenceError, match="diverged in every cell of the grid"):
+    with pytest.raises(training.DivergenceError, match=r"diverged in every cell of the grid \(x in epoch 2\)"):
         semi.best_cell({"x": cell(None, None)})
     assert semi.reference_config("imagenet_10pct", 0.001, 100.0) == "resnet50_head100_4xb64-steplr1e-3-20e_in1k-10pct"
 
@@ -245,7 +246,8 @@ def test_interrupted_grid_resumes_the_unfinished_cells_only(grid_run, alone_run,
     capsys.readouterr()
     semi.run(_small(ckpt, tiny_data, out))  # resume=auto
     printed = capsys.readouterr().out
-    assert "cell lr0.01_head10 resumed after epoch 1" in printed and "lr0.001_head10 resumed after epoch 3" in printed
+    assert re.search(r"cell lr0\.01_head10: resumed from \S+ after epoch 1\n", printed), printed
+    assert re.search(r"cell lr0\.001_head10: resumed from \S+ after epoch 3\n", printed), printed
     assert sha256_file(finished) == finished_sha  # the finished cell was not trained again
     (record,) = [r for r in load_records(out / "records") if len(r["details"]["cells"]) == 2]
     assert _comparable(record) == _comparable(whole)  # the same record as the uninterrupted grid's

@@ -63,7 +63,7 @@ from benchmarks.detection import detectron2_coco, detectron2_engine, trainer
 from benchmarks.detection.coco_eval import evaluate_files, to_coco_results, write_results
 from benchmarks.detection.data import orientation_groups
 from benchmarks.detection.mask_rcnn import build_mask_rcnn
-from byol_bench import dist, rehearsal, training
+from byol_bench import dist, preflight, rehearsal, training
 from byol_bench.config import CONFIG_ROOT, opt, parse_args
 from byol_bench.datasets.coco import COCODetection
 from byol_bench.runner_config import IterTrainerConfig
@@ -135,6 +135,7 @@ def run(cfg: DetCocoConfig) -> dict[str, float]:
         if cfg.rehearsal:
             resolved = dataclasses.replace(resolved, world_size=info.world_size, max_iters=rehearsal.STEPS)
             val_set = first_images(val_set, rehearsal.EVAL_IMAGES)
+        data_check = preflight.check({"train": train_set, "val": val_set}, cfg.preflight, PROTOCOL)
         log = run.start(resolved)
 
         # ------------------------------------------------------------ model (backbone from the checkpoint)
@@ -190,6 +191,7 @@ def run(cfg: DetCocoConfig) -> dict[str, float]:
                 images_per_step=resolved.batch_size_per_device * resolved.accumulate, reference_world=world,
                 full_steps=full_steps,
                 full_eval_images=math.ceil(rehearsal.REAL_SPLIT_IMAGES["coco/val2017"] / world))
+        details["preflight"] = data_check
         metrics = run.finish(metrics, checkpoint=asdict(report), seeds={"train": cfg.seed},
                              batch_size_per_device=resolved.batch_size_per_device, details=details)
         if info.is_main:

@@ -62,7 +62,7 @@ from torch.utils.data import ConcatDataset
 
 from adapters import load_backbone
 from benchmarks.detection import c4, data, detectron2_engine, detectron2_voc, trainer, voc_eval
-from byol_bench import dist, rehearsal, training
+from byol_bench import dist, preflight, rehearsal, training
 from byol_bench.checkpoint import atomic_write_json
 from byol_bench.config import CONFIG_ROOT, opt, parse_args
 from byol_bench.datasets.voc_det import VOCDetection, detection_sample
@@ -141,6 +141,7 @@ def run(cfg: DetVocConfig) -> dict[str, float]:
         groups = data.orientation_groups([(a.width, a.height) for p in parts for a in p.annotations])
         test_set = VOCDetection(devkit, *TEST_SET, detection_sample, filter_empty=False, image_format="tensor",
                                 first=rehearsal.EVAL_IMAGES if cfg.rehearsal else cfg.test_images or None)
+        data_check = preflight.check({"train": train_set, "test": test_set}, cfg.preflight, PROTOCOL)
 
         # ------------------------------------------------------------ backbone weights (res5 = the checkpoint's layer4)
         backbone, report = load_backbone(cfg.ckpt, cfg.arch, cfg.encoder, sha256=run.ckpt_sha256)
@@ -224,6 +225,7 @@ def run(cfg: DetVocConfig) -> dict[str, float]:
             details["per_class_ap50_plot"] = str(training.plot_bars(
                 trials[0]["ap50_per_class"], run.run_dir / "per_class_ap50.png",
                 run.plot_title("VOC07 test AP50 per class, trial 0"), "AP50 (%)"))
+        details["preflight"] = data_check
         metrics = run.finish(metrics, checkpoint=asdict(report), seeds={"trial0": cfg.seed},
                              batch_size_per_device=cfg.batch_size_per_device, details=details)
         if info.is_main:

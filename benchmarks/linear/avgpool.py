@@ -51,7 +51,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from adapters import load_backbone
-from byol_bench import classification, dist, rehearsal
+from byol_bench import classification, dist, preflight, rehearsal
 from byol_bench.backbone import MultiLayerFeatures, feature_channels
 from byol_bench.config import CONFIG_ROOT, opt, parse_args
 from byol_bench.features import assert_frozen, state_snapshot
@@ -150,6 +150,8 @@ def run(cfg: LinearAvgpoolConfig) -> dict[str, float]:
             train.dataset = rehearsal.first(train.dataset, rehearsal.STEPS * per_device * info.world_size,
                                             str(train.source))
             val.dataset = rehearsal.first_eval(val.dataset)
+        data_check = preflight.check({"train": train.dataset, "val": val.dataset}, cfg.preflight,
+                                     f"{PROTOCOL} {cfg.dataset}")
         sampler = DistributedSampler(train.dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True,
                                      seed=cfg.seed)
         loader_args = {"batch_size": per_device, "num_workers": cfg.num_workers, "pin_memory": device.type == "cuda"}
@@ -239,6 +241,7 @@ def run(cfg: LinearAvgpoolConfig) -> dict[str, float]:
                              title=run.plot_title(f"AvgPool linear probe, {cfg.dataset} val"),
                              ylabel="val accuracy (%)")
             details["val_curve_plot"] = str(curve) if curve else None
+        details["preflight"] = data_check
         metrics = run.finish(metrics, checkpoint=asdict(report), seeds={"head_and_sampler": cfg.seed},
                              batch_size_per_device=per_device, details=details)
         if info.is_main:

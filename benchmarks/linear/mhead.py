@@ -48,7 +48,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from adapters import load_backbone
-from byol_bench import dist, rehearsal, training
+from byol_bench import dist, preflight, rehearsal, training
 from byol_bench.backbone import FEATURE_NAMES, MultiLayerFeatures, feature_channels
 from byol_bench.classification import DATASETS, open_split, test_transform, train_transform
 from byol_bench.config import CONFIG_ROOT, opt, parse_args
@@ -130,6 +130,8 @@ def run(cfg: LinearMheadConfig) -> dict[str, float]:
             train.dataset = rehearsal.first(train.dataset, rehearsal.STEPS * per_device * info.world_size,
                                             str(train.source))
             val.dataset = rehearsal.first_eval(val.dataset)
+        data_check = preflight.check({"train": train.dataset, "val": val.dataset}, cfg.preflight,
+                                     f"{PROTOCOL} {cfg.dataset}")
         sampler = DistributedSampler(train.dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True,
                                      seed=cfg.seed)
         loader = DataLoader(train.dataset, per_device, sampler=sampler, num_workers=cfg.num_workers,
@@ -239,6 +241,7 @@ def run(cfg: LinearMheadConfig) -> dict[str, float]:
                                     run.plot_title(f"multi-head linear probe, {cfg.dataset} val"),
                                     "val top-1 (%)")
             details["val_curve_plot"] = str(png)
+        details["preflight"] = data_check
         metrics = run.finish(metrics, checkpoint=asdict(report), seeds={"heads_and_augmentation": cfg.seed},
                              batch_size_per_device=per_device, details=details)
         if info.is_main:

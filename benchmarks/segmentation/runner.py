@@ -73,7 +73,7 @@ from benchmarks.segmentation.evaluation import (
     segmentation_scores,
 )
 from benchmarks.segmentation.fcn import FCN, MEAN, STD, predict, rescale_size, resize, train_step
-from byol_bench import dist, rehearsal, training
+from byol_bench import dist, preflight, rehearsal, training
 from byol_bench.config import CONFIG_ROOT, opt, parse_args
 from byol_bench.datasets.cityscapes import Cityscapes
 from byol_bench.datasets.voc_seg import VOCAugSegmentation
@@ -138,6 +138,8 @@ def run(cfg: SegmentationConfig) -> dict[str, float]:
         if cfg.rehearsal:  # the images the two iterations of every process read; the first val images
             train_set = rehearsal.first(train_set, iters * batch * info.world_size, f"{cfg.dataset} train")
             scored = len(rehearsal.first_eval(val_set))
+        data_check = preflight.check({"train": train_set, "val": rehearsal.first_eval(val_set) if cfg.rehearsal
+                                      else val_set}, cfg.preflight, f"{PROTOCOL} {cfg.dataset}")
         backbone, report = load_backbone(cfg.ckpt, cfg.arch, cfg.encoder, sha256=run.ckpt_sha256)
         pred_dir = run.record_path.with_suffix(".predictions")
         engine_details: dict = {}
@@ -228,6 +230,7 @@ def run(cfg: SegmentationConfig) -> dict[str, float]:
             details["per_class_iou_plot"] = str(training.plot_bars(
                 scores["IoU"], run.run_dir / "per_class_iou.png", run.plot_title(f"{cfg.dataset} val IoU per class"),
                 "IoU (%)"))
+        details["preflight"] = data_check
         metrics = run.finish({"mIoU": scores["mIoU"]}, checkpoint=asdict(report),
                              seeds={"heads_shuffle_augmentation": cfg.seed}, batch_size_per_device=batch,
                              details=details)

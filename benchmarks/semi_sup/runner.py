@@ -71,7 +71,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from adapters import load_backbone
-from byol_bench import dist, rehearsal, training
+from byol_bench import dist, preflight, rehearsal, training
 from byol_bench.backbone import MultiLayerFeatures, feature_channels
 from byol_bench.checkpoint import sha256_file
 from byol_bench.classification import (
@@ -201,6 +201,7 @@ def run(cfg: SemiSupConfig) -> dict[str, float]:
             train.dataset = rehearsal.first(train.dataset, rehearsal.STEPS * per_device * info.world_size,
                                             str(train.source))
             val.dataset = rehearsal.first_eval(val.dataset)
+        data_check = preflight.check({"train": train.dataset, "val": val.dataset}, cfg.preflight, PROTOCOL)
         sampler = DistributedSampler(train.dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True,
                                      seed=cfg.seed)
         loader = DataLoader(train.dataset, per_device, sampler=sampler, num_workers=cfg.num_workers,
@@ -267,6 +268,7 @@ def run(cfg: SemiSupConfig) -> dict[str, float]:
                                     run.plot_title(f"fine-tuning grid, {cfg.dataset} val"),
                                     "val top-1 (%)")
             details["val_curve_plot"] = str(png) if png else None
+        details["preflight"] = data_check
         metrics = run.finish(metrics, checkpoint=asdict(report),
                              seeds={"head_shuffle_augment": cfg.seed, "subset": cfg.subset_seed},
                              batch_size_per_device=per_device, details=details)
@@ -430,7 +432,7 @@ def best_cell(results: dict[str, dict]) -> str:
         raise training.DivergenceError(
             f"{PROTOCOL}: training diverged in every cell of the grid (" + ", ".join(
                 f"{name} in epoch {r['diverged_epoch']}" for name, r in results.items()) + "); stopped without a "
-            "record, each cell's state is kept; rerun with lower base_lrs / head_lr_mults")
+            "record, each cell's state is kept; rerun with a lower lr (base_lrs, head_lr_mults)")
     return max(scored)[3]
 
 

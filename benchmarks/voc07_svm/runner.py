@@ -52,7 +52,7 @@ from benchmarks.voc07_svm.protocol import (
     train_lowshot_svm,
 )
 from benchmarks.voc07_svm.solver import linear_kernel
-from byol_bench import rehearsal
+from byol_bench import preflight, rehearsal
 from byol_bench.backbone import FEATURE_NAMES
 from byol_bench.config import CONFIG_ROOT, opt, parse_args
 from byol_bench.datasets.voc_cls import VOCClassification
@@ -114,6 +114,7 @@ def run(cfg: Voc07SvmConfig) -> dict[str, float]:
 
         # ------------------------------------------------------------ data
         splits, transform_desc = voc07_datasets(cfg)
+        data_check = preflight.check(splits, cfg.preflight, PROTOCOL)
 
         # ------------------------------------------------------------ backbone (frozen)
         model, report = load_backbone(cfg.ckpt, cfg.arch, cfg.encoder, sha256=run.ckpt_sha256)
@@ -169,6 +170,7 @@ def run(cfg: Voc07SvmConfig) -> dict[str, float]:
             details["lowshot_samples_file"] = samples_file.name
             plot = _plot_lowshot(lowshot, run.run_dir / "lowshot.png", run.plot_title("VOC07 low-shot SVM"))
             details["lowshot_plot"] = str(plot)
+        details["preflight"] = data_check
         metrics = run.finish(metrics, checkpoint=asdict(report), seeds={"lowshot": cfg.seed},
                              batch_size_per_device=cfg.batch_size_per_device, details=details)
         print(f"{PROTOCOL}: best layer {best_layer}, SVM mAP {metrics['svm']:.2f}; record {run.record_path}")

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from PIL import Image
 
-from byol_bench.datasets import DatasetError
+from byol_bench.datasets import DatasetError, FileCheck
 from byol_bench.datasets.images import check_image_format, image_size, load_image, load_label_map
 
 IGNORE_INDEX = 255
@@ -156,6 +156,12 @@ class Cityscapes:
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def preflight_item(self, index: int) -> FileCheck:
+        """The files ``self[index]`` reads (``byol_bench.preflight``): the image and its single-channel (L) label
+        map of the same size (found by scanning, so no list names them)."""
+        image, label = self.samples[index]
+        return FileCheck(image, label_map=label, label_modes=("L",))
 
     def __getitem__(self, index: int) -> tuple[Any, np.ndarray]:
         image_path, label_path = self.samples[index]

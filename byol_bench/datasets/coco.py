@@ -38,7 +38,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from byol_bench.datasets import DatasetError, read_annotation_json
+from byol_bench.datasets import DatasetError, FileCheck, read_annotation_json
 from byol_bench.datasets.images import check_image_format, image_size, load_image
 
 log = logging.getLogger(__name__)
@@ -152,6 +152,12 @@ class COCODetection:
 
     def __len__(self) -> int:
         return len(self.image_ids)
+
+    def preflight_item(self, index: int) -> FileCheck:
+        """The file ``self[index]`` reads (``byol_bench.preflight``): the image, of the size the JSON says."""
+        info = self.coco.imgs[self.image_ids[index]]
+        return FileCheck(self.image_dir / info["file_name"], self.ann_file, (info["width"], info["height"]),
+                         self.ann_file)
 
     def __getitem__(self, index: int) -> tuple[Any, dict]:
         image_id = self.image_ids[index]

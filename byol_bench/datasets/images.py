@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from byol_bench.datasets import DatasetError
+from byol_bench.datasets import DatasetError, FileCheck
 
 IMAGE_FORMATS = ("pil", "tensor")
+LABEL_MODES = ("P", "L")  # what load_label_map reads: palette or index PNGs, never a colour rendering
 
 
 def check_image_format(image_format: str) -> str:
@@ -97,7 +98,7 @@ def load_label_map(path: str | Path) -> np.ndarray:
         raise DatasetError(f"{path}: label file not found") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise DatasetError(f"{path}: corrupt or truncated label image ({exc})") from exc
-    if mode not in ("P", "L"):
+    if mode not in LABEL_MODES:
         raise DatasetError(f"{path}: label map has mode {mode}, expected a palette (P) or index (L) PNG; "
                            "colour renderings cannot be used as labels")
     return labels
@@ -130,6 +131,10 @@ class LabelledImages:
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def preflight_item(self, index: int) -> FileCheck:
+        """The file ``self[index]`` reads (``byol_bench.preflight``): the image, named by ``source``."""
+        return FileCheck(self.image_dir / self.samples[index][0], self.source)
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         rel, label = self.samples[index]

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from byol_bench.datasets import DatasetError
+from byol_bench.datasets import DatasetError, FileCheck
 from byol_bench.datasets.images import check_image_format, load_image
 from byol_bench.datasets.voc import VOC_CLASSES, read_id_list, year_dir
 
@@ -92,6 +92,7 @@ class VOCClassification:
                  image_format: str = "pil", min_size: int | None = None) -> None:
         self.root = year_dir(devkit_root, "2007")
         self.image_ids, self.labels, self.classes = load_voc07_cls_labels(self.root, split)
+        self.list_file = self.root / "ImageSets" / "Main" / f"{split}.txt"
         self.transform = transform
         self.image_format = check_image_format(image_format)
         self.min_size = min_size
@@ -99,6 +100,10 @@ class VOCClassification:
     def image_path(self, index: int) -> Path:
         """The JPEG file of sample ``index``."""
         return self.root / "JPEGImages" / f"{self.image_ids[index]}.jpg"
+
+    def preflight_item(self, index: int) -> FileCheck:
+        """The file ``self[index]`` reads (``byol_bench.preflight``): the JPEG, named by the split's list."""
+        return FileCheck(self.image_path(index), self.list_file)
 
     def __len__(self) -> int:
         return len(self.image_ids)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from byol_bench.datasets import DatasetError
+from byol_bench.datasets import DatasetError, FileCheck
 from byol_bench.datasets.images import check_image_format, image_size, load_image
 from byol_bench.datasets.voc import VOC_CLASSES, read_id_list, year_dir
 
@@ -122,7 +122,8 @@ class VOCDetection:
         if split not in SPLITS:
             raise ValueError(f"split {split!r} is not one of {', '.join(SPLITS)}")
         self.root = year_dir(root, year)
-        ids = read_id_list(self.root / "ImageSets" / "Main" / f"{split}.txt")[:first]
+        self.list_file = self.root / "ImageSets" / "Main" / f"{split}.txt"
+        ids = read_id_list(self.list_file)[:first]
         missing = [i for i in ids if not (self.root / "JPEGImages" / f"{i}.jpg").is_file()]
         if missing:  # checked up front: a training run would otherwise fail hours in, in a DataLoader worker
             raise DatasetError(f"{self.root / 'JPEGImages' / (missing[0] + '.jpg')}: image file not found (listed in "
@@ -138,6 +139,12 @@ class VOCDetection:
 
     def __len__(self) -> int:
         return len(self.annotations)
+
+    def preflight_item(self, index: int) -> FileCheck:
+        """The file ``self[index]`` reads (``byol_bench.preflight``): the JPEG, of the size its XML says."""
+        ann = self.annotations[index]
+        return FileCheck(self.root / "JPEGImages" / f"{ann.image_id}.jpg", self.list_file, (ann.width, ann.height),
+                         self.root / "Annotations" / f"{ann.image_id}.xml")
 
     def __getitem__(self, index: int) -> tuple[Any, VOCAnnotation]:
         ann = self.annotations[index]

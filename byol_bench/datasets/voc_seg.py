@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from byol_bench.datasets import DatasetError
-from byol_bench.datasets.images import check_image_format, image_size, load_image, load_label_map
+from byol_bench.datasets import DatasetError, FileCheck
+from byol_bench.datasets.images import LABEL_MODES, check_image_format, image_size, load_image, load_label_map
 from byol_bench.datasets.voc import VOC_CLASSES, read_id_list, year_dir
 
 IGNORE_INDEX = 255
@@ -81,6 +81,12 @@ class VOCAugSegmentation:
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def preflight_item(self, index: int) -> FileCheck:
+        """The files ``self[index]`` reads (``byol_bench.preflight``): the JPEG and its label map, an index or
+        palette PNG of the JPEG's size (both checked to exist at construction, naming their list)."""
+        image, label = self.samples[index]
+        return FileCheck(image, label_map=label, label_modes=LABEL_MODES)
 
     def __getitem__(self, index: int) -> tuple[Any, np.ndarray]:
         image_path, label_path = self.samples[index]
