@@ -57,7 +57,7 @@ def check(splits: Mapping[str, Dataset], enabled: bool, label: str) -> dict[str,
     if not enabled:
         _say(f"{label}: preflight skipped (preflight=false)")
         return {"files": 0, "splits": list(splits), "seconds": 0.0, "skipped": True}
-    began = time.perf_counter()
+    began = time.monotonic()
     rank, world = dist.get_rank(), dist.get_world_size()
     files = 0
     for dataset in splits.values():
@@ -66,7 +66,7 @@ def check(splits: Mapping[str, Dataset], enabled: bool, label: str) -> dict[str,
                 files += len(indices) * _files(leaf.preflight_item(indices[0]))
             for index in indices[rank::world]:
                 check_item(leaf.preflight_item(index))
-    seconds = time.perf_counter() - began
+    seconds = time.monotonic() - began
     plural = "s" if len(splits) != 1 else ""
     shared = f" (shared by {world} processes)" if world > 1 else ""
     _say(f"{label}: preflight checked {files} files of {len(splits)} split{plural} in {seconds:.1f} s{shared}")

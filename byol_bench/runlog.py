@@ -3,7 +3,8 @@ written into every run folder.
 
 Only rank 0 writes. A run folder holds ``config.yaml`` (the config as given), ``resolved.json`` (derived values),
 ``provenance.json`` (command line, git commit, library versions, device; earlier invocations of the same run in
-``provenance.previous.jsonl``) and ``log.jsonl`` (metrics).
+``provenance.previous.jsonl``) and ``log.jsonl`` (metrics; ``log.<n>.jsonl`` are those of the runs that ``--force``
+redid).
 """
 
 from __future__ import annotations
@@ -61,6 +62,21 @@ class RunLog:
         kept = [line for line in lines if json.loads(line).get("step", step) <= step]
         if len(kept) < len(lines):
             atomic_write_text(self.path, "".join(kept))
+
+
+def archive_log(run_dir: str | os.PathLike) -> Path | None:
+    """Move the run folder's ``log.jsonl`` to ``log.<n>.jsonl`` (the first free n; rank 0) and return where.
+
+    A ``--force`` run trains afresh: its log starts empty, so that its curves show this run alone, and the earlier
+    run's rows are kept beside it rather than dropped.
+    """
+    log = Path(run_dir) / "log.jsonl"
+    if not dist.is_main() or not log.is_file():
+        return None
+    n = 1
+    while (kept := log.with_name(f"log.{n}.jsonl")).exists():
+        n += 1
+    return log.rename(kept)
 
 
 def _jsonable(value: Any) -> Any:

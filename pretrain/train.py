@@ -66,7 +66,8 @@ def run(cfg: PretrainConfig) -> dict[str, float]:
         ``step``, ``loss`` (the last logged window) and, when the run is complete and ``cfg.knn``, ``knn_top1``,
         ``knn_top5`` (and ``knn_top1_random_init`` if asked).
     """
-    with open_run("pretrain", cfg.dataset, cfg) as run:  # the checkpoint is named when it exists (end)
+    # out_dir is locked before its resume checkpoint is read; the checkpoint is named when it exists (end)
+    with open_run("pretrain", cfg.dataset, cfg, run_dir=cfg.out_dir) as run:
         info, device = run.info, run.info.device
         out_dir = Path(cfg.out_dir)
         if device.type == "cuda":

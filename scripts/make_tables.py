@@ -34,6 +34,9 @@ def main() -> None:
     parser.add_argument("--all-csv", type=Path, help="also write every metric of every record to this CSV")
     args = parser.parse_args()
     records = load_records(args.records)
+    if not records:  # a wrong folder, or runs that all failed: an empty report would hide either
+        raise ValueError(f"{args.records}: no result records in this folder (searched recursively); pass the "
+                         "records folder the runners wrote, <out_dir>/records")
     if args.published:
         records += load_records(args.published)
     link_root = args.out.parent if args.out else None
@@ -49,4 +52,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main_guard(main)
+    main_guard(main, out_option="--out")

@@ -195,7 +195,7 @@ def _cell_state(out: Path, name: str) -> Path:
 def _comparable(record: dict) -> dict:
     """What two runs of one config must agree on: everything but times, paths and the grid mode."""
     details = {k: v for k, v in record["details"].items()
-               if k not in ("train_time_s_this_invocation", "val_curve_plot", "subset", "grid")}
+               if k not in ("train_time_s_this_invocation", "val_curve_plot", "subset", "grid", "preflight")}
     subset = {k: v for k, v in record["details"]["subset"].items() if k != "list_file"}
     return {"metrics": record["metrics"], "details": details, "subset": subset, "config_hash": record["config_hash"]}
 
