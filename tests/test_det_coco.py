@@ -1,7 +1,7 @@
 """Mask R-CNN R50-FPN on COCO (benchmarks.det_coco, benchmarks.detection.mask_rcnn): the model matches the mmdet
 config (head shapes, norms, nothing frozen, anchors per level, RoI level mapping, aligned binary mask targets), the
-train -> predict -> score path learns (overfit check), the tiny run writes its record and results files, and bad
-input is a one-line error."""
+train -> predict -> score path learns (overfit check), the tiny run writes its record and results files (killed and
+resumed, it ends as an uninterrupted run: tensor-equal), and bad input is a one-line error."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 from cli_support import run_module  # tests/ is on sys.path
+from kill_support import kill_mid_run, per_write, temp_files, unequal_tensors
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
@@ -200,10 +201,12 @@ def _cfg(ckpt: Path, data: Path, out: Path, *extra: str) -> det.DetCocoConfig:
                        preset_dir=det.PRESET_DIR)
 
 
+SHORT = ("epochs=1", "step_epochs=[1]", "global_batch_size=16", "batch_size_per_device=8", "train_min_sizes=[64]",
+         "test_min_size=64", "max_size=96", "fpn_channels=16", "fc_channels=32", "rois_per_image=32")
+
+
 def _short(ckpt, data, out, *extra):
-    return _cfg(ckpt, data, out, "epochs=1", "step_epochs=[1]", "global_batch_size=16", "batch_size_per_device=8",
-                "train_min_sizes=[64]", "test_min_size=64", "max_size=96", "fpn_channels=16", "fc_channels=32",
-                "rois_per_image=32", *extra)
+    return _cfg(ckpt, data, out, *SHORT, *extra)
 
 
 def test_full_preset_schedule():
@@ -232,14 +235,21 @@ def test_full_preset_schedule():
 
 @pytest.fixture(scope="module")
 def short_run(ckpt, tiny_data, tmp_path_factory):
+    """The short run, killed (SIGKILL) at a random point after iteration 3 (a checkpoint every iteration) and run
+    again (resume=auto): the record tests read the resumed run's record, and the --force rerun of
+    :func:`test_rerun_is_skipped_and_force_redoes` is the uninterrupted run whose weights and metrics it must have."""
     out = tmp_path_factory.mktemp("det_coco")
-    metrics = det.run(_short(ckpt, tiny_data, out))
+    overrides = [f"ckpt={ckpt}", f"data_root={tiny_data}", f"out_dir={out}", *SHORT, "ckpt_every_iters=1"]
+    kill = kill_mid_run([sys.executable, "-m", "benchmarks.det_coco", "--preset", "tiny", *overrides],
+                        out / "runs" / "det_coco", "*/latest.pth", writes=3,
+                        window=per_write(5))  # iterations 4-8 (the 2nd is slower)
+    metrics = det.run(_short(ckpt, tiny_data, out, "ckpt_every_iters=1"))  # resume=auto
     (record,) = load_records(out / "records")
-    return metrics, record, out
+    return metrics, record, out, kill
 
 
 def test_short_run_record_results_files_and_table_row(short_run):
-    metrics, record, _ = short_run
+    metrics, record, _, _ = short_run
     assert set(metrics) == {f"{t}_{k}" for t in ("bbox", "segm") for k in ("AP", "AP50", "AP75")}
     assert record["protocol"] == "det_coco" and record["dataset"] == "coco" and record["tiny"]
     details = record["details"]
@@ -252,7 +262,7 @@ def test_short_run_record_results_files_and_table_row(short_run):
 
 
 def test_results_files_are_plain_coco_results_next_to_the_record(short_run, tiny_data, tmp_path):
-    metrics, record, out = short_run
+    metrics, record, out, _ = short_run
     files = {iou_type: Path(path) for iou_type, path in record["details"]["results_files"].items()}
     (record_file,) = [p for p in (out / "records").iterdir() if p.name.count(".") == 1]
     gt = COCO(str(tiny_data / "coco" / "annotations" / "instances_val2017.json"))
@@ -277,28 +287,22 @@ def test_results_files_are_plain_coco_results_next_to_the_record(short_run, tiny
 
 
 def test_rerun_is_skipped_and_force_redoes(short_run, ckpt, tiny_data, capsys, trained_steps):
-    metrics, _, out = short_run
+    metrics, _, out, kill = short_run
     capsys.readouterr()
     assert det.run(_short(ckpt, tiny_data, out)) == pytest.approx(metrics)
     assert "skip det_coco" in capsys.readouterr().out
-    (log_file,) = (out / "runs" / "det_coco").glob("*/log.jsonl")
-    assert trained_steps(log_file, "loss") == list(range(1, 9))  # the short run's 8 iterations
+    assert not temp_files(out / "runs" / "det_coco"), kill  # a write the kill cut short was cleaned up
+    (state_file,) = (out / "runs" / "det_coco").glob("*/latest.pth")
+    log_file = state_file.with_name("log.jsonl")
+    assert trained_steps(log_file, "loss") == list(range(1, 9)), kill  # the 8 iterations once, killed or not
+    resumed = safe_load(state_file)["modules"]["model"]
     started = time.time()
-    assert det.run(_short(ckpt, tiny_data, out, "force=true")) == pytest.approx(metrics)  # seeded: the same numbers
+    # seeded, from scratch and uninterrupted: the same numbers and weights as the killed and resumed run
+    assert det.run(_short(ckpt, tiny_data, out, "force=true")) == metrics, kill
+    assert not unequal_tensors(safe_load(state_file)["modules"]["model"], resumed), kill
     # every iteration trained again (the finished latest.pth is not resumed from); the log holds this run only
     assert trained_steps(log_file, "loss", since=started) == trained_steps(log_file, "loss") == list(range(1, 9))
     assert "resumed from" not in capsys.readouterr().out
-
-
-def test_resume_reaches_the_same_weights(ckpt, tiny_data, tmp_path, short_run):
-    _, _, out = short_run
-    assert det.run(_short(ckpt, tiny_data, tmp_path, "stop_after_iters=4")) == {}
-    assert not (tmp_path / "records").exists() or not any((tmp_path / "records").iterdir())  # no record yet
-    det.run(_short(ckpt, tiny_data, tmp_path, "stop_after_iters=4"))  # resume=auto
-    (a,) = (out / "runs" / "det_coco").glob("*/latest.pth")
-    (b,) = (tmp_path / "runs" / "det_coco").glob("*/latest.pth")
-    wa, wb = safe_load(a)["modules"]["model"], safe_load(b)["modules"]["model"]
-    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 def _cli(*args: str, in_process: bool = True) -> subprocess.CompletedProcess:

@@ -1,6 +1,6 @@
 """The VOC07+12 Faster R-CNN C4 runner (benchmarks.det_voc): the model's shapes and parameter groups, RoIAlign
 aligned=True, anchors, the schedule and batch policy, bad input, an overfit check, and the tiny end-to-end run
-(trials mean/std, stop and resume, skip, force, results files, table row)."""
+(trials mean/std, kill and resume, skip, force, results files, table row)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from cli_support import run_module  # tests/ is on sys.path
+from kill_support import kill_mid_run, per_write, temp_files, unequal_tensors
 from torch import nn
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.resnet import BasicBlock
@@ -27,6 +28,7 @@ import benchmarks.detection.voc as det_voc
 from benchmarks.detection import c4, data, rcnn, trainer, voc_eval
 from byol_bench import rehearsal
 from byol_bench.backbone import build_resnet
+from byol_bench.checkpoint import safe_load
 from byol_bench.config import load_config
 from byol_bench.datasets import DatasetError
 from byol_bench.datasets.voc_det import VOCDetection, detection_sample
@@ -283,27 +285,34 @@ def test_overfit_ten_images(tiny_data, tmp_path):
 # ------------------------------------------------------------------ the tiny end-to-end run
 
 
+RUN = ("max_iters=2", "trials=2", "test_images=4", "precise_bn_iters=1", "roi_batch_size_per_image=4", "device=cpu")
+
+
 def _run_cfg(ckpt: Path, data_root: Path, out: Path, *extra: str) -> det_voc.DetVocConfig:
     # the tiny preset, shorter still: 2 trials of 2 iterations, 4 test images, 4 RoIs per train image instead of 16
     # (the res5 head runs once per RoI: most of an iteration's time; these tests check the run's plumbing)
-    return load_config(det_voc.DetVocConfig, "tiny",
-                       [f"ckpt={ckpt}", f"data_root={data_root}", f"out_dir={out}", "max_iters=2", "trials=2",
-                        "test_images=4", "precise_bn_iters=1", "roi_batch_size_per_image=4", "device=cpu", *extra],
-                       preset_dir=det_voc.PRESET_DIR)
+    return load_config(det_voc.DetVocConfig, "tiny", [f"ckpt={ckpt}", f"data_root={data_root}", f"out_dir={out}",
+                                                      *RUN, *extra], preset_dir=det_voc.PRESET_DIR)
 
 
 @pytest.fixture(scope="module")
 def tiny_run(ckpt, tiny_data, tmp_path_factory):
+    """The tiny run killed (SIGKILL) at a random point after trial 1's first iteration (a checkpoint every
+    iteration), mostly in its second one: the rerun (resume=auto) takes trial 0 from its scores file and continues
+    trial 1 from its state. The --force rerun of :func:`test_tiny_run_table_row_skip_and_force` is the uninterrupted
+    run it must equal."""
     out = tmp_path_factory.mktemp("det_voc")
-    stopped = det_voc.run(_run_cfg(ckpt, tiny_data, out, "stop_after_iters=1"))
-    assert stopped == {} and not (out / "records").exists()
-    metrics = det_voc.run(_run_cfg(ckpt, tiny_data, out))  # resumes trial 0 after iteration 1
+    overrides = [f"ckpt={ckpt}", f"data_root={tiny_data}", f"out_dir={out}", *RUN, "ckpt_every_iters=1"]
+    kill = kill_mid_run([sys.executable, "-m", "benchmarks.det_voc", "--preset", "tiny", *overrides],
+                        out / "runs" / "det_voc", "*/trial*/latest.pth", writes=3,
+                        window=per_write(0.75))  # 3/4 of trial 0's evaluation and trial 1's first iteration
+    metrics = det_voc.run(_run_cfg(ckpt, tiny_data, out, "ckpt_every_iters=1"))  # resume=auto
     (record,) = load_records(out / "records")
-    return metrics, record, out
+    return metrics, record, out, kill
 
 
 def test_tiny_run_record_trials_mean_and_std(tiny_run):
-    metrics, record, _ = tiny_run
+    metrics, record, _, _ = tiny_run
     details = record["details"]
     assert record["protocol"] == "det_voc" and record["dataset"] == "voc0712" and record["tiny"]
     assert set(metrics) == {"AP", "AP50", "AP75"}
@@ -346,10 +355,12 @@ def test_torchrun_two_cpu_processes(ckpt, tiny_data, tmp_path):
 
 
 def test_tiny_run_resumed_and_rescored_from_its_results_files(tiny_run):
-    _, record, _ = tiny_run
+    _, record, out, kill = tiny_run
+    assert not temp_files(out / "runs" / "det_voc"), kill  # a write the kill cut short was cleaned up
+    for trial in record["details"]["trials"]:  # each iteration logged once, by the killed run or the resumed one
+        log = Path(trial["loss_plot"]).with_name("log.jsonl").read_text().splitlines()
+        assert [json.loads(r)["step"] for r in log] == [1, 2], kill
     trial0 = record["details"]["trials"][0]
-    log = Path(trial0["loss_plot"]).with_name("log.jsonl").read_text().splitlines()
-    assert [json.loads(r)["step"] for r in log] == [1, 2]  # the stopped run's step 1, then the resumed step 2
     results = Path(trial0["results_dir"])
     assert len(list(results.glob("comp4_det_test_*.txt"))) == 20
     test_set = VOCDetection(Path(record["config"]["data_root"]) / "VOCdevkit", "2007", "test", first=4)
@@ -358,7 +369,7 @@ def test_tiny_run_resumed_and_rescored_from_its_results_files(tiny_run):
 
 
 def test_tiny_run_table_row_skip_and_force(tiny_run, ckpt, tiny_data, capsys, trained_steps):
-    metrics, record, out = tiny_run
+    metrics, record, out, kill = tiny_run
     rendered = render_markdown([record])
     std = record["details"]["std"]  # two trials: the mean and its sample std
     assert (f"| random-init_resnet18 † | tiny | {metrics['AP']:.2f} ± {std['AP']:.2f} | "
@@ -368,9 +379,14 @@ def test_tiny_run_table_row_skip_and_force(tiny_run, ckpt, tiny_data, capsys, tr
     assert "skip det_voc" in capsys.readouterr().out
     logs = [Path(t["loss_plot"]).with_name("log.jsonl") for t in record["details"]["trials"]]
     assert [trained_steps(log, "loss") for log in logs] == [[1, 2], [1, 2]]
+    states = sorted((out / "runs" / "det_voc").glob("*/trial*/latest.pth"))
+    resumed = [safe_load(path)["modules"]["model"] for path in states]
     started = time.time()
     again = det_voc.run(_run_cfg(ckpt, tiny_data, out, "force=true"))
-    assert again == pytest.approx(metrics)  # retrained from scratch: the same seeds give the same numbers
+    # retrained from scratch, uninterrupted: the same seeds give the same numbers and weights as the killed run
+    assert again == metrics, kill
+    assert len(states) == 2 and not any(unequal_tensors(safe_load(path)["modules"]["model"], weights)
+                                        for path, weights in zip(states, resumed, strict=True)), kill
     for log in logs:  # every iteration of every trial trained again (finished trials are not kept under --force)
         assert trained_steps(log, "loss", since=started) == trained_steps(log, "loss") == [1, 2]
     assert "resumed from" not in capsys.readouterr().out

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from cli_support import run_module  # tests/ is on sys.path
+from kill_support import kill_mid_run, per_write, temp_files, unequal_tensors
 from overfit_support import FrozenTrunkOncePerBatch
 from PIL import Image
 from torchvision import transforms as T
@@ -187,35 +188,37 @@ def test_rehearsal_is_one_reference_process_two_steps_and_the_first_val_images(c
     assert "1 rehearsal record(s) left out" in render_markdown([record])
 
 
-def test_interrupted_run_resumes_to_the_same_final_weights(ckpt, tiny_data, tmp_path, capsys, trained_steps) -> None:
+def test_killed_run_resumes_to_the_final_weights_of_an_uninterrupted_one(ckpt, tiny_data, tmp_path, capsys,
+                                                                         trained_steps) -> None:
+    """SIGKILL at a random point of the last epoch (a checkpoint every epoch), then the same config again
+    (resume=auto): the head, the record and the log are those of an uninterrupted run, which --force then trains
+    from scratch."""
     # The SimSiam setting (LARS momentum buffers in the state) on the small Places205 set, 3 epochs, cosine;
     # 16 px crops keep it quick (the sizes do not matter here, the state handling does).
-    extra = ("setting=simsiam", "lr=1.6", "lr_reference_batch=4096", "ckpt_every_epochs=5", "image_size=16",
+    extra = ("setting=simsiam", "lr=1.6", "lr_reference_batch=4096", "ckpt_every_epochs=1", "image_size=16",
              "test_resize=18")
-    whole = run(_cfg("tiny-places205", ckpt, tiny_data, tmp_path / "whole", *extra))
-    assert run(_cfg("tiny-places205", ckpt, tiny_data, tmp_path / "split", *extra, "stop_after_epochs=2")) == {}
-    assert not (tmp_path / "split" / "records").exists()  # no record from an interrupted run
-    (state_file,) = (tmp_path / "split" / "runs").rglob("latest.pth")
-    assert safe_load(state_file)["done"] == 2  # saved at the stop although ckpt_every_epochs=5
-    resumed = run(_cfg("tiny-places205", ckpt, tiny_data, tmp_path / "split", *extra))
-    assert resumed == whole
-    heads = [safe_load(next((tmp_path / name / "runs").rglob("latest.pth")))["modules"]["head"]
-             for name in ("whole", "split")]
-    assert heads[0].keys() == heads[1].keys()
-    for key in heads[0]:
-        assert torch.equal(heads[0][key], heads[1][key]), key
-    records = [load_records(tmp_path / name / "records")[0] for name in ("whole", "split")]
-    assert records[0]["details"]["val_curve"] == records[1]["details"]["val_curve"]
-    assert records[0]["details"]["optimizer"] == "LARS"
-    log_file = next((tmp_path / "split" / "runs").rglob("log.jsonl"))
-    assert [json.loads(line)["epoch"] for line in log_file.read_text().splitlines()] == [1, 2, 3]  # none twice
-    # --force on the finished run trains every epoch again (the finished latest.pth is not resumed from), the log
-    # then holds this run only, and the seeded run agrees
+    overrides = [f"ckpt={ckpt}", f"data_root={tiny_data}", f"out_dir={tmp_path}", *extra]
+    runs = tmp_path / "runs" / "linear_avgpool"
+    kill = kill_mid_run([sys.executable, "-m", "benchmarks.linear_avgpool", "--preset", "tiny-places205", *overrides],
+                        runs, "*/latest.pth", writes=2, window=per_write(1))  # epoch 3: as long as epoch 2
+    resumed = run(_cfg("tiny-places205", ckpt, tiny_data, tmp_path, *extra))  # resume=auto
+    assert not temp_files(runs), kill  # a write the kill cut short is cleaned up
+    (state_file,) = runs.glob("*/latest.pth")
+    head = safe_load(state_file)["modules"]["head"]
+    (record,) = load_records(tmp_path / "records")
+    assert record["details"]["optimizer"] == "LARS"
+    log_file = state_file.with_name("log.jsonl")
+    assert [json.loads(line)["epoch"] for line in log_file.read_text().splitlines()] == [1, 2, 3], kill  # none twice
+    # --force on the finished run trains every epoch again (the finished latest.pth is not resumed from): the
+    # uninterrupted run to match; the log then holds this run only
     epochs = trained_steps(log_file, "train_loss")
     capsys.readouterr()
     started = time.time()
-    assert run(_cfg("tiny-places205", ckpt, tiny_data, tmp_path / "split", *extra, "force=true")) == pytest.approx(
-        whole)
+    whole = run(_cfg("tiny-places205", ckpt, tiny_data, tmp_path, *extra, "ckpt_every_epochs=5", "force=true"))
+    assert whole == resumed, kill
+    assert not unequal_tensors(safe_load(state_file)["modules"]["head"], head), kill
+    (forced,) = load_records(tmp_path / "records")
+    assert forced["details"]["val_curve"] == record["details"]["val_curve"], kill
     assert trained_steps(log_file, "train_loss", since=started) == trained_steps(log_file, "train_loss") == epochs
     assert "resumed from" not in capsys.readouterr().out
 
@@ -249,7 +252,7 @@ def test_cli_errors_are_one_line(ckpt, tiny_data, tmp_path) -> None:
             (["--data-root", str(tiny_data), "--ckpt", str(ckpt), "setting=adam"], "is not one of 'moco', 'simsiam'"),
             (["--data-root", str(tmp_path / "nodata"), "--ckpt", str(ckpt)], "nodata/imagenet"),
             (["--data-root", str(bad_root), "--ckpt", str(ckpt), "dataset=places205", "num_workers=1", "epochs=1",
-              "image_size=16", "test_resize=18"], f"{bad_image}: corrupt or truncated image"))
+              "image_size=16", "test_resize=18"], f"{bad_image}: image is corrupt or not an image"))
     for i, (extra, needle) in enumerate(cases):  # the first case in a real interpreter, the others in-process
         proc = run_module([*base, *extra]) if i else subprocess.run([*base, *extra], capture_output=True, text=True,
                                                                     cwd=REPO, timeout=120)

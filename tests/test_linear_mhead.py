@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from cli_support import run_module  # tests/ is on sys.path
+from kill_support import kill_mid_run, seconds_per_step, temp_files, unequal_tensors
 from overfit_support import FrozenTrunkOncePerBatch
 from torch import nn
 
@@ -122,33 +123,46 @@ def test_rerun_is_skipped(tiny_run, ckpt, tiny_data, capsys):
     assert "skip linear_mhead" in capsys.readouterr().out
 
 
+# the Places205 tiny set at 16 px: a short run for the flow tests (the sizes do not matter there, the state handling
+# does; 16 px costs a quarter of 32 px's backbone passes, and adaptive pooling still gives every grid)
+SMALL = ("image_size=16", "test_resize=18", "epochs=2", "milestones=1", "eval_every_epochs=1", "ckpt_every_epochs=5")
+
+
 def _small(ckpt, data, out, *extra):
-    # the Places205 tiny set at 16 px: a short run for the flow tests (the sizes do not matter there, the state
-    # handling does; 16 px costs a quarter of 32 px's backbone passes, and adaptive pooling still gives every grid)
-    return _cfg(ckpt, data, out, "image_size=16", "test_resize=18", "epochs=2", "milestones=1",
-                "eval_every_epochs=1", "ckpt_every_epochs=5", *extra, preset="tiny-places205")
+    return _cfg(ckpt, data, out, *SMALL, *extra, preset="tiny-places205")
 
 
-def test_resume_reaches_the_same_final_weights(ckpt, tiny_data, tmp_path, capsys, trained_steps):
-    whole = mhead.run(_small(ckpt, tiny_data, tmp_path / "a"))
-    assert mhead.run(_small(ckpt, tiny_data, tmp_path / "b", "stop_after_epochs=1")) == {}
-    assert not (tmp_path / "b" / "records").exists() or not list((tmp_path / "b" / "records").iterdir())
-    resumed = mhead.run(_small(ckpt, tiny_data, tmp_path / "b", "stop_after_epochs=1"))  # resume=auto
-    assert resumed == whole
-    (a,) = (tmp_path / "a" / "runs" / "linear_mhead").glob("*/latest.pth")
-    (b,) = (tmp_path / "b" / "runs" / "linear_mhead").glob("*/latest.pth")
-    wa, wb = safe_load(a)["modules"]["heads"], safe_load(b)["modules"]["heads"]
-    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
-    (record,) = load_records(tmp_path / "b" / "records")
-    assert record["details"]["eval_epochs"] == [1, 2]  # the evaluation before the stop came back with the state
-    # --force retrains from scratch (the finished latest.pth is not resumed from) and, seeded, agrees
-    steps = trained_steps(a.with_name("log.jsonl"), "loss")
-    assert steps == list(range(1, len(steps) + 1)) and len(steps) >= 2
+def test_killed_run_resumes_to_the_final_weights_of_an_uninterrupted_one(ckpt, tiny_data, tmp_path, capsys,
+                                                                         trained_steps):
+    """SIGKILL at a random point of epoch 2 (a checkpoint every epoch), then the same config again (resume=auto):
+    the heads, the record and the log are those of an uninterrupted run, which --force then trains from scratch."""
+    runs = tmp_path / "runs" / "linear_mhead"
+
+    def one_more_epoch(_: object) -> float:  # epoch 1's logged steps, at epoch 1's measured step time
+        (log_file,) = runs.glob("*/log.jsonl")
+        return len(trained_steps(log_file, "loss")) * seconds_per_step(log_file, "loss")
+
+    overrides = [f"ckpt={ckpt}", f"data_root={tiny_data}", f"out_dir={tmp_path}", *SMALL, "ckpt_every_epochs=1"]
+    kill = kill_mid_run([sys.executable, "-m", "benchmarks.linear_mhead", "--preset", "tiny-places205", *overrides],
+                        runs, "*/latest.pth", window=one_more_epoch)
+    resumed = mhead.run(_small(ckpt, tiny_data, tmp_path, "ckpt_every_epochs=1"))  # resume=auto
+    assert not temp_files(runs), kill  # a write the kill cut short is cleaned up
+    (state_file,) = runs.glob("*/latest.pth")
+    resumed_heads = safe_load(state_file)["modules"]["heads"]
+    (record,) = load_records(tmp_path / "records")
+    assert record["details"]["eval_epochs"] == [1, 2], kill  # the evaluation before the kill came back with the state
+    log_file = state_file.with_name("log.jsonl")
+    steps = trained_steps(log_file, "loss")
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) >= 2, kill  # each step logged once
+    # --force retrains from scratch (the finished latest.pth is not resumed from): the uninterrupted run to match
     capsys.readouterr()
     started = time.time()
-    assert mhead.run(_small(ckpt, tiny_data, tmp_path / "b", "force=true")) == whole
-    log_b = b.with_name("log.jsonl")  # every step trained again, and the log holds this run's steps only
-    assert trained_steps(log_b, "loss", since=started) == trained_steps(log_b, "loss") == steps
+    assert mhead.run(_small(ckpt, tiny_data, tmp_path, "force=true")) == resumed, kill
+    assert not unequal_tensors(safe_load(state_file)["modules"]["heads"], resumed_heads), kill
+    (whole,) = load_records(tmp_path / "records")
+    assert whole["details"]["val_curve"] == record["details"]["val_curve"], kill
+    # every step trained again, and the log holds this run's steps only
+    assert trained_steps(log_file, "loss", since=started) == trained_steps(log_file, "loss") == steps
     assert "resumed from" not in capsys.readouterr().out
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from kill_support import kill_mid_run, seconds_per_step, temp_files, unequal_tensors  # tests/ is on sys.path
 from PIL import Image
 
 from byol_bench.backbone import build_resnet
@@ -87,24 +88,29 @@ def straight(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
     return out_dir, metrics
 
 
-def test_interrupted_and_resumed_run_ends_tensor_equal(data_root: Path, straight: tuple, tmp_path: Path) -> None:
+def test_killed_and_resumed_run_ends_tensor_equal(data_root: Path, straight: tuple, tmp_path: Path) -> None:
+    """SIGKILL at a random point of steps 3-6 (a checkpoint every step; epoch 1 starts at step 4), then the same
+    config again (resume=auto): the final networks, optimizer state and logged losses are the straight run's."""
     straight_dir, straight_metrics = straight
-    # Interrupt after 2 optimizer steps (mid-epoch 0), then resume across the epoch boundary to the end.
-    assert run(small_config(data_root, tmp_path, stop_after_steps=2))["step"] == 2
-    assert safe_load(tmp_path / "latest.pth")["step"] == 2
-    resumed = run(small_config(data_root, tmp_path, resume="auto"))
-    assert straight_metrics["step"] == resumed["step"] == 6
+    cfg = small_config(data_root, tmp_path, ckpt_every_steps=1)
+    overrides = [f"{k}={v}" for k, v in vars(cfg).items() if k not in ("train_list", "val_list")]
+    step_s = seconds_per_step(straight_dir / "log.jsonl", "loss")  # measured on the straight run (same config)
+    kill = kill_mid_run([sys.executable, "-m", "pretrain", "train_list=", "val_list=", *overrides], tmp_path,
+                        "latest.pth", writes=2, window=4 * step_s)
+    resumed = run(cfg)  # resume=auto
+    assert not temp_files(tmp_path), kill  # a write the kill cut short is cleaned up
+    assert straight_metrics["step"] == resumed["step"] == 6, kill
     a = tensors_of(safe_load(straight_dir / "final.pth"))
     b = tensors_of(safe_load(tmp_path / "final.pth"))
     assert a.keys() == b.keys() and len(a) > 200
-    unequal = [k for k in a if not torch.equal(a[k], b[k])]
-    assert not unequal, unequal[:5]
+    unequal = unequal_tensors(a, b)
+    assert not unequal, (unequal[:5], kill)
 
-    def losses(folder: Path) -> dict[int, float]:
+    def losses(folder: Path) -> list[tuple[int, float]]:
         rows = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
-        return {r["step"]: r["loss"] for r in rows if "loss" in r}
+        return [(r["step"], r["loss"]) for r in rows if "loss" in r]
 
-    assert losses(straight_dir) == losses(tmp_path)  # the logged per-step losses agree as well
+    assert losses(straight_dir) == losses(tmp_path), kill  # each step logged once, with the same loss
 
 
 def test_checkpoint_format_and_run_folder(data_root: Path, straight: tuple, trained_steps) -> None:

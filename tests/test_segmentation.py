@@ -18,6 +18,7 @@ import pytest
 import torch
 import torchvision
 from cli_support import run_module  # tests/ is on sys.path
+from kill_support import kill_mid_run, per_write, temp_files, unequal_tensors
 from PIL import Image
 
 import benchmarks.segmentation.runner as seg
@@ -321,29 +322,38 @@ def test_rehearsal_is_two_iterations_of_one_process_and_the_first_val_images(ckp
         seg.check_inputs(_cfg(ckpt, tiny_data, tmp_path, "rehearsal=true"))  # "tiny" names no world
 
 
+SMALL = ("max_iters=6", "crop_size=32", "scale=[128,32]", "test_scale=[128,32]", "ckpt_every_iters=2")
+
+
 def _small(ckpt, data, out, *extra):
-    return _cfg(ckpt, data, out, "max_iters=6", "crop_size=32", "scale=[128,32]", "test_scale=[128,32]",
-                "ckpt_every_iters=2", *extra)
+    return _cfg(ckpt, data, out, *SMALL, *extra)
 
 
-def test_resume_reaches_the_same_weights_and_force_retrains(ckpt, tiny_data, tmp_path, capsys, trained_steps):
-    whole = seg.run(_small(ckpt, tiny_data, tmp_path / "a"))
-    assert seg.run(_small(ckpt, tiny_data, tmp_path / "b", "stop_after_iters=3")) == {}
-    assert not list((tmp_path / "b").glob("records/*.json"))
+def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_one_and_force_retrains(ckpt, tiny_data, tmp_path,
+                                                                                      capsys, trained_steps):
+    """SIGKILL at a random point after iteration 3 (a checkpoint every iteration), then the same config again
+    (resume=auto): the weights, the metrics and the log are those of an uninterrupted run, which --force then trains
+    from scratch."""
+    overrides = [f"ckpt={ckpt}", f"data_root={tiny_data}", f"out_dir={tmp_path}", *SMALL, "ckpt_every_iters=1"]
+    runs = tmp_path / "runs" / "segmentation"
+    kill = kill_mid_run([sys.executable, "-m", "benchmarks.segmentation", "--preset", "tiny", *overrides], runs,
+                        "*/latest.pth", writes=3, window=per_write(3))  # iterations 4-6 (the 2nd is slower)
     capsys.readouterr()
-    assert seg.run(_small(ckpt, tiny_data, tmp_path / "b", "stop_after_iters=3")) == whole  # resume=auto
-    assert "resumed from" in capsys.readouterr().out
-    (a,) = (tmp_path / "a" / "runs" / "segmentation").glob("*/latest.pth")
-    (b,) = (tmp_path / "b" / "runs" / "segmentation").glob("*/latest.pth")
-    wa, wb = safe_load(a), safe_load(b)
-    assert wa["done"] == wb["done"] == 6
-    assert all(torch.equal(wa["modules"]["model"][k], wb["modules"]["model"][k]) for k in wa["modules"]["model"])
-    log_b = b.with_name("log.jsonl")
-    assert trained_steps(log_b, "loss") == list(range(1, 7))  # the resume logged steps 4-6 once
+    resumed = seg.run(_small(ckpt, tiny_data, tmp_path, "ckpt_every_iters=1"))  # resume=auto
+    printed = capsys.readouterr().out
+    assert "resumed from" in printed or "skip segmentation" in printed, kill  # skip: killed after the record
+    assert not temp_files(runs), kill  # a write the kill cut short is cleaned up
+    (state_file,) = runs.glob("*/latest.pth")
+    state = safe_load(state_file)
+    assert state["done"] == 6, kill
+    log_file = state_file.with_name("log.jsonl")
+    assert trained_steps(log_file, "loss") == list(range(1, 7)), kill  # the steps after the kill's checkpoint once
     started = time.time()
-    assert seg.run(_small(ckpt, tiny_data, tmp_path / "b", "force=true")) == whole
+    assert seg.run(_small(ckpt, tiny_data, tmp_path, "force=true")) == resumed, kill  # uninterrupted, from scratch
+    whole = safe_load(state_file)
+    assert whole["done"] == 6 and not unequal_tensors(whole["modules"]["model"], state["modules"]["model"]), kill
     # every iteration trained again (the finished latest.pth is not resumed from); the log holds this run only
-    assert trained_steps(log_b, "loss", since=started) == trained_steps(log_b, "loss") == list(range(1, 7))
+    assert trained_steps(log_file, "loss", since=started) == trained_steps(log_file, "loss") == list(range(1, 7))
     assert "resumed from" not in capsys.readouterr().out
 
 

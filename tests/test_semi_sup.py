@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from cli_support import run_module  # tests/ is on sys.path
+from kill_support import kill_mid_run, seconds_per_step, unequal_tensors
 
 import benchmarks.semi_sup.runner as semi
 from byol_bench import rehearsal, training
@@ -179,12 +180,15 @@ def test_bad_subset_lists_name_the_file(tiny_data, tmp_path):
 # ---------------------------------------------------------------- the grid: one pass, resume, reproducibility
 
 
+SMALL = ("image_size=16", "test_resize=18", "epochs=3", "milestones=[2]", "global_batch_size=4", "eval_every_epochs=2",
+         "base_lrs=[0.01,0.001]", "head_lr_mults=[10]")
+
+
 def _small(ckpt, data, out, *extra):
     # the 1 % tiny grid cut to two cells at 16 px, 3 batches of (4, 4, 2) images per epoch: a short run for the flow
     # (the sizes do not matter there, the grid and state handling do; 16 px costs a quarter of 32 px's backbone
     # passes, most of them over the 250 validation images)
-    return _cfg(ckpt, data, out, "image_size=16", "test_resize=18", "epochs=3", "milestones=[2]",
-                "global_batch_size=4", "eval_every_epochs=2", "base_lrs=[0.01,0.001]", "head_lr_mults=[10]", *extra)
+    return _cfg(ckpt, data, out, *SMALL, *extra)
 
 
 def _cell_state(out: Path, name: str) -> Path:
@@ -235,22 +239,32 @@ def test_one_pass_cell_is_tensor_equal_to_the_cell_trained_alone(grid_run, alone
     assert alone == {k: record["details"]["cells"]["lr0.001_head10"][k] for k in ("top1", "top5")}
 
 
-def test_interrupted_grid_resumes_the_unfinished_cells_only(grid_run, alone_run, ckpt, tiny_data, capsys):
-    _, whole, _ = grid_run
-    # one cell finished as its own job (a SLURM array task: alone_run), then the grid is interrupted after epoch 1
+def test_killed_grid_resumes_the_unfinished_cells_only(grid_run, alone_run, ckpt, tiny_data, capsys):
+    """One cell finished as its own job (a SLURM array task: alone_run), then the grid, in the same folder, is
+    killed (SIGKILL) at a random point of the other cell's epochs 2-3 (a state every epoch) and run again
+    (resume=auto): the finished cell is not trained again, the other one continues from its state, and the record
+    and that cell's weights are the uninterrupted grid's."""
+    _, whole, grid_out = grid_run
     out = alone_run[2]
     finished = _cell_state(out, "lr0.001_head10")
     finished_sha = sha256_file(finished)
-    assert semi.run(_small(ckpt, tiny_data, out, "stop_after_epochs=1")) == {}
-    assert safe_load(_cell_state(out, "lr0.01_head10"))["done"] == 1
+    (alone_log,) = (out / "runs" / "semi_sup").glob("*/log.jsonl")  # one cell's 3 epochs, logged at their ends
+    overrides = [f"ckpt={ckpt}", f"data_root={tiny_data}", f"out_dir={out}", *SMALL, "ckpt_every_epochs=1"]
+    kill = kill_mid_run([sys.executable, "-m", "benchmarks.semi_sup", "--preset", "tiny", *overrides],
+                        out / "runs" / "semi_sup" / "cells", "*-lr0.01_head10/latest.pth",
+                        window=2 * 3 * seconds_per_step(alone_log, "loss_lr0.001_head10"))  # epochs 2, 3 of 3 steps
     capsys.readouterr()
-    semi.run(_small(ckpt, tiny_data, out))  # resume=auto
+    semi.run(_small(ckpt, tiny_data, out, "ckpt_every_epochs=1"))  # resume=auto
     printed = capsys.readouterr().out
-    assert re.search(r"cell lr0\.01_head10: resumed from \S+ after epoch 1\n", printed), printed
-    assert re.search(r"cell lr0\.001_head10: resumed from \S+ after epoch 3\n", printed), printed
-    assert sha256_file(finished) == finished_sha  # the finished cell was not trained again
+    if "skip semi_sup" not in printed:  # (unless the kill came after the record)
+        assert re.search(r"cell lr0\.01_head10: resumed from \S+ after epoch [123]\n", printed), (printed, kill)
+        assert re.search(r"cell lr0\.001_head10: resumed from \S+ after epoch 3\n", printed), (printed, kill)
+    assert sha256_file(finished) == finished_sha, kill  # the finished cell was not trained again
     (record,) = [r for r in load_records(out / "records") if len(r["details"]["cells"]) == 2]
-    assert _comparable(record) == _comparable(whole)  # the same record as the uninterrupted grid's
+    assert _comparable(record) == _comparable(whole), kill  # the same record as the uninterrupted grid's
+    resumed, straight = (safe_load(_cell_state(o, "lr0.01_head10")) for o in (out, grid_out))
+    assert resumed["done"] == straight["done"] == 3, kill
+    assert not unequal_tensors(resumed["modules"]["model"], straight["modules"]["model"]), kill
 
 
 def test_two_runs_give_identical_records_and_the_deterministic_flag(grid_run, ckpt, tiny_data, capsys,
