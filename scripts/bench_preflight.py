@@ -31,8 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
+from bench_decode import synthesize  # one JPEG drawing helper for the bench scripts
 from torch.utils.data import ConcatDataset, Dataset
 
 from byol_bench import preflight
@@ -45,9 +44,7 @@ from byol_bench.datasets.voc_cls import VOCClassification
 from byol_bench.datasets.voc_det import VOCDetection
 from byol_bench.datasets.voc_seg import VOCAugSegmentation
 from byol_bench.runlog import cpu_model
-from byol_bench.seeding import rng_for
 from byol_bench.tinydata import ensure_tiny_data
-from byol_bench.tinydata.draw import make_styles, object_image, save_jpeg
 
 # The splits whose check time is estimated: images in the real split.
 REAL_SPLITS = {"ImageNet val": 50_000, "COCO val2017": 5_000, "ImageNet train": 1_281_167}
@@ -70,17 +67,12 @@ def tiny_splits(root: Path) -> dict[str, dict[str, Dataset]]:
     return splits
 
 
-def synthesize(folder: Path, count: int, width: int, height: int) -> list[FileCheck]:
-    """``count`` procedurally drawn JPEGs of width x height (the tiny-data drawing code), with their sizes."""
+def synthetic_items(folder: Path, count: int, width: int, height: int) -> list[FileCheck]:
+    """``count`` drawn JPEGs of width x height (bench_decode's, the tiny-data drawing code), as checks with their
+    sizes."""
     folder.mkdir(parents=True)
-    styles = make_styles(10)
-    items = []
-    for i in range(count):
-        small = object_image(styles[i % 10], rng_for(0, "bench_preflight", i), (96, 96))
-        path = folder / f"{i:04d}.jpg"
-        save_jpeg(path, np.asarray(Image.fromarray(small).resize((width, height), Image.Resampling.BICUBIC)))
-        items.append(FileCheck(path, size=(width, height), size_from=folder / "annotations.json"))
-    return items
+    return [FileCheck(path, size=(width, height), size_from=folder / "annotations.json")
+            for path in synthesize(folder, count, width, height)]
 
 
 def evict(paths: list[Path]) -> None:
@@ -146,7 +138,7 @@ def bench_synthetic(folder: Path, count: int, threads: int, repeats: int) -> dic
     cold_ms = {}
     with ThreadPoolExecutor(threads) as pool:
         for width, height in SYNTHETIC_SIZES:
-            items = synthesize(folder / f"{width}x{height}", count, width, height)
+            items = synthetic_items(folder / f"{width}x{height}", count, width, height)
             passes = ((1, partial(serial_pass, items)), (threads, partial(pooled_pass, pool, items)))
             for cache, before in (("warm", lambda: None), ("cold", partial(evict, [item.image for item in items]))):
                 for workers, run_pass in passes:
