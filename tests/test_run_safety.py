@@ -19,7 +19,6 @@ import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import pytest
 import torch
@@ -29,8 +28,9 @@ from benchmarks.linear import avgpool
 from byol_bench import fileio, scaffold
 from byol_bench.checkpoint import atomic_save
 from byol_bench.cli import main_guard, os_error_line
-from byol_bench.config import load_config, opt
+from byol_bench.config import load_config
 from byol_bench.fileio import atomic_write_json
+from byol_bench.runner_config import RunnerConfig
 from pretrain import train as pretrain
 from pretrain.config import PRESET_DIR as PRETRAIN_PRESETS
 from pretrain.config import PretrainConfig
@@ -40,14 +40,8 @@ CHECKPOINT = {"format": "torchvision", "arch": "resnet18", "encoder": "online"}
 
 
 @dataclass(frozen=True)
-class LockConfig:
-    preset: str = opt("unit", "preset name")
-    out_dir: str = opt("out", "output folder", identity=False)
-    device: Literal["auto", "cpu", "cuda"] = opt("cpu", "device", identity=False)
-    tiny: bool = opt(True, "tiny sizes")
-    rehearsal: bool = opt(False, "a rehearsal", identity="when_set")
-    force: bool = opt(False, "redo", identity=False)
-    wait_for_lock: bool = opt(False, "wait for a busy run folder", identity=False)
+class LockConfig(RunnerConfig, preset="unit", out_dir="out", device="cpu", tiny=True):
+    """The fields every runner shares (``wait_for_lock`` among them), as a runner's config declares them."""
 
 
 @pytest.fixture()
