@@ -408,20 +408,32 @@ def detection_streams(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(training, "wrap_ddp", lambda model, device: streams.wrap(model))
 
 
-def assert_same_accumulated_detection_steps(rec1: dict[str, Any], rec2: dict[str, Any], plot1: Path, plot2: Path,
-                                            losses: tuple[str, ...]) -> None:
-    """The detection tests' common comparison: the global batch of 4 as 4 accumulated images in one process and 2 x 2
-    in two; the same learning rates, and every loss term of both iterations equal to float tolerance (the logs
-    beside the loss plots)."""
+def assert_same_accumulated_detection_step(rec1: dict[str, Any], rec2: dict[str, Any], run1: Path, run2: Path,
+                                           losses: tuple[str, ...]) -> None:
+    """The detection tests' common comparison, of one iteration: the global batch of 4 as 4 accumulated images in one
+    process and 2 x 2 in two; the same learning rate, every loss term equal to float tolerance (``log.jsonl`` in the
+    run folders), and the weights after the update too (``latest.pth``, written at the end: the parameters, not the
+    BN running statistics, which each rank keeps from its own images).
+
+    One iteration, not two: the losses of a second pass through discrete choices (top-k proposals, NMS, IoU-threshold
+    matching, RoI sampling) where the few-ulp difference of the updated weights can swap one RoI. Seen on an AVX-512
+    AMD EPYC: det_coco's second-iteration loss_classifier 2.5e-4 apart while every other term agreed within 5e-6.
+    The update itself (accumulated gradients against all-reduced ones) is what the weights compare."""
     d1, d2 = rec1["details"], rec2["details"]
     assert (rec1["world_size"], rec2["world_size"], d2["world_size"]) == (1, 2, 2)
     assert (d1["global_batch_size"], d1["accumulate"], d2["global_batch_size"], d2["accumulate"]) == (4, 4, 4, 2)
     assert d1["batch_policy"] == d2["batch_policy"] == "accumulate" and d1["lr"] == d2["lr"]
-    rows1, rows2 = (log_rows(plot.with_name("log.jsonl"), "loss") for plot in (plot1, plot2))
-    assert column(rows1, "step") == column(rows2, "step") == [1, 2]
+    rows1, rows2 = (log_rows(run / "log.jsonl", "loss") for run in (run1, run2))
+    assert column(rows1, "step") == column(rows2, "step") == [1]
     assert column(rows1, "lr") == column(rows2, "lr")
     for key in losses:
         assert column(rows2, key) == pytest.approx(column(rows1, key), rel=EXACT), key
+    model1, model2 = (safe_load(run / "latest.pth")["modules"]["model"] for run in (run1, run2))
+    assert model1.keys() == model2.keys()
+    statistics = ("running_mean", "running_var", "num_batches_tracked")
+    for name, weight in model1.items():
+        if not name.endswith(statistics):
+            assert_same(model2[name], weight, name)
 
 
 def test_det_voc_two_processes_are_one_process_accumulating(ckpt: Path, tiny_data: Path, tmp_path: Path,
@@ -430,10 +442,11 @@ def test_det_voc_two_processes_are_one_process_accumulating(ckpt: Path, tiny_dat
     ``no_sync``), one process's is 4 micro-batches; the stream deals images to the ranks in turn and their flips
     are drawn per image, and with the draws replayed (module docstring) every forward pass computes the same losses,
     BN statistics included (one image each). The logged loss is the mean over ranks of the means over micro-batches:
-    float tolerance. ``warmup_iters=0``, or the second iteration's losses would only feel a first update at 0.001 x
-    lr, the same within float tolerance for any lr. AP is not compared: each rank predicts its test images with its
-    own BN running statistics; that both runs detected on all 4 test images is compared."""
-    common = ("tiny", "max_iters=2", "warmup_iters=0", "global_batch_size=4", "batch_size_per_device=1",
+    float tolerance, and so are the weights after the iteration. ``warmup_iters=0``: the update is at the full lr,
+    not at 0.001 x lr, which the weights' float tolerance could not tell from any other. AP is not compared: each
+    rank predicts its test images with its own BN running statistics; that both runs detected on all 4 test images
+    is compared."""
+    common = ("tiny", "max_iters=1", "warmup_iters=0", "global_batch_size=4", "batch_size_per_device=1",
               "test_images=4", "precise_bn_iters=0", "roi_batch_size_per_image=4")
     one, two = tmp_path / "one", tmp_path / "two"
     job = runner_args(ckpt, tiny_data, two, *common)
@@ -444,8 +457,8 @@ def test_det_voc_two_processes_are_one_process_accumulating(ckpt: Path, tiny_dat
 
     rec1, rec2 = record_in(one), record_in(two)
     d1, d2 = rec1["details"], rec2["details"]
-    assert d1["max_iters"] == d2["max_iters"] == 2  # x 4 images: 8 seen by either
-    assert_same_accumulated_detection_steps(rec1, rec2, *(Path(d["trials"][0]["loss_plot"]) for d in (d1, d2)),
+    assert d1["max_iters"] == d2["max_iters"] == 1  # x 4 images: 4 seen by either
+    assert_same_accumulated_detection_step(rec1, rec2, *(Path(d["trials"][0]["loss_plot"]).parent for d in (d1, d2)),
                                             ("loss", "loss_classifier", "loss_box_reg", "loss_objectness",
                                              "loss_rpn_box_reg"))
     test_ids = {a.image_id for a in VOCDetection(tiny_data / "VOCdevkit", "2007", "test", first=4).annotations}
@@ -475,9 +488,9 @@ def test_det_coco_two_processes_are_one_process_accumulating(ckpt: Path, tiny_da
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """Exact, as det_voc (one image per forward pass, the draws replayed): Mask R-CNN's BN layers (trunk, FPN, box
     and mask heads) see the same single image and its RoIs in both runs. An epoch is a pass over the train split, so
-    the data root holds 8 train images (2 iterations of 4) and 6 val images. Box and mask AP are not compared (each
+    the data root holds 4 train images (1 iteration of 4) and 6 val images. Box and mask AP are not compared (each
     rank predicts with its own BN running statistics); that both runs scored all 6 val images is."""
-    data = coco_view(tiny_data, tmp_path / "data", train=8, val=6)
+    data = coco_view(tiny_data, tmp_path / "data", train=4, val=6)
     common = ("tiny", "epochs=1", "step_epochs=[1]", "warmup_iters=0", "global_batch_size=4",
               "batch_size_per_device=1")
     one, two = tmp_path / "one", tmp_path / "two"
@@ -489,9 +502,9 @@ def test_det_coco_two_processes_are_one_process_accumulating(ckpt: Path, tiny_da
 
     rec1, rec2 = record_in(one), record_in(two)
     d1, d2 = rec1["details"], rec2["details"]
-    assert d1["train_images"] == d2["train_images"] == 8 and d1["val_images"] == d2["val_images"] == 6
-    assert (d1["iters"], d1["iters_per_epoch"]) == (d2["iters"], d2["iters_per_epoch"]) == (2, 2)
-    assert_same_accumulated_detection_steps(rec1, rec2, Path(d1["loss_plot"]), Path(d2["loss_plot"]),
+    assert d1["train_images"] == d2["train_images"] == 4 and d1["val_images"] == d2["val_images"] == 6
+    assert (d1["iters"], d1["iters_per_epoch"]) == (d2["iters"], d2["iters_per_epoch"]) == (1, 1)
+    assert_same_accumulated_detection_step(rec1, rec2, Path(d1["loss_plot"]).parent, Path(d2["loss_plot"]).parent,
                                             ("loss", "loss_classifier", "loss_box_reg", "loss_mask",
                                              "loss_objectness", "loss_rpn_box_reg"))
     val_ids = {image["id"] for image in json.loads(
