@@ -20,10 +20,11 @@ demo: $(STAMP)
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/run_all_benchmarks.sh
 
 ## make test: ruff + the whole test suite (what CI runs): one pytest-xdist worker per core, each file's tests on one
-## worker (they share module-scoped runs), one torch thread per worker (tests/conftest.py), the 25 slowest listed.
+## worker (they share module-scoped runs), the longest files first (tests/conftest.py: LONGEST_FIRST), one torch
+## thread per worker, the 25 slowest listed.
 test: $(STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q -n auto --dist loadfile --durations=25
+	$(PY) -m pytest -q -n auto --dist loadfile --no-loadscope-reorder --durations=25
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

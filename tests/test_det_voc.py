@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import shutil
 import statistics
 import subprocess
@@ -327,31 +326,6 @@ def test_tiny_run_record_trials_mean_and_std(tiny_run):
     assert (details["batch_policy"], details["accumulate"]) == ("accumulate", 2)
     assert details["test_images"] == 4 and Path(details["loss_plot"]).is_file()
     assert all(math.isfinite(v) for t in trials for v in t["last_losses"].values())
-
-
-def test_torchrun_two_cpu_processes(ckpt, tiny_data, tmp_path):
-    """The shared detection trainer under DDP: 2 processes x 2 images accumulated twice (no_sync) to the global 8,
-    the test images split over the ranks and gathered, one record and one set of results files from rank 0."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "benchmarks.det_voc", "--preset", "tiny", "--ckpt", str(ckpt), "--data-root",
-                           str(tiny_data), "--out-dir", str(tmp_path), "max_iters=2", "global_batch_size=8",
-                           "batch_size_per_device=2", "test_images=6", "precise_bn_iters=1",
-                           "roi_batch_size_per_image=4", "device=cpu"],
-                          cwd=REPO, env={**env, "OMP_NUM_THREADS": "1", "BYOL_BENCH_NO_PROGRESS": "1"},
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    (record,) = load_records(tmp_path / "records")
-    details = record["details"]
-    assert (details["world_size"], details["accumulate"], details["batch_policy"]) == (2, 2, "accumulate")
-    assert details["test_images"] == 6 and record["world_size"] == 2
-    results = Path(details["trials"][0]["results_dir"])
-    assert len(list(results.glob("comp4_det_test_*.txt"))) == 20
-    test_set = VOCDetection(tiny_data / "VOCdevkit", "2007", "test", detection_sample, filter_empty=False, first=6)
-    # both ranks' halves gathered (the barely trained model keeps 100 boxes on every image)
-    ids = {line.split()[0] for f in results.glob("*.txt") for line in f.read_text().splitlines()}
-    assert ids == {a.image_id for a in test_set.annotations}
-    assert voc_eval.evaluate(results, test_set.annotations).metrics() == pytest.approx(record["metrics"])
 
 
 def test_tiny_run_resumed_and_rescored_from_its_results_files(tiny_run):

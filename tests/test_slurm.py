@@ -18,8 +18,9 @@ from byol_bench.records import load_records
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "scripts" / "slurm_cluster.sh"
-# a frozen-trunk probe, a fine-tuning trainer, a segmentation trainer: one tiny preset each (~15, ~30, ~25 s)
-ONLY = "linear_avgpool:tiny,semi_sup:tiny,segmentation:tiny"
+# a frozen-trunk probe and a trainer of the whole network: one tiny preset each (~15, ~25 s), one interrupted each way
+# (the launch, requeue and resume path is the same for every protocol: the others would only add minutes)
+ONLY = "linear_avgpool:tiny,segmentation:tiny"
 
 
 @pytest.fixture(scope="module")
@@ -96,19 +97,18 @@ def test_suite_on_slurm_equals_local_and_requeued_jobs_resume(slurm_env, ckpt, t
     # Every record is valid (load_records validates) and equals the local run's: the runners are deterministic on
     # the CPU, and the requeued one resumed to the uninterrupted result.
     measured = _metrics(tmp_path / "slurm")
-    assert set(measured) == {("linear_avgpool", "imagenet"), ("semi_sup", "imagenet_1pct"),
-                             ("segmentation", "voc12aug")}
+    assert set(measured) == {("linear_avgpool", "imagenet"), ("segmentation", "voc12aug")}
     assert measured == _metrics(tmp_path / "local")
     report = (tmp_path / "slurm" / "model_zoo.md").read_text()
     runs = report.split("## Runs")[1].split("```")[1].splitlines()
     assert [line.split()[:2] + line.split()[4:5] for line in runs if line] == [
-        ["linear_avgpool", "tiny", "ok"], ["semi_sup", "tiny", "ok"], ["segmentation", "tiny", "ok"]]
+        ["linear_avgpool", "tiny", "ok"], ["segmentation", "tiny", "ok"]]
     assert "FAILED" not in report
 
     # The same command again: every record exists, so nothing but the tables job is submitted.
     again = _suite(slurm_env, *common, *on_slurm)
     assert again.returncode == 0, again.stderr
-    assert again.stdout.count("skip ") == 3 and "submitted linear_avgpool" not in again.stdout
+    assert again.stdout.count("skip ") == 2 and "submitted linear_avgpool" not in again.stdout
     assert _metrics(tmp_path / "slurm") == measured
 
 

@@ -54,6 +54,7 @@ import benchmarks.linear.mhead as mhead
 import benchmarks.segmentation.runner as seg
 import benchmarks.semi_sup.runner as semi
 import benchmarks.voc07_svm.runner as svm
+from benchmarks.detection import voc_eval
 from byol_bench import classification, training
 from byol_bench.checkpoint import safe_load
 from byol_bench.config import parse_args
@@ -169,11 +170,12 @@ def runner_args(ckpt: Path, data: Path, out: Path, preset: str, *overrides: str)
 
 def test_pretrain_two_processes_are_one_process_accumulating_their_micro_batches(tiny_data: Path,
                                                                                 tmp_path: Path) -> None:
-    """Exact. 16 training images, batch 8 per process: the job's step is the two ranks' contiguous halves of the
-    epoch's permutation, one process's step is the same two micro-batches accumulated (``accum_steps=2``), and every
-    view's augmentation is drawn from (seed, epoch, position). So each forward pass sees the same 8 images in both
-    runs (BN statistics included), the losses are the same means and the gradients the same averages (DDP's mean
-    over ranks against the sum of loss / accum_steps): float tolerance.
+    """Exact. 32 training images, batch 8 per process: the job's step is the two ranks' contiguous halves of the
+    epoch's permutation, each accumulated over 2 micro-batches (``accum_steps=2``: DDP's ``no_sync`` on the first),
+    one process's step is the same four micro-batches accumulated (``accum_steps=4``), and every view's augmentation
+    is drawn from (seed, epoch, position). So each forward pass sees the same 8 images in both runs (BN statistics
+    included), the losses are the same means and the gradients the same averages (DDP's mean over ranks against the
+    sum of loss / accum_steps): float tolerance.
 
     With more images per rank than one batch the ranks' contiguous chunks would make the job's step a different
     set of images than one process's (not a different recipe, a different shuffle), hence one step per epoch here.
@@ -186,33 +188,37 @@ def test_pretrain_two_processes_are_one_process_accumulating_their_micro_batches
     record that rank 0 has just written and return early, and rank 0's barrier in ``run.finish`` then fails).
     """
     lines = (tiny_data / "imagenet" / "meta" / "train.txt").read_text().splitlines()
-    (tmp_path / "train16.txt").write_text("\n".join(lines[::68][:16]) + "\n")  # 16 images, all 10 classes
+    (tmp_path / "train32.txt").write_text("\n".join(lines[::34][:32]) + "\n")  # 32 images, all 10 classes
     vals = (tiny_data / "imagenet" / "meta" / "val.txt").read_text().splitlines()
     (tmp_path / "val20.txt").write_text("\n".join(vals[::12][:20]) + "\n")
-    common = ["--preset", "tiny", f"data_root={tiny_data}", f"train_list={tmp_path / 'train16.txt'}",
+    common = ["--preset", "tiny", f"data_root={tiny_data}", f"train_list={tmp_path / 'train32.txt'}",
               f"val_list={tmp_path / 'val20.txt'}", "image_size=32", "num_workers=0", "batch_size_per_device=8",
               "epochs=3", "warmup_epochs=0", "projector_hidden_dim=64", "projector_out_dim=16", "knn_k=5",
               "knn_random_init_baseline=false", "log_every_steps=1", "device=cpu"]
     one, two = tmp_path / "one", tmp_path / "two"
-    with torchrun("pretrain", *common, "accum_steps=1", f"out_dir={two}", logs=tmp_path / "job.log"):
-        pretrain_run(parse_args(PretrainConfig, [*common, "accum_steps=2", f"out_dir={one}"],
+    with torchrun("pretrain", *common, "accum_steps=2", f"out_dir={two}", logs=tmp_path / "job.log"):
+        pretrain_run(parse_args(PretrainConfig, [*common, "accum_steps=4", f"out_dir={one}"],
                                 preset_dir=PRETRAIN_PRESET_DIR))
 
     res1, res2 = record_in(one)["details"]["resolved"], record_in(two)["details"]["resolved"]
     assert (record_in(one)["world_size"], record_in(two)["world_size"], res1["world_size"]) == (1, 2, 1)
     for key in ("global_batch_size", "total_steps", "train_images", "lr"):
         assert res1[key] == res2[key], key
-    assert res1["global_batch_size"] == 16 and res1["total_steps"] == 3
+    assert res1["global_batch_size"] == 32 and res1["total_steps"] == 3
     # every image once per epoch, and the same images in all: data iterations x batch x processes
-    assert res1["iters_per_epoch"] * 8 * 1 == res2["iters_per_epoch"] * 8 * 2 == 16
-    assert res1["total_iters"] * 8 * 1 == res2["total_iters"] * 8 * 2 == 48
+    assert res1["iters_per_epoch"] * 8 * 1 == res2["iters_per_epoch"] * 8 * 2 == 32
+    assert res1["total_iters"] * 8 * 1 == res2["total_iters"] * 8 * 2 == 96
     rows1, rows2 = log_rows(one / "log.jsonl", "loss"), log_rows(two / "log.jsonl", "loss")
     assert column(rows1, "step") == column(rows2, "step") == [1, 2, 3]
     assert column(rows1, "lr") == column(rows2, "lr") and column(rows1, "momentum") == column(rows2, "momentum")
     assert column(rows2, "loss") == pytest.approx(column(rows1, "loss"), rel=EXACT)
     assert 0 <= record_in(two)["metrics"]["knn_top1"] <= 100
+    # the command's metrics line (``python -m pretrain`` prints it last), once: rank 0's
+    printed = [line for line in (tmp_path / "job.log").read_text().splitlines() if line.startswith('{"')]
+    assert len(printed) == 1 and json.loads(printed[0])["step"] == 3
 
     final1, final2 = safe_load(one / "final.pth"), safe_load(two / "final.pth")
+    assert (final2["resolved"]["world_size"], final2["resolved"]["global_batch_size"]) == (2, 32)
     compared = 0
     for net in ("online", "target"):
         for part, state in final1[net].items():
@@ -447,7 +453,7 @@ def test_det_voc_two_processes_are_one_process_accumulating(ckpt: Path, tiny_dat
     rank predicts its test images with its own BN running statistics; that both runs detected on all 4 test images
     is compared."""
     common = ("tiny", "max_iters=1", "warmup_iters=0", "global_batch_size=4", "batch_size_per_device=1",
-              "test_images=4", "precise_bn_iters=0", "roi_batch_size_per_image=4")
+              "test_images=4", "precise_bn_iters=1", "roi_batch_size_per_image=4")
     one, two = tmp_path / "one", tmp_path / "two"
     job = runner_args(ckpt, tiny_data, two, *common)
     with torchrun("benchmarks.det_voc", *job, logs=tmp_path / "job.log"):
@@ -461,11 +467,17 @@ def test_det_voc_two_processes_are_one_process_accumulating(ckpt: Path, tiny_dat
     assert_same_accumulated_detection_step(rec1, rec2, *(Path(d["trials"][0]["loss_plot"]).parent for d in (d1, d2)),
                                             ("loss", "loss_classifier", "loss_box_reg", "loss_objectness",
                                              "loss_rpn_box_reg"))
-    test_ids = {a.image_id for a in VOCDetection(tiny_data / "VOCdevkit", "2007", "test", first=4).annotations}
+    # each process predicts half of the test images: rank 0 writes every image's detections (gathered), and the
+    # record is what the results files score
+    test_set = VOCDetection(tiny_data / "VOCdevkit", "2007", "test", first=4)
     for details in (d1, d2):
-        assert details["test_images"] == 4
-        results = Path(details["trials"][0]["results_dir"]).glob("comp4_det_test_*.txt")
-        assert {line.split()[0] for f in results for line in f.read_text().splitlines()} == test_ids
+        trial = details["trials"][0]
+        results = sorted(Path(trial["results_dir"]).glob("comp4_det_test_*.txt"))
+        assert details["test_images"] == 4 and len(results) == 20
+        assert {line.split()[0] for f in results for line in f.read_text().splitlines()} == {
+            a.image_id for a in test_set.annotations}
+        rescored = voc_eval.evaluate(Path(trial["results_dir"]), test_set.annotations).metrics()
+        assert rescored == pytest.approx({k: trial[k] for k in ("AP", "AP50", "AP75")})
 
 
 def coco_view(tiny_data: Path, root: Path, train: int, val: int) -> Path:
