@@ -4,8 +4,8 @@ tests' problem; one thread.
 One CPU thread per test process, and per process the tests start (``OMP_NUM_THREADS=1`` in the environment they
 inherit). The tests' tensors are small: with two OpenMP threads on a 2-core machine that also runs a DataLoader
 worker, a subprocess or the other pytest-xdist worker, every small op waits for a descheduled thread (measured: a
-6-step ResNet-18 pretraining took 44 s with two threads under load, 11 s with one). The suite runs in two
-pytest-xdist workers instead (``-n 2``, pyproject.toml), which is where the second core goes.
+6-step ResNet-18 pretraining took 44 s with two threads under load, 11 s with one). The suite runs in
+pytest-xdist workers instead (one per core and one more, Makefile), which is where the other cores go.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ torch.set_num_threads(1)
 
 # The longest test files, longest first (measured on 2 cores: ~120 s down to ~25 s each). pytest-xdist hands the
 # workers one file at a time in collection order (``--dist loadfile --no-loadscope-reorder``, Makefile), so with
-# these first the many short files fill in at the end and the two workers finish together. Its default order, most
-# tests first, put these few-test files last: one worker ran the last long file while the other was idle.
+# these first the many short files fill in at the end and the workers finish together. Its default order, most
+# tests first, put these few-test files last: one worker ran the last long file while the others were idle.
 LONGEST_FIRST = ("test_torchrun_equivalence.py", "test_slurm.py", "test_det_voc.py", "test_real_size.py",
                  "test_segmentation.py", "test_det_coco.py", "test_gpu_check.py", "test_semi_sup.py",
                  "test_pretrain_train.py", "test_linear_mhead.py", "test_run_all.py", "test_fault_injection.py",
