@@ -102,8 +102,9 @@ def open_run(protocol: str, dataset: str, cfg: Any, ckpt: str | os.PathLike | No
                 run.identify(ckpt)
             yield run
         finally:
-            if run._lock is not None:
-                run._lock.release()
+            for lock in (run._lock, *run._held):
+                if lock is not None:
+                    lock.release()
     finally:
         dist.cleanup()
 
@@ -219,6 +220,7 @@ class Run:
     log: RunLog | None = None
     provenance: dict[str, Any] | None = None
     _lock: RunLock | None = field(default=None, init=False, repr=False)  # set once every rank knows rank 0 holds it
+    _held: list[RunLock] = field(default_factory=list, init=False, repr=False)  # further folders held (hold())
 
     def __post_init__(self) -> None:
         self.config_hash = config_hash(self.cfg)
@@ -328,9 +330,27 @@ class Run:
         Raises:
             RunLockedError: on every rank, when another process holds the folder and ``cfg.wait_for_lock`` is false.
         """
-        lock, waited = RunLock(run_dir), False
+        self._lock, waited = self._hold(run_dir, "run folder", skip=self.records_dir)
+        self.run_dir = run_dir
+        return waited
+
+    def hold(self, folder: str | os.PathLike) -> None:
+        """Hold one more folder until the run ends, as the run folder is held: one whose files this run writes and
+        other runs share (a semi_sup cell's state, shared by the grid and by the cell run alone). Rank 0 locks it,
+        and removes the temp files interrupted writes left in it.
+
+        Raises:
+            RunLockedError: on every rank, when another process holds it and ``cfg.wait_for_lock`` is false.
+        """
+        lock, _ = self._hold(Path(folder), "folder")
+        self._held.append(lock)
+
+    def _hold(self, folder: Path, what: str, skip: Path | None = None) -> tuple[RunLock, bool]:
+        """Rank 0 takes ``folder``'s lock (every rank learns the outcome, so all go on, wait or fail together),
+        then removes the temp files in it (not in ``skip``); returns the lock and whether it waited for another."""
+        lock, waited = RunLock(folder), False
         while (holder := _from_rank0(lock.acquire() if self.info.is_main else None)) is not None:
-            busy = f"{run_dir}: another run holds this run folder: {_describe(holder)}"
+            busy = f"{folder}: another run holds this {what}: {_describe(holder)}"
             if not getattr(self.cfg, "wait_for_lock", False):
                 raise RunLockedError(f"{busy}; let it finish, wait for it (wait_for_lock=true) or choose another "
                                      "--out-dir")
@@ -338,10 +358,9 @@ class Run:
                 print(f"waiting: {busy} (wait_for_lock=true)", flush=True)
             waited = True
             time.sleep(LOCK_POLL_S)
-        self._lock, self.run_dir = lock, run_dir
         if self.info.is_main:
-            self._report_removed(remove_temp_files(run_dir, skip=self.records_dir), run_dir)
-        return waited
+            self._report_removed(remove_temp_files(folder, skip=skip), folder)
+        return lock, waited
 
     def _recorded(self) -> tuple[str, tuple[int, int, int], dict[str, float]] | None:
         """This run's valid record as rank 0 sees it: its path, (inode, size, mtime) and metrics; else None."""

@@ -401,6 +401,27 @@ def test_force_starts_a_fresh_log_and_keeps_the_earlier_ones(tmp_path, fake_ckpt
     assert (values("log.1.jsonl"), values("log.2.jsonl"), values("log.jsonl")) == ([1.0], [2.0], [3.0])
 
 
+def test_a_further_folder_is_held_as_the_run_folder_is(tmp_path, fake_ckpt) -> None:
+    """``Run.hold`` (semi_sup's cell folders, which the grid and the cell run alone share): refused while another
+    process holds the folder, its temp files removed once held, released when the run ends."""
+    cfg = LockConfig(out_dir=str(tmp_path))
+    cell = tmp_path / "runs" / "semi_sup" / "cells" / "c1"
+    cell.mkdir(parents=True)
+    orphan = cell / ".latest.pth.k2j4h5g6.tmp"  # what a kill during a write of the cell's state leaves
+    orphan.write_text("partial")
+    other = scaffold.RunLock(cell)
+    assert other.acquire() is None
+    with scaffold.open_run("voc07_svm", "voc07", cfg, ckpt=fake_ckpt) as run:
+        with pytest.raises(scaffold.RunLockedError) as refused:
+            run.hold(cell)
+        assert str(refused.value).startswith(f"{cell}: another run holds this folder: pid {os.getpid()} on ")
+        assert orphan.exists()  # another run holds it: its writes may be under way
+        other.release()
+        run.hold(cell)
+        assert not orphan.exists() and json.loads((cell / "run.lock").read_text())["pid"] == os.getpid()
+    assert not (cell / "run.lock").exists()  # released with the run
+
+
 def test_temp_files_of_interrupted_writes_are_removed_once_the_folder_is_held(tmp_path, fake_ckpt, capsys) -> None:
     cfg = LockConfig(out_dir=str(tmp_path))
     with scaffold.open_run("voc07_svm", "voc07", cfg, ckpt=fake_ckpt) as run:

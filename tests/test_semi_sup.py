@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from cli_support import run_module  # tests/ is on sys.path
-from kill_support import kill_mid_run, seconds_per_step, unequal_tensors
+from kill_support import kill_mid_run, seconds_per_step, temp_files, unequal_tensors
 
 import benchmarks.semi_sup.runner as semi
 from byol_bench import rehearsal, training
@@ -253,12 +253,16 @@ def test_killed_grid_resumes_the_unfinished_cells_only(grid_run, alone_run, ckpt
     kill = kill_mid_run([sys.executable, "-m", "benchmarks.semi_sup", "--preset", "tiny", *overrides],
                         out / "runs" / "semi_sup" / "cells", "*-lr0.01_head10/latest.pth",
                         window=2 * 3 * seconds_per_step(alone_log, "loss_lr0.001_head10"))  # epochs 2, 3 of 3 steps
+    cells = out / "runs" / "semi_sup" / "cells"
+    (killed_cell,) = cells.glob("*-lr0.01_head10")
+    (killed_cell / ".latest.pth.k2j4h5g6.tmp").write_bytes(b"partial")  # as a kill during the state's write leaves
     capsys.readouterr()
     semi.run(_small(ckpt, tiny_data, out, "ckpt_every_epochs=1"))  # resume=auto
     printed = capsys.readouterr().out
     if "skip semi_sup" not in printed:  # (unless the kill came after the record)
         assert re.search(r"cell lr0\.01_head10: resumed from \S+ after epoch [123]\n", printed), (printed, kill)
         assert re.search(r"cell lr0\.001_head10: resumed from \S+ after epoch 3\n", printed), (printed, kill)
+        assert not temp_files(cells), kill  # the cells' folders held by the rerun: interrupted writes removed
     assert sha256_file(finished) == finished_sha, kill  # the finished cell was not trained again
     (record,) = [r for r in load_records(out / "records") if len(r["details"]["cells"]) == 2]
     assert _comparable(record) == _comparable(whole), kill  # the same record as the uninterrupted grid's

@@ -216,6 +216,9 @@ def run(cfg: SemiSupConfig) -> dict[str, float]:
         cells = [make_cell(cfg, backbone, train.num_classes, lr, m, epochs, len(loader), device, cells_dir,
                            run.ckpt_sha256) for lr, m in grid]
         for cell in cells:  # resume=auto: each cell from its own state (--force, a rehearsal: every cell afresh)
+            # Its folder is shared by the runs that train this cell (the grid, the cell alone, another grid): held
+            # by this run until it ends, so a second one is refused (or waits), and cleared of interrupted writes.
+            run.hold(cell.state_file.parent)
             resume_from = None if cfg.rehearsal else training.resume_point(cell.state_file.parent, cfg)
             if resume_from is not None:
                 cell.done, cell.state = training.load_training_state(
