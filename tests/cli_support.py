@@ -3,7 +3,9 @@
 A runner's one-line-error tests try a handful of bad inputs each; as subprocesses every case paid ~3 s of Python and
 torch start-up before reaching the check it tests. :func:`run_module` runs the same entry module (``runpy``, as
 ``python -m`` does: ``main_guard`` included) in this process and returns what ``subprocess.run`` would: the exit
-code, stdout and stderr. Each CLI test keeps one real subprocess case, so the interpreter path stays covered.
+code, stdout and stderr. The interpreter path stays covered: every runner runs as ``python -m`` in a real
+interpreter in its kill test (tests/kill_support.py), and a one-line error reaches a real interpreter's stderr in
+tests/test_voc07_svm_e2e.py and tests/test_pretrain_train.py (``main_guard`` is the same for every entry point).
 """
 
 from __future__ import annotations

@@ -305,17 +305,14 @@ def test_rerun_is_skipped_and_force_redoes(short_run, ckpt, tiny_data, capsys, t
     assert "resumed from" not in capsys.readouterr().out
 
 
-def _cli(*args: str, in_process: bool = True) -> subprocess.CompletedProcess:
-    """``python -m benchmarks.det_coco args``; in this process unless asked for a real interpreter."""
-    command = [sys.executable, "-m", "benchmarks.det_coco", *args]
-    if in_process:
-        return run_module(command)
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    """``python -m benchmarks.det_coco args``, in this process (cli_support)."""
+    return run_module([sys.executable, "-m", "benchmarks.det_coco", *args])
 
 
 def test_cli_errors_are_one_line(ckpt, tiny_data, tmp_path):
     missing = _cli("--preset", "tiny", "--ckpt", str(tmp_path / "nope.pth"), "--data-root", str(tiny_data),
-                   "--out-dir", str(tmp_path), in_process=False)
+                   "--out-dir", str(tmp_path))
     assert missing.returncode == 2 and "nope.pth" in missing.stderr and len(missing.stderr.strip().splitlines()) == 1
     bad = _cli("--preset", "tiny", "--ckpt", str(ckpt), "step_epochs=[9]", "--out-dir", str(tmp_path))
     assert bad.returncode == 2 and "step_epochs=[9] must lie in 1..epochs=3" in bad.stderr

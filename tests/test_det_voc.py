@@ -220,17 +220,14 @@ def test_listed_image_without_xml_or_jpeg(tiny_data, tmp_path):
         VOCDetection(root, "2007", "trainval")
 
 
-def _cli(*args: str, in_process: bool = True) -> subprocess.CompletedProcess:
-    """``python -m benchmarks.det_voc args``; in this process unless asked for a real interpreter."""
-    command = [sys.executable, "-m", "benchmarks.det_voc", *args]
-    if in_process:
-        return run_module(command)
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    """``python -m benchmarks.det_voc args``, in this process (cli_support)."""
+    return run_module([sys.executable, "-m", "benchmarks.det_voc", *args])
 
 
 def test_cli_errors_are_one_line(tiny_data, tmp_path, ckpt):
     missing = _cli("--preset", "tiny", "--ckpt", str(tmp_path / "nope.pth"), "--data-root", str(tiny_data),
-                   "--out-dir", str(tmp_path / "out"), in_process=False)
+                   "--out-dir", str(tmp_path / "out"))
     assert missing.returncode == 2 and "nope.pth" in missing.stderr and len(missing.stderr.strip().splitlines()) == 1
     unknown = _cli("--preset", "tiny", "--ckpt", str(ckpt), "roi_heads=3")
     assert unknown.returncode == 2 and "roi_heads" in unknown.stderr

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from cli_support import run_module  # tests/ is on sys.path
 from detectron2_support import needs_detectron2, without_detectron2  # tests/ is on sys.path
 
 import benchmarks.detection.detectron2_engine as engine
@@ -102,9 +103,8 @@ def test_detectron2_resumes_by_the_runners_rule(tmp_path, monkeypatch):
 
 @without_detectron2
 def test_engine_without_detectron2_is_a_one_line_error(ckpt, tmp_path):
-    done = subprocess.run([sys.executable, "-m", "benchmarks.det_voc", "--preset", "tiny", "--ckpt", str(ckpt),
-                           "--out-dir", str(tmp_path), "engine=detectron2"], cwd=REPO, capture_output=True, text=True,
-                          timeout=120)
+    done = run_module([sys.executable, "-m", "benchmarks.det_voc", "--preset", "tiny", "--ckpt", str(ckpt),
+                       "--out-dir", str(tmp_path), "engine=detectron2"])
     assert done.returncode == 2 and "no PyPI release" in done.stderr and len(done.stderr.strip().splitlines()) == 1
 
 
