@@ -2,7 +2,8 @@
 nothing): ``torchrun --nproc_per_node 2`` on CPU (gloo) against one process, both at the tiny preset shrunk to a few
 optimizer steps.
 
-Each test runs its trainer's command line under torchrun (a subprocess) and the same command line in this process
+Each test runs its trainer's command line under torchrun (the module's one 2-process job, :class:`SharedJob`, which
+runs the tests' command lines in turn: tests/torchrun_queue.py) and the same command line in this process
 (``run(parse_args(...))``), the one-process run keeping the global batch by the runner's own small-world rule
 (a per-device batch of global / world, or gradient accumulation). It then compares
 
@@ -38,8 +39,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -78,24 +81,74 @@ def no_progress_bars(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BYOL_BENCH_NO_PROGRESS", "1")
 
 
-@contextlib.contextmanager
-def torchrun(module: str, *argv: str, logs: Path) -> Iterator[None]:
-    """``python -m torch.distributed.run --standalone --nproc_per_node 2 -m <module> <argv>`` on CPU, started before
-    the body (the one-process run, which overlaps the job's start-up: three interpreters importing torch) and
-    waited for after it; its output goes to ``logs``."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    with open(logs, "w") as output:
-        job = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                                str(WORLD), "-m", module, *argv], cwd=REPO, stdout=output, stderr=subprocess.STDOUT,
-                               text=True, env={**env, "OMP_NUM_THREADS": "1", "BYOL_BENCH_NO_PROGRESS": "1"})
-        try:
-            yield
-            job.wait(timeout=600)
-        finally:
-            if job.poll() is None:  # the body failed, or the job hangs: the launcher ends its workers on SIGTERM
-                job.terminate()
-                job.wait(timeout=60)
-    assert job.returncode == 0, logs.read_text()[-3000:]
+class SharedJob:
+    """The module's torchrun job: ``python -m torch.distributed.run --standalone --nproc_per_node 2
+    tests/torchrun_queue.py QUEUE`` on CPU, started at the first command line and given every test's in turn (one
+    launcher and two interpreters importing torch for all, not three per test); restarted if a run ended it."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.queue, self.next = folder, folder, 0
+        self.process: subprocess.Popen | None = None
+
+    @contextlib.contextmanager
+    def run(self, module: str, *argv: str, logs: Path) -> Iterator[None]:
+        """``torchrun --nproc_per_node 2 -m <module> <argv>``, given to the job before the body (the one-process
+        run, which overlaps it) and waited for after it; its output goes to ``logs``."""
+        if self.process is None or self.process.poll() is not None:
+            self._start()
+        k, self.next = self.next, self.next + 1
+        logs.write_text("")
+        spec = self.queue / f"{k}.json"
+        with socket.socket() as probe:  # a free port for this run's store (tests/torchrun_queue.py)
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        command = {"module": module, "argv": list(argv), "log": str(logs), "port": port}
+        spec.with_suffix(".tmp").write_text(json.dumps(command))
+        spec.with_suffix(".tmp").rename(spec)  # whole, or not there: the processes poll for it
+        yield
+        assert self._wait(k) == 0, logs.read_text()[-3000:] + (self.queue / "launcher.log").read_text()[-2000:]
+
+    def close(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            (self.queue / f"{self.next}.json").write_text("null")  # the end of the queue: the processes return
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.terminate()  # the launcher ends its workers on SIGTERM
+                self.process.wait(timeout=60)
+
+    def _start(self) -> None:
+        self.queue = self.folder / f"queue{len(list(self.folder.glob('queue*')))}"
+        self.queue.mkdir()
+        self.next = 0
+        env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+        with open(self.queue / "launcher.log", "w") as output:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(WORLD),
+                 str(REPO / "tests" / "torchrun_queue.py"), str(self.queue)], cwd=REPO, stdout=output,
+                stderr=subprocess.STDOUT, env={**env, "OMP_NUM_THREADS": "1", "BYOL_BENCH_NO_PROGRESS": "1"})
+
+    def _wait(self, k: int) -> int | None:
+        """The exit code of command ``k`` (a failing process's, else rank 0's); None when the job ended first."""
+        deadline = time.monotonic() + 600
+        while not (self.queue / f"{k}.0.exit").exists() and self.process.poll() is None:
+            assert time.monotonic() < deadline, f"command {k} of {self.queue} still running after 600 s"
+            time.sleep(0.05)
+        codes = [int(p.read_text()) for p in sorted(self.queue.glob(f"{k}.*.exit"))]
+        return max(codes, key=abs) if codes else None
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedJob]:
+    shared = SharedJob(tmp_path_factory.mktemp("torchrun"))
+    yield shared
+    shared.close()
+
+
+@pytest.fixture()
+def torchrun(job: SharedJob) -> Callable[..., contextlib.AbstractContextManager[None]]:
+    """``with torchrun(module, *argv, logs=...)``: the command line run by the module's :class:`SharedJob`."""
+    return job.run
 
 
 def record_in(out: Path) -> dict[str, Any]:
@@ -168,8 +221,8 @@ def runner_args(ckpt: Path, data: Path, out: Path, preset: str, *overrides: str)
 # ---------------------------------------------------------------- pretrain
 
 
-def test_pretrain_two_processes_are_one_process_accumulating_their_micro_batches(tiny_data: Path,
-                                                                                tmp_path: Path) -> None:
+def test_pretrain_two_processes_are_one_process_accumulating_their_micro_batches(tiny_data: Path, tmp_path: Path,
+                                                                                 torchrun: Callable[..., Any]) -> None:
     """Exact. 32 training images, batch 8 per process: the job's step is the two ranks' contiguous halves of the
     epoch's permutation, each accumulated over 2 micro-batches (``accum_steps=2``: DDP's ``no_sync`` on the first),
     one process's step is the same four micro-batches accumulated (``accum_steps=4``), and every view's augmentation
@@ -236,7 +289,8 @@ def test_pretrain_two_processes_are_one_process_accumulating_their_micro_batches
 
 
 def test_linear_avgpool_two_processes_are_one_process(ckpt: Path, tiny_data: Path, tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      torchrun: Callable[..., Any]) -> None:
     """Exact. Frozen backbone, no BN in the head: with the crops replayed (module docstring) a step of either run is
     the mean cross-entropy of the same 300 crops (the DistributedSampler deals one permutation to the ranks in
     turn, 150 each) and DDP's mean of the two halves' gradients equals the whole batch's: the epoch losses agree to
@@ -272,8 +326,8 @@ def test_linear_avgpool_two_processes_are_one_process(ckpt: Path, tiny_data: Pat
 
 
 def test_linear_mhead_two_processes_match_one_up_to_per_process_head_bn(ckpt: Path, tiny_data: Path,
-                                                                        tmp_path: Path,
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                        torchrun: Callable[..., Any]) -> None:
     """Within tolerances: the heads' ``BatchNorm2d`` normalises each process's 150 images with their own statistics
     (no SyncBN on CPU), and the log holds rank 0's loss of its 150 images, not the step's 300.
 
@@ -324,7 +378,8 @@ def test_linear_mhead_two_processes_match_one_up_to_per_process_head_bn(ckpt: Pa
 
 
 def test_semi_sup_two_processes_match_one_up_to_per_process_bn(ckpt: Path, tiny_data: Path, tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               torchrun: Callable[..., Any]) -> None:
     """Within a tolerance: the whole ResNet trains with BN in train mode, per process on CPU, so each forward pass
     normalises 16 images with their own statistics instead of 32.
 
@@ -368,7 +423,8 @@ def test_semi_sup_two_processes_match_one_up_to_per_process_bn(ckpt: Path, tiny_
 
 
 def test_segmentation_two_processes_of_two_images_are_one_process_of_four(ckpt: Path, tiny_data: Path,
-                                                                         tmp_path: Path) -> None:
+                                                                          tmp_path: Path,
+                                                                          torchrun: Callable[..., Any]) -> None:
     """The same samples, schedule and evaluation; the losses are not comparable.
 
     The runner fixes the per-device batch (global = batch_size_per_device x world), so the one-process run takes 4
@@ -443,7 +499,8 @@ def assert_same_accumulated_detection_step(rec1: dict[str, Any], rec2: dict[str,
 
 
 def test_det_voc_two_processes_are_one_process_accumulating(ckpt: Path, tiny_data: Path, tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+                                                            monkeypatch: pytest.MonkeyPatch,
+                                                            torchrun: Callable[..., Any]) -> None:
     """Exact. One image per forward pass: the job's iteration is 2 processes x 2 micro-batches (accumulated under
     ``no_sync``), one process's is 4 micro-batches; the stream deals images to the ranks in turn and their flips
     are drawn per image, and with the draws replayed (module docstring) every forward pass computes the same losses,
@@ -497,7 +554,8 @@ def coco_view(tiny_data: Path, root: Path, train: int, val: int) -> Path:
 
 
 def test_det_coco_two_processes_are_one_process_accumulating(ckpt: Path, tiny_data: Path, tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             torchrun: Callable[..., Any]) -> None:
     """Exact, as det_voc (one image per forward pass, the draws replayed): Mask R-CNN's BN layers (trunk, FPN, box
     and mask heads) see the same single image and its RoIs in both runs. An epoch is a pass over the train split, so
     the data root holds 4 train images (1 iteration of 4) and 6 val images. Box and mask AP are not compared (each
@@ -529,7 +587,8 @@ def test_det_coco_two_processes_are_one_process_accumulating(ckpt: Path, tiny_da
 # ---------------------------------------------------------------- voc07_svm (trains nothing)
 
 
-def test_voc07_svm_two_processes_are_one_process(ckpt: Path, tiny_data: Path, tmp_path: Path) -> None:
+def test_voc07_svm_two_processes_are_one_process(ckpt: Path, tiny_data: Path, tmp_path: Path,
+                                                 torchrun: Callable[..., Any]) -> None:
     """Exact. Nothing is trained: each image's features come from the frozen trunk in eval mode (the same in any
     process), the two processes' shares are gathered back into the split's order, and the SVMs are fit once on
     them: the same costs chosen, the same mAP."""
