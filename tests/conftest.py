@@ -28,14 +28,14 @@ from byol_bench.tinydata.svm_features import make_voc_like_problem
 os.environ["OMP_NUM_THREADS"] = "1"  # inherited by every subprocess a test starts
 torch.set_num_threads(1)
 
-# The longest test files, longest first (measured on 2 cores: ~120 s down to ~25 s each). pytest-xdist hands the
+# The longest test files, longest first (measured on 2 cores: ~90 s down to ~25 s each). pytest-xdist hands the
 # workers one file at a time in collection order (``--dist loadfile --no-loadscope-reorder``, Makefile), so with
 # these first the many short files fill in at the end and the workers finish together. Its default order, most
 # tests first, put these few-test files last: one worker ran the last long file while the others were idle.
-LONGEST_FIRST = ("test_torchrun_equivalence.py", "test_slurm.py", "test_det_voc.py", "test_real_size.py",
-                 "test_segmentation.py", "test_det_coco.py", "test_gpu_check.py", "test_semi_sup.py",
-                 "test_pretrain_train.py", "test_linear_mhead.py", "test_run_all.py", "test_fault_injection.py",
-                 "test_pretrain_tiny.py", "test_run_safety.py", "test_linear_avgpool.py")
+LONGEST_FIRST = ("test_slurm.py", "test_det_voc.py", "test_real_size.py", "test_segmentation.py", "test_det_coco.py",
+                 "test_gpu_check.py", "test_semi_sup.py", "test_torchrun_equivalence.py", "test_linear_mhead.py",
+                 "test_pretrain_train.py", "test_run_all.py", "test_fault_injection.py", "test_pretrain_tiny.py",
+                 "test_run_safety.py", "test_linear_avgpool.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
