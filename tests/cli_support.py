@@ -15,6 +15,7 @@ import io
 import runpy
 import subprocess
 import sys
+from typing import IO
 
 
 def run_module(argv: list[str]) -> subprocess.CompletedProcess:
@@ -28,10 +29,16 @@ def run_module(argv: list[str]) -> subprocess.CompletedProcess:
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             runpy.run_module(module, run_name="__main__", alter_sys=False)
-    except SystemExit as exc:  # what the interpreter does with it: an int is the code, a message goes to stderr
-        if isinstance(exc.code, str):
-            err.write(exc.code + "\n")
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except SystemExit as exc:
+        code = exit_code(exc, err)
     finally:
         sys.argv = saved_argv
     return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+
+
+def exit_code(exc: SystemExit, stderr: IO[str]) -> int:
+    """What the interpreter does with a ``SystemExit``: an int is the exit code, None is 0, and a message goes to
+    ``stderr`` (exit code 1)."""
+    if isinstance(exc.code, str):
+        stderr.write(exc.code + "\n")
+    return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)

@@ -27,6 +27,8 @@ import time
 import traceback
 from pathlib import Path
 
+from cli_support import exit_code  # tests/ is sys.path[0] of this script
+
 POLL_S = 0.05
 
 
@@ -42,10 +44,8 @@ def run(module: str, argv: list[str], log: str) -> int:
         try:
             runpy.run_module(module, run_name="__main__", alter_sys=True)
             code = 0
-        except SystemExit as exc:  # what the interpreter does with it: an int is the code, a message goes to stderr
-            if isinstance(exc.code, str):
-                print(exc.code, file=sys.stderr)
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except SystemExit as exc:
+            code = exit_code(exc, sys.stderr)
         except BaseException:
             traceback.print_exc()
             code = 1
