@@ -19,13 +19,13 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/run_all_benchmarks.sh
 
-## make test: ruff + the whole test suite (what CI runs): one pytest-xdist worker per core and one more (a worker
-## often waits on the processes its test started: torchrun and SLURM jobs, runs it kills; on 2 cores 3 workers took
-## 498 s, 2 took 526 s), each file's tests on one worker (they share module-scoped runs), the longest files first
-## (tests/conftest.py: LONGEST_FIRST), one torch thread per worker, the 25 slowest listed.
+## make test: ruff + the whole test suite (what CI runs): one pytest-xdist worker per core (on 2 cores: 382 s; a
+## third worker, to fill the time workers wait on torchrun and SLURM jobs, took 396 s), each file's tests on one
+## worker (they share module-scoped runs), the longest files first (tests/conftest.py: LONGEST_FIRST), one torch
+## thread per worker, the 25 slowest listed.
 test: $(STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q -n $$(( $$(nproc) + 1 )) --dist loadfile --no-loadscope-reorder --durations=25
+	$(PY) -m pytest -q -n auto --dist loadfile --no-loadscope-reorder --durations=25
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

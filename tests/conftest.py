@@ -4,8 +4,8 @@ tests' problem; one thread.
 One CPU thread per test process, and per process the tests start (``OMP_NUM_THREADS=1`` in the environment they
 inherit). The tests' tensors are small: with two OpenMP threads on a 2-core machine that also runs a DataLoader
 worker, a subprocess or the other pytest-xdist worker, every small op waits for a descheduled thread (measured: a
-6-step ResNet-18 pretraining took 44 s with two threads under load, 11 s with one). The suite runs in
-pytest-xdist workers instead (one per core and one more, Makefile), which is where the other cores go.
+6-step ResNet-18 pretraining took 44 s with two threads under load, 11 s with one). The suite runs in one
+pytest-xdist worker per core instead (Makefile), which is where the other cores go.
 """
 
 from __future__ import annotations
