@@ -62,6 +62,7 @@ from byol_bench import classification, training
 from byol_bench.checkpoint import safe_load
 from byol_bench.config import parse_args
 from byol_bench.datasets.voc_det import VOCDetection
+from byol_bench.fileio import atomic_write_text
 from byol_bench.records import load_records
 from pretrain.config import PRESET_DIR as PRETRAIN_PRESET_DIR
 from pretrain.config import PretrainConfig
@@ -98,24 +99,24 @@ class SharedJob:
             self._start()
         k, self.next = self.next, self.next + 1
         logs.write_text("")
-        spec = self.queue / f"{k}.json"
         with socket.socket() as probe:  # a free port for this run's store (tests/torchrun_queue.py)
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
-        command = {"module": module, "argv": list(argv), "log": str(logs), "port": port}
-        spec.with_suffix(".tmp").write_text(json.dumps(command))
-        spec.with_suffix(".tmp").rename(spec)  # whole, or not there: the processes poll for it
+        self._put(k, {"module": module, "argv": list(argv), "log": str(logs), "port": port})
         yield
         assert self._wait(k) == 0, logs.read_text()[-3000:] + (self.queue / "launcher.log").read_text()[-2000:]
 
     def close(self) -> None:
         if self.process is not None and self.process.poll() is None:
-            (self.queue / f"{self.next}.json").write_text("null")  # the end of the queue: the processes return
+            self._put(self.next, None)  # the end of the queue: the processes return
             try:
                 self.process.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 self.process.terminate()  # the launcher ends its workers on SIGTERM
                 self.process.wait(timeout=60)
+
+    def _put(self, k: int, command: dict[str, Any] | None) -> None:
+        atomic_write_text(self.queue / f"{k}.json", json.dumps(command))  # whole when seen: the processes poll for it
 
     def _start(self) -> None:
         self.queue = self.folder / f"queue{len(list(self.folder.glob('queue*')))}"

@@ -29,6 +29,8 @@ from pathlib import Path
 
 from cli_support import exit_code  # tests/ is sys.path[0] of this script
 
+from byol_bench.fileio import atomic_write_text
+
 POLL_S = 0.05
 
 
@@ -52,8 +54,9 @@ def run(module: str, argv: list[str], log: str) -> int:
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
+            for fd, saved_fd in enumerate(saved, start=1):
+                os.dup2(saved_fd, fd)
+                os.close(saved_fd)
     return code
 
 
@@ -69,7 +72,7 @@ def main(queue: Path) -> None:
         os.environ.update(MASTER_PORT=str(job["port"]), TORCHELASTIC_USE_AGENT_STORE="False")
         code = run(job["module"], job["argv"], job["log"])
         if rank == 0 or code:
-            (queue / f"{k}.{rank}.exit").write_text(str(code))
+            atomic_write_text(queue / f"{k}.{rank}.exit", str(code))  # whole when seen: the test polls for it
         if code:
             os._exit(code)
 
