@@ -41,7 +41,6 @@ from byol_bench.records import load_records
 from byol_bench.runlog import RunLog
 from byol_bench.tables import render_markdown
 
-REPO = Path(__file__).resolve().parents[1]
 FULL = "mask-rcnn_resnet50-fpn_8xb2-ms-1x_coco"
 # pycocotools 2.0.x calls np.array(copy=False) internally under numpy 2; harmless, and not ours to fix.
 pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")]

@@ -19,7 +19,6 @@ from adapters.intake import flatten
 from byol_bench.config import load_config
 from byol_bench.records import load_records
 
-REPO = Path(__file__).resolve().parents[1]
 FULL = "mask-rcnn_resnet50-fpn_8xb2-ms-1x_coco"
 
 # mask_rcnn_r50_fpn_mstrain_1x_coco.py (B §5.3) in detectron2's keys; 117266 = COCO train2017 images with annotations

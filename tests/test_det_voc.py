@@ -35,7 +35,6 @@ from byol_bench.records import load_records
 from byol_bench.runlog import RunLog
 from byol_bench.tables import render_markdown
 
-REPO = Path(__file__).resolve().parents[1]
 FULL = "faster-rcnn_resnet50-c4_8xb2-24k_voc0712"
 
 

@@ -23,7 +23,6 @@ from byol_bench.backbone import build_resnet
 from byol_bench.config import load_config
 from byol_bench.records import load_records
 
-REPO = Path(__file__).resolve().parents[1]
 FULL = "faster-rcnn_resnet50-c4_8xb2-24k_voc0712"
 
 # pascal_voc_R_50_C4_24k_moco.yaml -> pascal_voc_R_50_C4_24k.yaml -> Base-RCNN-C4-BN.yaml, with detectron2's

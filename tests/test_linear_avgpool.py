@@ -29,7 +29,6 @@ from byol_bench.lars import LARS
 from byol_bench.records import load_records
 from byol_bench.tables import render_markdown
 
-REPO = Path(__file__).resolve().parents[1]
 MOCO = "linear-avgpool_resnet50_8xb32-steplr-100e_in1k"
 SIMSIAM = "linear-avgpool_resnet50_8xb512-coslr-90e_in1k"
 

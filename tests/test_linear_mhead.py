@@ -23,8 +23,6 @@ from byol_bench.config import load_config
 from byol_bench.records import load_records
 from byol_bench.tables import render_markdown
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def _cfg(ckpt: Path, data: Path, out: Path, *extra: str, preset: str = "tiny") -> mhead.LinearMheadConfig:
     return load_config(mhead.LinearMheadConfig, preset,

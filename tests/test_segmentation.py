@@ -35,7 +35,6 @@ from byol_bench.datasets.voc_seg import VOCAugSegmentation
 from byol_bench.records import load_records
 from byol_bench.tables import render_markdown
 
-REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
 
 

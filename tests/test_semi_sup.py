@@ -27,7 +27,6 @@ from byol_bench.datasets import DatasetError
 from byol_bench.records import load_records
 from byol_bench.tables import render_markdown
 
-REPO = Path(__file__).resolve().parents[1]
 FULL = {"imagenet_1pct": "resnet50_grid9_4xb64-steplr-20e_in1k-1pct",
         "imagenet_10pct": "resnet50_grid9_4xb64-steplr-20e_in1k-10pct"}
 
@@ -249,10 +248,10 @@ def test_killed_grid_resumes_the_unfinished_cells_only(grid_run, alone_run, ckpt
     finished_sha = sha256_file(finished)
     (alone_log,) = (out / "runs" / "semi_sup").glob("*/log.jsonl")  # one cell's 3 epochs, logged at their ends
     overrides = [f"ckpt={ckpt}", f"data_root={tiny_data}", f"out_dir={out}", *SMALL, "ckpt_every_epochs=1"]
-    kill = kill_mid_run([sys.executable, "-m", "benchmarks.semi_sup", "--preset", "tiny", *overrides],
-                        out / "runs" / "semi_sup" / "cells", "*-lr0.01_head10/latest.pth",
-                        window=2 * 3 * seconds_per_step(alone_log, "loss_lr0.001_head10"))  # epochs 2, 3 of 3 steps
     cells = out / "runs" / "semi_sup" / "cells"
+    kill = kill_mid_run([sys.executable, "-m", "benchmarks.semi_sup", "--preset", "tiny", *overrides], cells,
+                        "*-lr0.01_head10/latest.pth",
+                        window=2 * 3 * seconds_per_step(alone_log, "loss_lr0.001_head10"))  # epochs 2, 3 of 3 steps
     (killed_cell,) = cells.glob("*-lr0.01_head10")
     (killed_cell / ".latest.pth.k2j4h5g6.tmp").write_bytes(b"partial")  # as a kill during the state's write leaves
     capsys.readouterr()
